@@ -1,0 +1,1 @@
+"""Connectors to the outside: the Kafka source and producer, and the embedded broker."""

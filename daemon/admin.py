@@ -1,0 +1,99 @@
+"""The admin HTTP API: health, readiness, status and metrics (and, as the loop grows, control).
+
+/healthz and /readyz stay open for orchestrator probes; everything else needs the bearer token when
+one is configured (always, when bound beyond loopback).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from typing import Any, Protocol
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+logger = logging.getLogger("evolvd.admin")
+
+
+class DaemonView(Protocol):
+    """What the admin API needs from the daemon."""
+
+    registry: CollectorRegistry
+
+    def status(self) -> dict[str, Any]: ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): reason says what is not ready, or 'ok'."""
+
+
+def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
+    app = FastAPI(title="evolvd admin", docs_url=None, redoc_url=None)
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(response: Response) -> dict[str, Any]:
+        ready, reason = daemon.readiness()
+        if not ready:
+            response.status_code = 503
+        return {"ready": ready, "reason": reason}
+
+    @app.get("/status", dependencies=[Depends(require_token)])
+    def status() -> dict[str, Any]:
+        return daemon.status()
+
+    @app.get("/metrics", dependencies=[Depends(require_token)])
+    def metrics() -> Response:
+        return Response(generate_latest(daemon.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class AdminServer:
+    """uvicorn on a background thread; `port` is known once started (config port 0 picks one)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        )
+        self._thread = threading.Thread(target=self._server.run, name="evolvd-admin", daemon=True)
+        self.host = host
+        self.port = port
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        waited = 0.0
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"admin API could not bind {self.host}:{self.port} (port in use?)")
+            if waited > timeout_s:
+                raise RuntimeError(f"admin API did not start within {timeout_s:g}s")
+            threading.Event().wait(0.02)
+            waited += 0.02
+        sockets = self._server.servers[0].sockets
+        self.port = int(sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

@@ -1,0 +1,260 @@
+"""The daemon's lifecycle: startup() brings the parts up in order, run() supervises, shutdown() winds down.
+
+A failed startup raises StartupError with a one-line reason (the CLI turns it into its own exit code).
+A part that fails later is restarted with backoff while the rest keeps running on its last good state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from evolvd import __version__
+from evolvd.admin import AdminServer, create_app
+from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError
+from evolvd.config import EvolvdConfig, as_dict
+from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
+from evolvd.connectors.kafka_source import KafkaSource, KafkaUnavailableError, ensure_topic
+from evolvd.ingest import IngestLoop
+from evolvd.metrics import BufferCollector, IngestMetrics, new_registry
+
+logger = logging.getLogger("evolvd.daemon")
+
+# Both ingest threads are busy at full rate; DuckDB's client re-takes the GIL between execution
+# tasks, and at the default 5 ms switch interval each of those waits stalls the writer (measured:
+# bench/ingest.py). A short interval keeps the hand-offs cheap.
+GIL_SWITCH_INTERVAL_S = 0.0002
+ADMIN_URL_FILE = "admin.url"
+
+
+class StartupError(RuntimeError):
+    """The daemon could not start; the message is one line an operator can act on."""
+
+
+def read_admin_token(config: EvolvdConfig) -> str | None:
+    admin = config.admin
+    if admin.token_file is not None:
+        try:
+            token = admin.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise StartupError(f"cannot read admin.token_file {admin.token_file}: {exc.strerror}") from exc
+        if not token:
+            raise StartupError(f"admin.token_file {admin.token_file} is empty")
+        return token
+    return os.environ.get(admin.token_env) or None
+
+
+class Daemon:
+    def __init__(self, config: EvolvdConfig) -> None:
+        self.config = config
+        self.registry = new_registry()
+        self._stop = threading.Event()
+        self._started_at = time.time()
+        self._broker: EmbeddedBroker | None = None
+        self._bootstrap_servers = config.kafka.bootstrap_servers
+        self._buffer: DuckDBBuffer | None = None
+        self._admin: AdminServer | None = None
+        self._ingest: IngestLoop | None = None
+        self._ingest_thread: threading.Thread | None = None
+        self._ingest_metrics = IngestMetrics.create(self.registry)
+        self._ingest_restarts = 0
+        self._state = "starting"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def startup(self) -> None:
+        cfg = self.config
+        try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create data_dir {cfg.data_dir}: {exc.strerror}") from exc
+        token = read_admin_token(cfg)
+        if token is None and not cfg.admin.is_loopback:
+            raise StartupError(
+                f"admin.host {cfg.admin.host} is not a loopback address: set a bearer token in "
+                f"${cfg.admin.token_env} or admin.token_file, or bind 127.0.0.1"
+            )
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+        try:
+            self._buffer = DuckDBBuffer(cfg.buffer_path)
+        except (BufferLockedError, SchemaTooNewError) as exc:
+            raise StartupError(str(exc)) from exc
+        self.registry.register(BufferCollector(self._buffer.table_counts, self._buffer.backlog))
+
+        self._start_kafka()
+        self._ingest = self._new_ingest_loop()
+
+        self._admin = AdminServer(create_app(self, token), cfg.admin.host, cfg.admin.port)
+        try:
+            self._admin.start()
+        except RuntimeError as exc:
+            raise StartupError(str(exc)) from exc
+        (cfg.data_dir / ADMIN_URL_FILE).write_text(self._admin.url + "\n")
+
+        self._start_ingest_thread()
+        self._state = "running"
+        logger.info(
+            "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
+            __version__,
+            self._admin.url,
+            self._bootstrap_servers,
+            cfg.kafka.topic,
+            cfg.buffer_path,
+        )
+
+    def _start_kafka(self) -> None:
+        kafka = self.config.kafka
+        if kafka.is_embedded:
+            emb = kafka.embedded
+            self._broker = EmbeddedBroker(
+                emb.port, self.config.data_dir / "broker.log", emb.startup_timeout_s
+            )
+            try:
+                self._broker.start()
+            except EmbeddedBrokerError as exc:
+                raise StartupError(str(exc)) from exc
+            self._bootstrap_servers = self._broker.bootstrap_servers
+        if kafka.is_embedded or kafka.create_topic:
+            try:
+                ensure_topic(kafka, self._bootstrap_servers, kafka.embedded.partitions)
+            except KafkaUnavailableError as exc:
+                raise StartupError(str(exc)) from exc
+
+    def _new_ingest_loop(self) -> IngestLoop:
+        assert self._buffer is not None
+        buffer, kafka, topic = self._buffer, self.config.kafka, self.config.kafka.topic
+        try:
+            return IngestLoop(
+                lambda drain: KafkaSource(
+                    kafka,
+                    self._bootstrap_servers,
+                    lambda: buffer.stored_offsets(topic),
+                    drain,
+                    self.config.ingest.batch_max_messages,
+                ),
+                buffer,
+                self.config.ingest,
+                self._ingest_metrics,
+            )
+        except KafkaUnavailableError as exc:
+            raise StartupError(str(exc)) from exc
+
+    def _start_ingest_thread(self) -> None:
+        assert self._ingest is not None
+        self._ingest_thread = threading.Thread(
+            target=self._ingest.run, args=(self._stop,), name="evolvd-ingest", daemon=True
+        )
+        self._ingest_thread.start()
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            logger.info("stop requested: finishing the current batch, then shutting down")
+            self._state = "stopping"
+            self._stop.set()
+
+    def run(self) -> None:
+        """Supervise until a stop is requested: a dead ingest thread is restarted with backoff."""
+        backoff = 1.0
+        while not self._stop.wait(0.5):
+            thread = self._ingest_thread
+            if thread is not None and not thread.is_alive():
+                self._ingest_restarts += 1
+                logger.error(
+                    "ingest stopped unexpectedly; restarting in %.0fs (restart %d)",
+                    backoff,
+                    self._ingest_restarts,
+                )
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, 60.0)
+                try:
+                    self._ingest = self._new_ingest_loop()
+                    self._start_ingest_thread()
+                except StartupError as exc:
+                    logger.error("ingest restart failed: %s", exc)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        self.request_stop()
+        if self._ingest_thread is not None:
+            self._ingest_thread.join(timeout=timeout_s)
+            if self._ingest_thread.is_alive():
+                logger.error(
+                    "ingest did not stop within %.0fs; exiting anyway (the buffer stays consistent)",
+                    timeout_s,
+                )
+        if self._admin is not None:
+            self._admin.stop()
+            (self.config.data_dir / ADMIN_URL_FILE).unlink(missing_ok=True)
+        if self._buffer is not None and not (self._ingest_thread and self._ingest_thread.is_alive()):
+            self._buffer.close()
+        if self._broker is not None:
+            self._broker.stop()
+        self._state = "stopped"
+        logger.info("evolvd stopped")
+
+    # -- what the admin API shows ------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._state != "running":
+            return False, self._state
+        if self._ingest is None or not self._ingest.state.running:
+            return False, "ingest is not running"
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        assert self._buffer is not None
+        ingest = self._ingest.state if self._ingest is not None else None
+        partitions = [
+            {
+                "topic": p.topic,
+                "partition": p.partition,
+                "buffer_offset": p.position,
+                "highwater": p.highwater,
+                "lag": p.lag,
+            }
+            for p in (ingest.partitions if ingest else [])
+        ]
+        dead = self._buffer.dead_letters_by_reason()
+        return {
+            "version": __version__,
+            "state": self._state,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self._started_at, 1),
+            "kafka": {
+                "bootstrap_servers": self._bootstrap_servers,
+                "embedded": self.config.kafka.is_embedded,
+                "topic": self.config.kafka.topic,
+                "group_id": self.config.kafka.group_id,
+            },
+            "ingest": {
+                "running": bool(ingest and ingest.running),
+                "paused_by_backpressure": bool(ingest and ingest.paused),
+                "backlog": ingest.backlog if ingest else None,
+                "backlog_high_watermark": self.config.ingest.backlog_high_watermark,
+                "restarts": self._ingest_restarts,
+                "lag_total": sum(p["lag"] or 0 for p in partitions),
+                "partitions": partitions,
+            },
+            "buffer": {
+                "path": str(self.config.buffer_path),
+                "schema_version": self._buffer.schema_version,
+                "tables": self._buffer.table_counts(),
+                "events_by_state": self._buffer.events_by_state(),
+            },
+            "dead_letters": {"total": sum(dead.values()), "by_reason": dead},
+            "config": as_dict(self.config),
+        }
+
+
+def data_dir_admin_url(data_dir: Path) -> str | None:
+    """The admin URL a running daemon wrote into its data_dir, if any."""
+    try:
+        return (data_dir / ADMIN_URL_FILE).read_text().strip() or None
+    except OSError:
+        return None

@@ -1,0 +1,159 @@
+"""The DuckDB buffer: one file, one writer process (the daemon), one cursor per thread inside it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from evolvd.abc import IngestBatch, IngestResult, IngestSink
+from evolvd.buffer.migrations import migrate
+
+logger = logging.getLogger("evolvd.buffer")
+
+# Tables whose row counts /status and the metrics report.
+COUNTED_TABLES = (
+    "events",
+    "feedback",
+    "dead_letters",
+    "samples",
+    "labels",
+    "critiques",
+    "refinements",
+    "preference_pairs",
+    "training_examples",
+    "datasets",
+    "runs",
+    "adapters",
+    "policy_decisions",
+)
+
+# Hashing and timestamp conversion happen here, inside DuckDB, off the GIL and off the ingest thread.
+_INSERT_EVENTS = """
+INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, messages, response, metadata,
+                    ts, kafka_ts, prompt_hash)
+SELECT id, topic, "partition", "offset", prompt, messages_json, response, metadata_json,
+       to_timestamp(ts_epoch_s), epoch_ms(kafka_ts_ms), sha256(coalesce(prompt, messages_json))
+FROM incoming
+ON CONFLICT (id) DO NOTHING  -- also inside one batch: the first occurrence of an id wins
+
+"""
+
+
+class BufferLockedError(RuntimeError):
+    """Another process holds the buffer open for writing."""
+
+
+class DuckDBBuffer(IngestSink):
+    """evolvd's state. Only the daemon opens it; other processes ask the daemon's admin API."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise BufferLockedError(
+                    f"buffer {path} is open in another process (is an `evolvd run` already using it?); "
+                    "only the daemon writes the buffer: read it through the admin API"
+                ) from exc
+            raise
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cursors_lock = threading.Lock()
+        self.schema_version = migrate(self._db, str(path))
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's connection to the buffer (DuckDB connections must not be shared across threads)."""
+        cur: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._db.cursor()
+            self._local.cursor = cur
+            with self._cursors_lock:
+                self._cursors.append(cur)
+        return cur
+
+    def close(self) -> None:
+        with self._cursors_lock:
+            for cur in self._cursors:
+                cur.close()
+            self._cursors.clear()
+        self._db.close()
+
+    # -- ingest ------------------------------------------------------------------------------
+
+    def write_ingest_batch(self, batch: IngestBatch) -> IngestResult:
+        """Events, feedback, dead letters and the new partition offsets, all in one transaction."""
+        con = self.cursor()
+        con.begin()
+        try:
+            inserted = self._insert_events(con, batch) if batch.event_tables else 0
+            if batch.feedback:
+                self._insert_feedback(con, batch)
+            if batch.dead_letters:
+                self._insert_dead_letters(con, batch)
+            if batch.next_offsets:
+                con.executemany(
+                    "INSERT INTO kafka_offsets (topic, kafka_partition, next_offset) VALUES (?, ?, ?) "
+                    "ON CONFLICT (topic, kafka_partition) DO UPDATE SET "
+                    "next_offset = excluded.next_offset, updated_at = now()",
+                    [[t, p, o] for (t, p), o in batch.next_offsets.items()],
+                )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        return IngestResult(inserted=inserted, duplicates=batch.event_count - inserted)
+
+    @staticmethod
+    def _insert_events(con: duckdb.DuckDBPyConnection, batch: IngestBatch) -> int:
+        tables = batch.event_tables
+        incoming = tables[0] if len(tables) == 1 else pa.concat_tables(tables)  # noqa: F841 - read by DuckDB
+        row = con.execute(_INSERT_EVENTS).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _insert_feedback(con: duckdb.DuckDBPyConnection, batch: IngestBatch) -> None:
+        con.executemany(
+            "INSERT INTO feedback (event_id, value, raw, topic, kafka_partition, kafka_offset) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [[f.event_id, f.value, f.raw, f.topic, f.partition, f.offset] for f in batch.feedback],
+        )
+
+    @staticmethod
+    def _insert_dead_letters(con: duckdb.DuckDBPyConnection, batch: IngestBatch) -> None:
+        con.executemany(
+            "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, reason, detail, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [[d.topic, d.partition, d.offset, d.reason, d.detail, d.raw] for d in batch.dead_letters],
+        )
+
+    def stored_offsets(self, topic: str) -> dict[int, int]:
+        rows = (
+            self.cursor()
+            .execute("SELECT kafka_partition, next_offset FROM kafka_offsets WHERE topic = ?", [topic])
+            .fetchall()
+        )
+        return {int(p): int(o) for p, o in rows}
+
+    def backlog(self) -> int:
+        row = self.cursor().execute("SELECT count(*) FROM events WHERE state = 'pending'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- reads for /status and metrics -------------------------------------------------------
+
+    def table_counts(self) -> dict[str, int]:
+        sql = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in COUNTED_TABLES)  # noqa: S608
+        return {name: int(n) for name, n in self.cursor().execute(sql).fetchall()}
+
+    def dead_letters_by_reason(self) -> dict[str, int]:
+        rows = self.cursor().execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason").fetchall()
+        return {str(r): int(n) for r, n in rows}
+
+    def events_by_state(self) -> dict[str, int]:
+        rows = self.cursor().execute("SELECT state, count(*) FROM events GROUP BY state").fetchall()
+        return {str(s): int(n) for s, n in rows}

@@ -1,0 +1,234 @@
+"""The `evolvd` command: a thin layer over plain functions. Heavy imports happen inside commands,
+so `evolvd --help` and `evolvd config check` start fast.
+
+Exit codes: 0 ok · 1 failed · 2 bad usage or invalid file · 3 the daemon could not start ·
+4 the daemon could not be reached · 130 forced stop (second Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_STARTUP_FAILED = 3
+EXIT_UNREACHABLE = 4
+EXIT_FORCED = 130
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="EVOLVD_CONFIG",
+    default=None,
+    show_envvar=True,
+    help="Config file (YAML). Without it: built-in defaults + EVOLVD_* env.",
+)
+
+
+def _load_config(config_path: Path | None) -> Any:
+    from evolvd.config_file import ConfigError, load_config
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        for err in exc.errors:
+            click.echo(f"error: {err}", err=True)
+        sys.exit(EXIT_INVALID)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="evolvd")
+def main() -> None:
+    """evolvd: make a served LLM improve from its own traffic, safely."""
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+@main.command()
+@CONFIG_OPTION
+def run(config_path: Path | None) -> None:
+    """Run the daemon until SIGTERM or Ctrl-C (a second Ctrl-C forces the exit)."""
+    config = _load_config(config_path)
+    from evolvd.app import Daemon, StartupError
+    from evolvd.logs import configure_logging
+
+    configure_logging(config.logging.level, config.logging.format)
+    daemon = Daemon(config)
+    interrupts = 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal interrupts
+        if signum == signal.SIGINT:
+            interrupts += 1
+            if interrupts > 1:
+                click.echo("evolvd: second interrupt, exiting now", err=True)
+                os._exit(EXIT_FORCED)  # the buffer is transactional: an unfinished batch is simply re-read
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.startup()
+    except StartupError as exc:
+        click.echo(f"evolvd: startup failed: {exc}", err=True)
+        daemon.shutdown()
+        sys.exit(EXIT_STARTUP_FAILED)
+    try:
+        daemon.run()
+    finally:
+        daemon.shutdown()
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+def _admin_url(url: str | None, config_path: Path | None) -> str:
+    if url:
+        return url.rstrip("/")
+    config = _load_config(config_path)
+    from evolvd.app import data_dir_admin_url
+
+    written = data_dir_admin_url(config.data_dir)
+    if written:
+        return written
+    return f"http://{config.admin.host}:{config.admin.port}"
+
+
+def admin_get(url: str | None, config_path: Path | None, path: str) -> dict[str, Any]:
+    import httpx
+
+    base = _admin_url(url, config_path)
+    token = os.environ.get("EVOLVD_ADMIN_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.get(base + path, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        click.echo(f"error: cannot reach the evolvd admin API at {base}: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    if response.status_code == 401:
+        click.echo(f"error: {base} wants a bearer token: set EVOLVD_ADMIN_TOKEN", err=True)
+        sys.exit(EXIT_FAILED)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+URL_OPTION = click.option(
+    "--url",
+    envvar="EVOLVD_ADMIN_URL",
+    show_envvar=True,
+    default=None,
+    help="Admin API base URL (default: what the daemon wrote into its data_dir).",
+)
+
+
+@main.command()
+@URL_OPTION
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
+    """Show what the running daemon is doing (read through its admin API)."""
+    body = admin_get(url, config_path, "/status")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    ingest, buf, dead = body["ingest"], body["buffer"], body["dead_letters"]
+    click.echo(f"evolvd {body['version']}  state={body['state']}  pid={body['pid']}  up {body['uptime_s']}s")
+    kafka = body["kafka"]
+    click.echo(
+        f"kafka    {kafka['bootstrap_servers']}{' (embedded, in-memory)' if kafka['embedded'] else ''}"
+        f"  topic={kafka['topic']}  group={kafka['group_id']}"
+    )
+    paused = "  PAUSED (backpressure)" if ingest["paused_by_backpressure"] else ""
+    click.echo(
+        f"ingest   running={ingest['running']}  backlog={ingest['backlog']}"
+        f"/{ingest['backlog_high_watermark']}  lag={ingest['lag_total']}{paused}"
+    )
+    for p in ingest["partitions"]:
+        click.echo(
+            f"  partition {p['partition']}: buffer at {p['buffer_offset']}, end {p['highwater']},"
+            f" lag {p['lag']}"
+        )
+    click.echo(f"buffer   {buf['path']} (schema v{buf['schema_version']})")
+    click.echo("  " + "  ".join(f"{k}={v}" for k, v in buf["tables"].items() if v))
+    click.echo(
+        f"dead letters {dead['total']}"
+        + (
+            ": " + ", ".join(f"{r}={n}" for r, n in sorted(dead["by_reason"].items()))
+            if dead["total"]
+            else ""
+        )
+    )
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Validate and show configuration."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def config_check(file: Path) -> None:
+    """Validate FILE (with EVOLVD_* overrides applied); print every error with its place."""
+    _load_config(file)
+    click.echo(f"{file}: ok")
+
+
+@config.command("show")
+@CONFIG_OPTION
+def config_show(config_path: Path | None) -> None:
+    """Print the effective configuration (defaults < file < environment) as YAML."""
+    import yaml
+
+    from evolvd.config import as_dict
+
+    click.echo(yaml.safe_dump(as_dict(_load_config(config_path)), sort_keys=False), nl=False)
+
+
+# -- produce ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file", type=click.File("rb"))
+@CONFIG_OPTION
+@URL_OPTION
+@click.option(
+    "--bootstrap-servers",
+    envvar="EVOLVD_KAFKA__BOOTSTRAP_SERVERS",
+    default=None,
+    help="Kafka to publish to (default: the config's; `embedded` asks the running daemon).",
+)
+@click.option("--topic", default=None, help="Topic (default: the config's kafka.topic).")
+def produce(
+    file: Any, config_path: Path | None, url: str | None, bootstrap_servers: str | None, topic: str | None
+) -> None:
+    """Publish each line of FILE (JSON Lines, one message each) to the prompts topic, as-is.
+
+    Lines are not validated here: the daemon's contract check turns bad ones into dead letters,
+    which is what a demo of that path needs.
+    """
+    from evolvd.producer import publish_lines
+
+    config = _load_config(config_path)
+    servers = bootstrap_servers or config.kafka.bootstrap_servers
+    if servers == "embedded":
+        servers = admin_get(url, config_path, "/status")["kafka"]["bootstrap_servers"]
+    sent = publish_lines(config.kafka, servers, topic or config.kafka.topic, file)
+    click.echo(f"published {sent} messages to {topic or config.kafka.topic} at {servers}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""evolvd's configuration: one typed tree, loaded from YAML, overridable by EVOLVD_* variables.
+
+Environment overrides use a double underscore between levels, e.g. ``EVOLVD_KAFKA__TOPIC=prompts``.
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+EMBEDDED = "embedded"
+ENV_PREFIX = "EVOLVD_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class EmbeddedBrokerConfig(_Section):
+    port: int = Field(0, ge=0, le=65535)
+    """Loopback port for the embedded broker; 0 picks a free one."""
+
+    partitions: int = Field(4, ge=1, le=256)
+    """Partitions of the prompts topic created on the embedded broker."""
+
+    startup_timeout_s: float = Field(15.0, gt=0)
+    """How long to wait for the embedded broker to answer before giving up."""
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = EMBEDDED
+    """`embedded` starts the bundled in-memory broker on loopback; otherwise `host:port[,host:port]`."""
+
+    topic: str = Field("evolvd.prompts", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    """The prompts topic (message contract in README)."""
+
+    group_id: str = Field("evolvd", min_length=1)
+    """Consumer group. Run more daemons with the same group to share partitions."""
+
+    client_id: str = "evolvd"
+
+    connect_timeout_s: float = Field(15.0, gt=0, le=600)
+    """How long to wait for the first broker answer at startup before failing."""
+
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where to start a partition the buffer has never seen."""
+
+    session_timeout_ms: int = Field(6000, ge=1000, le=300_000)
+    """Group session timeout; also how long a killed member holds its partitions."""
+
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str | None = None
+    """Name of the environment variable holding the SASL password (never the password itself)."""
+
+    ssl_cafile: Path | None = None
+
+    create_topic: bool = True
+    """Create the topic if it does not exist (always on for the embedded broker)."""
+
+    embedded: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> KafkaConfig:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.bootstrap_servers == EMBEDDED
+
+
+class IngestConfig(_Section):
+    batch_max_messages: int = Field(2000, ge=1, le=100_000)
+    """Messages per poll and per buffer transaction."""
+
+    poll_timeout_ms: int = Field(500, ge=1, le=60_000)
+
+    max_message_bytes: int = Field(65_536, ge=64, le=16 * 1024 * 1024)
+    """Messages larger than this go to the dead letters as `oversized`."""
+
+    backlog_high_watermark: int = Field(50_000, ge=1)
+    """Pause fetching when this many events wait for labeling."""
+
+    backlog_low_watermark: int = Field(40_000, ge=0)
+    """Resume fetching once the backlog falls to this."""
+
+    backlog_check_interval_s: float = Field(1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _watermarks(self) -> IngestConfig:
+        if self.backlog_low_watermark >= self.backlog_high_watermark:
+            raise ValueError("backlog_low_watermark must be below backlog_high_watermark")
+        return self
+
+
+class BufferConfig(_Section):
+    path: Path | None = None
+    """DuckDB file; defaults to `<data_dir>/buffer.duckdb`."""
+
+
+class AdminConfig(_Section):
+    host: str = "127.0.0.1"
+    """Bind address of the admin API. Anything but loopback requires a bearer token."""
+
+    port: int = Field(8750, ge=0, le=65535)
+    """0 picks a free port (written to `<data_dir>/admin.url`)."""
+
+    token_env: str = "EVOLVD_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
+    """Environment variable holding the bearer token."""
+
+    token_file: Path | None = None
+    """File holding the bearer token (read at startup; takes precedence over the variable)."""
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class EvolvdConfig(BaseSettings):
+    """The whole configuration. Every field has a default, so an empty file is a valid config."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        use_attribute_docstrings=True,
+        frozen=True,
+    )
+
+    data_dir: Path = Path("var/evolvd")
+    """Where the buffer, models, adapters and runtime files live."""
+
+    kafka: KafkaConfig = KafkaConfig()
+    ingest: IngestConfig = IngestConfig()
+    buffer: BufferConfig = BufferConfig()
+    admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (init kwargs carry the file's content); no .env magic.
+        return env_settings, init_settings
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.buffer.path if self.buffer.path is not None else self.data_dir / "buffer.duckdb"
+
+
+def as_dict(config: EvolvdConfig) -> dict[str, Any]:
+    """The effective config as plain JSON-able data (for /status and `config show`)."""
+    return config.model_dump(mode="json")

@@ -1,0 +1,196 @@
+"""The ingest loop: poll the source, validate, and hand batches to a writer that commits them.
+
+Two threads so the second core is used: this one polls and decodes (Python, holds the GIL), the
+writer commits to DuckDB (C++, releases it). Each transaction carries its partition offsets, so the
+buffer's position only ever moves together with the events it covers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from evolvd.abc import IngestBatch, IngestSink, PartitionLag, Source
+from evolvd.config import IngestConfig
+from evolvd.contract import decode_into
+from evolvd.metrics import IngestMetrics
+
+logger = logging.getLogger("evolvd.ingest")
+
+_MAX_GROUP_COMMIT = 16
+"""At most this many queued polls are merged into one transaction when the writer falls behind."""
+
+
+class BatchWriter:
+    """Commits ingest batches on its own thread; a full queue makes the poller wait (bounded memory)."""
+
+    def __init__(
+        self, sink: IngestSink, metrics: IngestMetrics, on_durable: Callable[[IngestBatch], None]
+    ) -> None:
+        self._sink = sink
+        self._metrics = metrics
+        self._on_durable = on_durable
+        self._queue: queue.Queue[IngestBatch | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="evolvd-ingest-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: IngestBatch) -> None:
+        self._queue.put(batch)
+
+    def drain(self) -> None:
+        """Return once every batch submitted so far is committed."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                self._queue.task_done()
+                return
+            merged = 1
+            while merged < _MAX_GROUP_COMMIT:
+                try:
+                    later = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if later is None:  # keep the stop marker for the outer loop
+                    self._queue.task_done()
+                    self._queue.put(None)
+                    break
+                batch.merge(later)
+                merged += 1
+            self._write_until_done(batch)
+            for _ in range(merged):
+                self._queue.task_done()
+
+    def _write_until_done(self, batch: IngestBatch) -> None:
+        # Nothing may be lost, and the batch's records are not acknowledged anywhere until this
+        # succeeds, so a failing write is retried (with backoff) rather than skipped.
+        delay = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                result = self._sink.write_ingest_batch(batch)
+            except Exception:
+                self._metrics.write_errors.inc()
+                logger.exception(
+                    "writing %d events to the buffer failed; retrying in %.1fs", batch.event_count, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._metrics.write_seconds.observe(time.perf_counter() - started)
+            break
+        m = self._metrics
+        m.batches.inc()
+        m.messages.labels("event").inc(result.inserted)
+        m.messages.labels("duplicate").inc(result.duplicates)
+        m.messages.labels("feedback").inc(len(batch.feedback))
+        m.messages.labels("dead_letter").inc(len(batch.dead_letters))
+        for dl in batch.dead_letters:
+            m.dead_letters.labels(dl.reason).inc()
+        self._on_durable(batch)
+
+
+@dataclass
+class IngestState:
+    """What /status shows about ingest; written by the ingest thread, read by the admin API."""
+
+    running: bool = False
+    paused: bool = False
+    backlog: int = 0
+    partitions: list[PartitionLag] = field(default_factory=list)
+    last_error: str | None = None
+
+
+class IngestLoop:
+    """Runs on its own thread until `stop` is set; then finishes the batch in hand and returns."""
+
+    def __init__(
+        self,
+        source_factory: Callable[[Callable[[], None]], Source],
+        sink: IngestSink,
+        config: IngestConfig,
+        metrics: IngestMetrics,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._sink = sink
+        self._durable: dict[tuple[str, int], int] = {}
+        self._durable_lock = threading.Lock()
+        self._writer = BatchWriter(sink, metrics, self._note_durable)
+        self._source = source_factory(self._writer.drain)
+        self.state = IngestState()
+
+    def _note_durable(self, batch: IngestBatch) -> None:
+        with self._durable_lock:
+            self._durable.update(batch.next_offsets)
+
+    def run(self, stop: threading.Event) -> None:
+        self.state.running = True
+        next_check = 0.0
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_check:
+                    self._housekeeping()
+                    next_check = now + self._config.backlog_check_interval_s
+                chunks = self._source.next_batch(
+                    self._config.batch_max_messages, self._config.poll_timeout_ms
+                )
+                if not chunks:
+                    continue
+                batch = IngestBatch()
+                max_bytes = self._config.max_message_bytes
+                for chunk in chunks:
+                    for record in chunk:
+                        decode_into(record, max_bytes, batch)
+                    last = chunk[-1]
+                    batch.next_offsets[(last.topic, last.partition)] = last.offset + 1
+                self._writer.submit(batch.seal())
+        finally:
+            self.state.running = False
+            self._writer.drain()
+            self._acknowledge()
+            self._writer.close()
+            self._source.close()
+            logger.info("ingest stopped; every polled message is in the buffer")
+
+    def _housekeeping(self) -> None:
+        """Backpressure, acknowledgements and lag: cheap enough once a second, too dear per poll."""
+        backlog = self._sink.backlog()
+        self.state.backlog = backlog
+        cfg = self._config
+        if not self._source.paused and backlog >= cfg.backlog_high_watermark:
+            logger.warning(
+                "backlog %d reached %d: pausing fetch until it falls to %d",
+                backlog,
+                cfg.backlog_high_watermark,
+                cfg.backlog_low_watermark,
+            )
+            self._source.pause()
+            self._metrics.backpressure_pauses.inc()
+        elif self._source.paused and backlog <= cfg.backlog_low_watermark:
+            logger.info("backlog %d is down to %d: resuming fetch", backlog, cfg.backlog_low_watermark)
+            self._source.resume()
+        self.state.paused = self._source.paused
+        self._metrics.paused.set(1 if self._source.paused else 0)
+        self._acknowledge()
+        self.state.partitions = self._source.lag()
+        for p in self.state.partitions:
+            if p.lag is not None:
+                self._metrics.lag.labels(p.topic, str(p.partition)).set(p.lag)
+
+    def _acknowledge(self) -> None:
+        with self._durable_lock:
+            durable, self._durable = self._durable, {}
+        if durable:
+            self._source.acknowledge(durable)

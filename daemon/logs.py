@@ -1,0 +1,35 @@
+"""Logging setup for the daemon process: one line per record, text or JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Literal
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            body["exception"] = self.formatException(record.exc_info)
+        return json.dumps(body)
+
+
+def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # kafka-python logs every reconnect attempt at WARNING/ERROR; evolvd reports what matters itself.
+    logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""The policy engine and the default policy files operators edit (built out in the policies issue)."""
