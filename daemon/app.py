@@ -63,6 +63,7 @@ class Daemon:
         self._ingest_thread: threading.Thread | None = None
         self._ingest_metrics = IngestMetrics.create(self.registry)
         self._ingest_restarts = 0
+        self._buffer_collector: BufferCollector | None = None
         self._state = "starting"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -85,7 +86,8 @@ class Daemon:
             self._buffer = DuckDBBuffer(cfg.buffer_path)
         except (BufferLockedError, SchemaTooNewError) as exc:
             raise StartupError(str(exc)) from exc
-        self.registry.register(BufferCollector(self._buffer.table_counts, self._buffer.backlog))
+        self._buffer_collector = BufferCollector(self._buffer.table_counts, self._buffer.backlog)
+        self.registry.register(self._buffer_collector)
 
         self._start_kafka()
         self._ingest = self._new_ingest_loop()
@@ -191,8 +193,15 @@ class Daemon:
         if self._admin is not None:
             self._admin.stop()
             (self.config.data_dir / ADMIN_URL_FILE).unlink(missing_ok=True)
+        if self._buffer_collector is not None:
+            self.registry.unregister(self._buffer_collector)
+            self._buffer_collector = None
         if self._buffer is not None and not (self._ingest_thread and self._ingest_thread.is_alive()):
             self._buffer.close()
+            # Drop every reference to DuckDB objects before interpreter teardown (otherwise its
+            # bindings report them as leaked on exit, which reads like a crash in the log).
+            self._buffer = None
+            self._ingest = None
         if self._broker is not None:
             self._broker.stop()
         self._state = "stopped"

@@ -70,7 +70,7 @@ def decode_into(record: SourceRecord, max_bytes: int, batch: IngestBatch) -> Non
         return
     try:
         msg = _decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
         reason, detail = _classify_decode_error(raw, exc)
         _dead(batch, record, reason, detail)
         return
@@ -131,7 +131,7 @@ def _dead(batch: IngestBatch, record: SourceRecord, reason: DeadLetterReason, de
     )
 
 
-def _classify_decode_error(raw: bytes, exc: msgspec.DecodeError) -> tuple[DeadLetterReason, str]:
+def _classify_decode_error(raw: bytes, exc: Exception) -> tuple[DeadLetterReason, str]:
     # Only the failure path pays for telling these apart.
     try:
         raw.decode("utf-8")

@@ -125,7 +125,9 @@ class IngestLoop:
         self._metrics = metrics
         self._sink = sink
         self._durable: dict[tuple[str, int], int] = {}
+        self._durable_events = 0
         self._durable_lock = threading.Lock()
+        self._submitted_events = 0
         self._writer = BatchWriter(sink, metrics, self._note_durable)
         self._source = source_factory(self._writer.drain)
         self.state = IngestState()
@@ -133,6 +135,7 @@ class IngestLoop:
     def _note_durable(self, batch: IngestBatch) -> None:
         with self._durable_lock:
             self._durable.update(batch.next_offsets)
+            self._durable_events += batch.event_count
 
     def run(self, stop: threading.Event) -> None:
         self.state.running = True
@@ -156,6 +159,7 @@ class IngestLoop:
                     last = chunk[-1]
                     batch.next_offsets[(last.topic, last.partition)] = last.offset + 1
                 self._writer.submit(batch.seal())
+                self._admit(batch.event_count)
         finally:
             self.state.running = False
             self._writer.drain()
@@ -164,11 +168,15 @@ class IngestLoop:
             self._source.close()
             logger.info("ingest stopped; every polled message is in the buffer")
 
-    def _housekeeping(self) -> None:
-        """Backpressure, acknowledgements and lag: cheap enough once a second, too dear per poll."""
-        backlog = self._sink.backlog()
-        self.state.backlog = backlog
-        cfg = self._config
+    def _admit(self, events: int) -> None:
+        """Count a submitted batch against the backlog at once, so a fast topic overshoots the
+        limit by at most one batch rather than by everything that arrives between two checks."""
+        self._submitted_events += events
+        self.state.backlog += events
+        self._apply_backpressure()
+
+    def _apply_backpressure(self) -> None:
+        cfg, backlog = self._config, self.state.backlog
         if not self._source.paused and backlog >= cfg.backlog_high_watermark:
             logger.warning(
                 "backlog %d reached %d: pausing fetch until it falls to %d",
@@ -183,6 +191,14 @@ class IngestLoop:
             self._source.resume()
         self.state.paused = self._source.paused
         self._metrics.paused.set(1 if self._source.paused else 0)
+
+    def _housekeeping(self) -> None:
+        """Re-measure the backlog, acknowledge, update lag: cheap once a second, too dear per poll."""
+        with self._durable_lock:
+            in_flight = self._submitted_events - self._durable_events
+        # Committed events waiting for the labeler, plus those the writer has not committed yet.
+        self.state.backlog = self._sink.backlog() + in_flight
+        self._apply_backpressure()
         self._acknowledge()
         self.state.partitions = self._source.lag()
         for p in self.state.partitions:

@@ -1,0 +1,171 @@
+"""Ingest against the real embedded broker and a real DuckDB file (the loop the daemon runs, in-process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import produce, prompt_message
+
+from evolvd.buffer import DuckDBBuffer
+from evolvd.config import IngestConfig, KafkaConfig
+from evolvd.connectors.kafka_source import KafkaSource
+from evolvd.ingest import IngestLoop
+from evolvd.metrics import IngestMetrics, new_registry
+
+pytestmark = pytest.mark.kafka
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@contextmanager
+def running_ingest(
+    bootstrap: str, topic: str, buffer: DuckDBBuffer, group: str | None = None, **ingest: Any
+) -> Iterator[IngestLoop]:
+    kafka = KafkaConfig(bootstrap_servers=bootstrap, topic=topic, group_id=group or f"g-{uuid.uuid4().hex}")
+    config = IngestConfig(**{"backlog_check_interval_s": 0.1, **ingest})
+    loop = IngestLoop(
+        lambda drain: KafkaSource(kafka, bootstrap, lambda: buffer.stored_offsets(topic), drain, 500),
+        buffer,
+        config,
+        IngestMetrics.create(new_registry()),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        yield loop
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "ingest loop did not stop"
+
+
+def count(buffer: DuckDBBuffer, table: str = "events") -> int:
+    return buffer.table_counts()[table]
+
+
+def test_n_messages_land_as_exactly_n_events(broker: Any, topic: str, tmp_path: Path) -> None:
+    n = 3000
+    produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(n)])
+    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+    with running_ingest(broker.bootstrap_servers, topic, buffer):
+        wait_for(lambda: count(buffer) >= n, what=f"{n} events")
+        time.sleep(0.5)  # anything extra would show up now
+    assert count(buffer) == n
+    assert buffer.cursor().execute("SELECT count(DISTINCT id) FROM events").fetchone() == (n,)
+    assert sum(buffer.stored_offsets(topic).values()) == n
+    buffer.close()
+
+
+def test_bad_messages_become_dead_letters_and_never_block_the_partition(
+    broker: Any, topic: str, tmp_path: Path
+) -> None:
+    bad = [
+        (None, "no_value"),
+        (b"x" * 2000, "oversized"),
+        (b'{"id": "u", "prompt": "caf\xe9"}', "not_utf8"),
+        (b"{{{{", "not_json"),
+        (b"[1]", "not_object"),
+        (b'{"id": 7, "prompt": "p"}', "wrong_type"),
+        (b'{"id": "e", "prompt": ""}', "empty_prompt"),
+        (b'{"id": "n"}', "no_prompt"),
+        (b'{"id": "m", "prompt": "p", "messages": [{"role": "user", "content": "q"}]}', "ambiguous_prompt"),
+    ]
+    values: list[bytes | None] = []
+    for i, (value, _reason) in enumerate(bad):  # good, bad, good, bad, ... all on one partition
+        values.append(prompt_message(i))
+        values.append(value)
+    values.append(prompt_message(len(bad)))
+    produce(broker.bootstrap_servers, topic, values, partition=0)
+
+    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+    with running_ingest(broker.bootstrap_servers, topic, buffer, max_message_bytes=1024):
+        wait_for(lambda: count(buffer) == len(bad) + 1 and count(buffer, "dead_letters") == len(bad))
+    rows = (
+        buffer.cursor()
+        .execute("SELECT kafka_offset, reason, detail FROM dead_letters ORDER BY kafka_offset")
+        .fetchall()
+    )
+    assert [(off, reason) for off, reason, _ in rows] == [(2 * i + 1, r) for i, (_, r) in enumerate(bad)]
+    assert all(detail for _, _, detail in rows)
+    assert buffer.stored_offsets(topic) == {0: len(values)}
+    buffer.close()
+
+
+def test_restart_resumes_from_buffer_offsets_without_duplicates(
+    broker: Any, topic: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "b.duckdb"
+    group = f"g-{uuid.uuid4().hex}"
+    produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(1000)])
+    buffer = DuckDBBuffer(path)
+    with running_ingest(broker.bootstrap_servers, topic, buffer, group=group):
+        wait_for(lambda: count(buffer) == 1000)
+    buffer.close()
+
+    produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(1000, 1500)])
+    buffer = DuckDBBuffer(path)
+    # A different group id: Kafka's committed offsets are irrelevant, the buffer's are what count.
+    with running_ingest(broker.bootstrap_servers, topic, buffer):
+        wait_for(lambda: count(buffer) == 1500)
+        time.sleep(0.5)
+    assert count(buffer) == 1500
+    buffer.close()
+
+
+def test_republished_ids_are_deduplicated(broker: Any, topic: str, tmp_path: Path) -> None:
+    produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(100)] * 2)
+    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+    with running_ingest(broker.bootstrap_servers, topic, buffer) as loop:
+        wait_for(lambda: sum(buffer.stored_offsets(topic).values()) == 200)
+        registry_value = loop._metrics.messages.labels("duplicate")._value.get()
+    assert count(buffer) == 100
+    assert registry_value == 100
+    buffer.close()
+
+
+def test_backpressure_pauses_above_the_limit_and_resumes_below(
+    broker: Any, topic: str, tmp_path: Path
+) -> None:
+    high, low = 300, 100
+    produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(2000)])
+    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+    with running_ingest(
+        broker.bootstrap_servers,
+        topic,
+        buffer,
+        batch_max_messages=50,
+        backlog_high_watermark=high,
+        backlog_low_watermark=low,
+    ) as loop:
+        wait_for(lambda: loop.state.paused, what="backpressure pause")
+        time.sleep(1.0)
+        held = count(buffer)
+        # The limit is enforced per batch: at most one batch gets past it.
+        assert high <= held < high + 50
+        time.sleep(1.0)
+        assert count(buffer) == held, "fetching went on while paused"
+
+        # The labeler (a later stage) drains the backlog; here we mark events labeled directly.
+        buffer.cursor().execute(
+            "UPDATE events SET state = 'labeled' WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
+            [held - low],
+        )
+        wait_for(lambda: count(buffer) > held, what="resume after the backlog fell")
+        buffer.cursor().execute("UPDATE events SET state = 'labeled'")
+        wait_for(lambda: count(buffer) == 2000 or loop.state.paused, what="more ingest")
+    buffer.close()
