@@ -22,7 +22,9 @@ from evolvd.metrics import IngestMetrics
 logger = logging.getLogger("evolvd.ingest")
 
 _MAX_GROUP_COMMIT = 16
-"""At most this many queued polls are merged into one transaction when the writer falls behind."""
+"""At most this many polls are merged into one transaction."""
+_GROUP_COMMIT_LINGER_S = 0.1
+"""How long the writer waits for more polls before committing what it has (the ingest latency cost)."""
 
 
 class BatchWriter:
@@ -50,20 +52,24 @@ class BatchWriter:
         self._thread.join()
 
     def _run(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             batch = self._queue.get()
             if batch is None:
                 self._queue.task_done()
                 return
             merged = 1
+            # Group commit: gather what arrives within the linger into one transaction. Fewer,
+            # larger DuckDB calls mean fewer GIL hand-offs with the polling thread.
+            deadline = time.monotonic() + _GROUP_COMMIT_LINGER_S
             while merged < _MAX_GROUP_COMMIT:
                 try:
-                    later = self._queue.get_nowait()
+                    later = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if later is None:  # keep the stop marker for the outer loop
+                if later is None:
                     self._queue.task_done()
-                    self._queue.put(None)
+                    stopping = True
                     break
                 batch.merge(later)
                 merged += 1
