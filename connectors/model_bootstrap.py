@@ -87,9 +87,16 @@ def ensure_bundled_model(models_dir: Path) -> BaseModel:
     logger.info("converting the bundled base model %s into %s (once; ~30 s)", gguf.name, target)
     _convert(gguf, staging)
     content_hash = folder_hash(staging)
-    (staging / MANIFEST).write_text(json.dumps({
-        "name": BUNDLED_NAME, "source": f"{BUNDLED_PACKAGE}/{BUNDLED_GGUF}", "content_hash": content_hash,
-    }, indent=2))
+    (staging / MANIFEST).write_text(
+        json.dumps(
+            {
+                "name": BUNDLED_NAME,
+                "source": f"{BUNDLED_PACKAGE}/{BUNDLED_GGUF}",
+                "content_hash": content_hash,
+            },
+            indent=2,
+        )
+    )
     shutil.rmtree(target, ignore_errors=True)  # a half-written or tampered folder
     os.replace(staging, target)
     logger.info("base model ready in %.0fs (sha256 %s...)", time.monotonic() - started, content_hash[:12])
@@ -113,6 +120,7 @@ def resolve_base_model(configured: Path | None, models_dir: Path) -> BaseModel:
     if configured is None:
         return ensure_bundled_model(models_dir)
     if not (configured / "config.json").is_file():
-        raise ModelBootstrapError(f"serving.model_path {configured} is not a Hugging Face model folder "
-                                  "(no config.json)")
+        raise ModelBootstrapError(
+            f"serving.model_path {configured} is not a Hugging Face model folder (no config.json)"
+        )
     return BaseModel(configured, configured.name, folder_hash(configured))

@@ -9,13 +9,29 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
+
+from evolvd.serving.hotswap import SwapError
 
 logger = logging.getLogger("evolvd.admin")
+
+
+class ServingControl(Protocol):
+    """The serving operations the admin API exposes."""
+
+    registry: Any
+
+    def register(self, path: Path) -> str: ...
+    def promote(self, name: str) -> Any: ...
+    def rollback(self) -> Any: ...
 
 
 class DaemonView(Protocol):
@@ -23,10 +39,25 @@ class DaemonView(Protocol):
 
     registry: CollectorRegistry
 
+    @property
+    def serving(self) -> ServingControl | None: ...
+
     def status(self) -> dict[str, Any]: ...
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): reason says what is not ready, or 'ok'."""
+
+
+class RegisterRequest(BaseModel):
+    path: str
+    """An adapter folder on the daemon's machine (adapter_config.json + adapter_model.safetensors)."""
+
+
+def _swap(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except SwapError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
 
 
 def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
@@ -62,17 +93,41 @@ def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(daemon.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def serving() -> ServingControl:
+        if daemon.serving is None:
+            raise HTTPException(status_code=409, detail="serving is disabled (serving.enabled: false)")
+        return daemon.serving
+
+    @app.get("/adapters", dependencies=[Depends(require_token)])
+    def adapters() -> dict[str, Any]:
+        control = serving()
+        return {"adapters": control.registry.all(), "swaps": control.registry.swaps()}
+
+    @app.post("/adapters", dependencies=[Depends(require_token)])
+    def register(body: RegisterRequest) -> dict[str, Any]:
+        return {"name": _swap(lambda: serving().register(Path(body.path)))}
+
+    @app.post("/adapters/{name}/promote", dependencies=[Depends(require_token)])
+    def promote(name: str) -> dict[str, Any]:
+        return asdict(_swap(lambda: serving().promote(name)))
+
+    @app.post("/rollback", dependencies=[Depends(require_token)])
+    def rollback() -> dict[str, Any]:
+        return asdict(_swap(lambda: serving().rollback()))
+
     return app
 
 
 class AdminServer:
-    """uvicorn on a background thread; `port` is known once started (config port 0 picks one)."""
+    """A FastAPI app under uvicorn on a background thread (the admin API, the gateway).
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    `port` is known once started (port 0 picks a free one)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int, name: str = "evolvd-admin") -> None:
         self._server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
         )
-        self._thread = threading.Thread(target=self._server.run, name="evolvd-admin", daemon=True)
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
         self.host = host
         self.port = port
 

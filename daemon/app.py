@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evolvd import __version__
 from evolvd.admin import AdminServer, create_app
@@ -21,7 +21,10 @@ from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from evolvd.connectors.kafka_source import KafkaSource, KafkaUnavailableError, ensure_topic
 from evolvd.ingest import IngestLoop
-from evolvd.metrics import BufferCollector, IngestMetrics, new_registry
+from evolvd.metrics import BufferCollector, IngestMetrics, ServingMetrics, new_registry
+
+if TYPE_CHECKING:
+    from evolvd.serving.service import ServingService
 
 logger = logging.getLogger("evolvd.daemon")
 
@@ -64,6 +67,7 @@ class Daemon:
         self._ingest_metrics = IngestMetrics.create(self.registry)
         self._ingest_restarts = 0
         self._buffer_collector: BufferCollector | None = None
+        self._serving: ServingService | None = None
         self._state = "starting"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -100,6 +104,8 @@ class Daemon:
         (cfg.data_dir / ADMIN_URL_FILE).write_text(self._admin.url + "\n")
 
         self._start_ingest_thread()
+        if cfg.serving.enabled:
+            self._start_serving()
         self._state = "running"
         logger.info(
             "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
@@ -109,6 +115,24 @@ class Daemon:
             cfg.kafka.topic,
             cfg.buffer_path,
         )
+
+    def _start_serving(self) -> None:
+        from evolvd.connectors.model_bootstrap import ModelBootstrapError
+        from evolvd.serving.service import ServingService
+        from evolvd.serving.supervisor import ServingStartError
+
+        assert self._buffer is not None
+        self._serving = ServingService(
+            self.config, self._buffer, ServingMetrics.create(self.registry), self._bootstrap_servers
+        )
+        try:
+            self._serving.start()
+        except (ModelBootstrapError, ServingStartError, RuntimeError) as exc:
+            raise StartupError(f"serving: {exc}") from exc
+
+    @property
+    def serving(self) -> ServingService | None:
+        return self._serving
 
     def _start_kafka(self) -> None:
         kafka = self.config.kafka
@@ -183,6 +207,8 @@ class Daemon:
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         self.request_stop()
+        if self._serving is not None:
+            self._serving.stop()
         if self._ingest_thread is not None:
             self._ingest_thread.join(timeout=timeout_s)
             if self._ingest_thread.is_alive():
@@ -214,6 +240,10 @@ class Daemon:
             return False, self._state
         if self._ingest is None or not self._ingest.state.running:
             return False, "ingest is not running"
+        if self._serving is not None and not (
+            self._serving.supervisor and self._serving.supervisor.is_ready()
+        ):
+            return False, "serving is not ready"
         return True, "ok"
 
     def status(self) -> dict[str, Any]:
@@ -257,6 +287,7 @@ class Daemon:
                 "events_by_state": self._buffer.events_by_state(),
             },
             "dead_letters": {"total": sum(dead.values()), "by_reason": dead},
+            "serving": self._serving.status() if self._serving is not None else {"state": "disabled"},
             "config": as_dict(self.config),
         }
 

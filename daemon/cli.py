@@ -104,23 +104,36 @@ def _admin_url(url: str | None, config_path: Path | None) -> str:
     return f"http://{config.admin.host}:{config.admin.port}"
 
 
-def admin_get(url: str | None, config_path: Path | None, path: str) -> dict[str, Any]:
+def admin_request(
+    url: str | None, config_path: Path | None, path: str, method: str = "GET", body: Any = None
+) -> dict[str, Any]:
+    """Call the running daemon's admin API; print the daemon's own reason and exit on an error."""
     import httpx
 
     base = _admin_url(url, config_path)
     token = os.environ.get("EVOLVD_ADMIN_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(base + path, headers=headers, timeout=10)
+        response = httpx.request(method, base + path, headers=headers, json=body, timeout=120)
     except httpx.HTTPError as exc:
         click.echo(f"error: cannot reach the evolvd admin API at {base}: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)
     if response.status_code == 401:
         click.echo(f"error: {base} wants a bearer token: set EVOLVD_ADMIN_TOKEN", err=True)
         sys.exit(EXIT_FAILED)
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        click.echo(f"error: {detail}", err=True)
+        sys.exit(EXIT_FAILED)
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def admin_get(url: str | None, config_path: Path | None, path: str) -> dict[str, Any]:
+    return admin_request(url, config_path, path)
 
 
 URL_OPTION = click.option(
@@ -169,6 +182,87 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
             else ""
         )
     )
+
+
+# -- model and adapters -----------------------------------------------------------------------
+
+
+@main.group()
+def model() -> None:
+    """The base model."""
+
+
+@model.command("init")
+@CONFIG_OPTION
+def model_init(config_path: Path | None) -> None:
+    """Convert the bundled base model into data_dir/models once (idempotent; verified by content hash)."""
+    config = _load_config(config_path)
+    from evolvd.connectors.model_bootstrap import ModelBootstrapError, resolve_base_model
+    from evolvd.logs import configure_logging
+
+    configure_logging(config.logging.level, config.logging.format)
+    try:
+        base = resolve_base_model(config.serving.model_path, config.data_dir / "models")
+    except ModelBootstrapError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"{base.name}: {base.path} (sha256 {base.content_hash})")
+
+
+@main.group()
+def adapters() -> None:
+    """LoRA adapters: list, register, promote (through the running daemon)."""
+
+
+@adapters.command("list")
+@URL_OPTION
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def adapters_list(url: str | None, config_path: Path | None, as_json: bool) -> None:
+    """Every adapter with its status, and the latest swaps."""
+    body = admin_request(url, config_path, "/adapters")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    for a in body["adapters"]:
+        click.echo(f"{a['name']:<48} v{a['version']:<4} {a['status']:<12} {a['reason'] or ''}")
+    if body["swaps"]:
+        click.echo("recent swaps:")
+        for s in body["swaps"][:10]:
+            ms = f"{s['duration_ms']:.0f} ms" if s["duration_ms"] is not None else ""
+            click.echo(
+                f"  {s['created_at']}  {s['action']:<9} {s['outcome']:<9} {s['from'] or 'base'} -> "
+                f"{s['to'] or 'base'}  {ms}  {s['reason'] or ''}"
+            )
+
+
+@adapters.command("register")
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@URL_OPTION
+@CONFIG_OPTION
+def adapters_register(path: Path, url: str | None, config_path: Path | None) -> None:
+    """Validate an adapter folder and add it as a candidate (prints its unique name)."""
+    click.echo(admin_request(url, config_path, "/adapters", "POST", {"path": str(path.resolve())})["name"])
+
+
+@adapters.command("promote")
+@click.argument("name")
+@URL_OPTION
+@CONFIG_OPTION
+def adapters_promote(name: str, url: str | None, config_path: Path | None) -> None:
+    """Hot-swap NAME in as the live adapter (load, probe, flip; the previous stays loaded for rollback)."""
+    result = admin_request(url, config_path, f"/adapters/{name}/promote", "POST")
+    old, new, took = result["from_adapter"] or "base", result["to_adapter"], result["duration_ms"]
+    click.echo(f"live: {old} -> {new} in {took:.0f} ms")
+
+
+@main.command()
+@URL_OPTION
+@CONFIG_OPTION
+def rollback(url: str | None, config_path: Path | None) -> None:
+    """Flip back to the previous adapter (or the base model)."""
+    result = admin_request(url, config_path, "/rollback", "POST")
+    click.echo(f"rolled back: {result['from_adapter']} -> {result['to_adapter'] or 'base'}")
 
 
 # -- config -----------------------------------------------------------------------------------

@@ -136,6 +136,73 @@ class AdminConfig(_Section):
             return False
 
 
+class ServingConfig(_Section):
+    enabled: bool = True
+    """Off: the daemon only ingests (no model, no gateway)."""
+
+    mode: Literal["managed", "external"] = "managed"
+    """`managed`: evolvd starts and supervises vLLM; `external`: it only watches `url`."""
+
+    url: str | None = None
+    """Base URL of an external vLLM OpenAI server (mode `external`)."""
+
+    model_path: Path | None = None
+    """A local Hugging Face model folder; default: the bundled SmolLM2-135M, converted once."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    """Port of the managed vLLM server; 0 picks a free one."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = Field(2048, ge=128)
+    max_lora_rank: int = Field(16, ge=1, le=512)
+    """Largest LoRA rank the server accepts; adapters above it are rejected before loading."""
+
+    max_loras: int = Field(4, ge=2, le=64)
+    """Adapters resident at once: live + previous (rollback) + candidate/canary. At least 2."""
+
+    kv_cache_gib: int = Field(2, ge=1)
+    """VLLM_CPU_KVCACHE_SPACE on CPU builds."""
+
+    extra_args: list[str] = []
+    """More vLLM command-line arguments, passed as given."""
+
+    startup_timeout_s: float = Field(300.0, gt=0)
+    health_interval_s: float = Field(1.0, gt=0, le=60)
+    restart_backoff_max_s: float = Field(60.0, ge=1)
+    probe_prompt: str = "Reply with the word ready."
+    """Sent to every newly loaded adapter before it may serve traffic."""
+
+    @model_validator(mode="after")
+    def _external_needs_url(self) -> ServingConfig:
+        if self.mode == "external" and not self.url:
+            raise ValueError("serving.mode external needs serving.url")
+        return self
+
+
+class GatewayConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8751, ge=0, le=65535)
+    """OpenAI-compatible front door; 0 picks a free port (written to `<data_dir>/gateway.url`)."""
+
+    public_model_name: str = Field("evolvd", min_length=1)
+    """The model name clients use; resolved to the live adapter (or the base model before one)."""
+
+    api_keys_env: str | None = None
+    """Variable holding comma-separated client API keys; unset: no key required."""
+
+    canary_share: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of alias traffic sent to the canary adapter while one is set."""
+
+    capture: bool = False
+    """Publish each request/response pair to the prompts topic (the loop learns from live traffic)."""
+
+    request_timeout_s: float = Field(300.0, gt=0)
+    retry_after_s: int = Field(5, ge=1)
+    """Retry-After sent with 503 while the serving process is restarting."""
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -159,6 +226,8 @@ class EvolvdConfig(BaseSettings):
     ingest: IngestConfig = IngestConfig()
     buffer: BufferConfig = BufferConfig()
     admin: AdminConfig = AdminConfig()
+    serving: ServingConfig = ServingConfig()
+    gateway: GatewayConfig = GatewayConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @classmethod

@@ -33,3 +33,4 @@ def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None
     # kafka-python logs every reconnect attempt at WARNING/ERROR; evolvd reports what matters itself.
     logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.ERROR))
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check otherwise

@@ -106,3 +106,61 @@ class BufferCollector(Collector):
         yield GaugeMetricFamily(
             "evolvd_buffer_backlog_events", "Events waiting for the labeler", value=self._backlog()
         )
+
+
+@dataclass(frozen=True)
+class ServingMetrics:
+    swaps: Counter
+    swap_seconds: Histogram
+    rollbacks: Counter
+    restarts: Counter
+    up: Gauge
+    live_adapter: Gauge
+    gateway_requests: Counter
+    gateway_seconds: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ServingMetrics:
+        return cls(
+            swaps=Counter(
+                "evolvd_adapter_swaps_total",
+                "Adapter swaps, by action and outcome",
+                ["action", "outcome"],
+                registry=registry,
+            ),
+            swap_seconds=Histogram(
+                "evolvd_adapter_swap_seconds",
+                "Time from load request to alias flip (successful swaps)",
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                registry=registry,
+            ),
+            rollbacks=Counter(
+                "evolvd_adapter_rollbacks_total",
+                "Rollbacks to the previous adapter, by outcome",
+                ["outcome"],
+                registry=registry,
+            ),
+            restarts=Counter(
+                "evolvd_serving_restarts_total", "Restarts of the serving process", registry=registry
+            ),
+            up=Gauge("evolvd_serving_up", "1 while the serving process answers", registry=registry),
+            live_adapter=Gauge(
+                "evolvd_live_adapter_info",
+                "The adapter the public model name resolves to",
+                ["adapter"],
+                registry=registry,
+            ),
+            gateway_requests=Counter(
+                "evolvd_gateway_requests_total",
+                "Gateway requests by route and status",
+                ["route", "status"],
+                registry=registry,
+            ),
+            gateway_seconds=Histogram(
+                "evolvd_gateway_request_seconds",
+                "Gateway request latency (to the last byte) by route",
+                ["route"],
+                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+                registry=registry,
+            ),
+        )

@@ -16,7 +16,13 @@ import httpx
 class DaemonProcess:
     def __init__(self, data_dir: Path, env: dict[str, str], token: str | None = None) -> None:
         self.data_dir = data_dir
-        self.env = {**os.environ, "EVOLVD_DATA_DIR": str(data_dir), "EVOLVD_ADMIN__PORT": "0", **env}
+        # Serving (a 5 GB vLLM server) only where a test asks for it: test_serving.py does.
+        defaults = {
+            "EVOLVD_DATA_DIR": str(data_dir),
+            "EVOLVD_ADMIN__PORT": "0",
+            "EVOLVD_SERVING__ENABLED": "false",
+        }
+        self.env = {**os.environ, **defaults, **env}
         self.token = token
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "daemon.log"

@@ -47,7 +47,8 @@ def buffer_events(data_dir: Path) -> tuple[int, int, list[str]]:
 def test_sigkill_during_ingest_loses_and_duplicates_nothing(broker: Any, topic: str, tmp_path: Path) -> None:
     n = 20_000
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(n)])
-    env = external_broker_env(broker, topic, EVOLVD_INGEST__BATCH_MAX_MESSAGES="100")
+    # Small polls make each life of the daemon commit many transactions, so kills land mid-ingest.
+    env = external_broker_env(broker, topic, EVOLVD_INGEST__BATCH_MAX_MESSAGES="25")
     daemon = DaemonProcess(tmp_path / "data", env)
     rng = random.Random(20261121)
     kills_mid_ingest, seen = 0, 0
@@ -59,7 +60,7 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(broker: Any, topic: 
             if now > seen or now == n:
                 break
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.15))
+        time.sleep(rng.uniform(0.0, 0.1))
         before_kill = daemon.status()["buffer"]["tables"]["events"]
         daemon.kill()
         if before_kill >= n:

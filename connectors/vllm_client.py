@@ -1,0 +1,97 @@
+"""A small client for the control side of vLLM's OpenAI server: health, models, LoRA load/unload, probes.
+
+Only connection failures are retried (the request never reached the server); an answer, even an
+error, is returned to the caller, because a load that reached vLLM must not be blindly repeated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import before_sleep_log, retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+logger = logging.getLogger("evolvd.vllm")
+
+_retry_connect = retry(
+    retry=retry_if_exception_type(httpx.ConnectError),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential(multiplier=0.2, max=2),
+    before_sleep=before_sleep_log(logger, logging.WARNING),
+    reraise=True,
+)
+
+
+class VLLMError(RuntimeError):
+    """vLLM answered with an error; `status` is its HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    model: str
+    text: str
+    latency_s: float
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", body["error"]))
+    return str(body)[:500]
+
+
+class VLLMClient:
+    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def healthy(self) -> bool:
+        try:
+            return self._http.get("/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @_retry_connect
+    def models(self) -> list[str]:
+        response = self._http.get("/v1/models")
+        if response.status_code != 200:
+            raise VLLMError(f"listing models failed: {_error_text(response)}", response.status_code)
+        return [m["id"] for m in response.json()["data"]]
+
+    @_retry_connect
+    def load_adapter(self, name: str, path: str) -> None:
+        response = self._http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        if response.status_code != 200:
+            raise VLLMError(f"vLLM refused adapter {name}: {_error_text(response)}", response.status_code)
+
+    @_retry_connect
+    def unload_adapter(self, name: str) -> None:
+        response = self._http.post("/v1/unload_lora_adapter", json={"lora_name": name})
+        if response.status_code != 200:
+            raise VLLMError(f"unloading {name} failed: {_error_text(response)}", response.status_code)
+
+    def probe(self, model: str, prompt: str, max_tokens: int = 1) -> ProbeResult:
+        """One greedy completion through `model`: proves it is loaded and produces text."""
+        body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        try:
+            response = self._http.post("/v1/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise VLLMError(f"probe of {model} got no answer: {exc}") from exc
+        if response.status_code != 200:
+            raise VLLMError(f"probe of {model} failed: {_error_text(response)}", response.status_code)
+        data = response.json()
+        if data.get("model") != model or not data.get("choices"):
+            raise VLLMError(f"probe of {model} was answered by {data.get('model')!r} with no choices")
+        return ProbeResult(model, data["choices"][0].get("text", ""), response.elapsed.total_seconds())

@@ -1,0 +1,197 @@
+"""The OpenAI-compatible front door: resolves the public model name to the live adapter and proxies.
+
+While the serving process is down it answers 503 with Retry-After at once, instead of letting
+clients hang on a dead upstream. With capture on, each answered request is published to the prompts
+topic in the message contract, so live traffic feeds the loop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from evolvd.config import GatewayConfig
+from evolvd.contract import encode_message
+from evolvd.metrics import ServingMetrics
+from evolvd.serving.routing import Router
+
+logger = logging.getLogger("evolvd.gateway")
+
+
+class CaptureSink(Protocol):
+    def publish(self, value: bytes, key: bytes | None) -> None: ...
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": status}}, status, headers=headers
+    )
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        router: Router,
+        upstream_url: str,
+        is_ready: Callable[[], bool],
+        loaded_adapters: Callable[[], list[str]],
+        metrics: ServingMetrics,
+        api_keys: set[str],
+        capture: CaptureSink | None = None,
+    ) -> None:
+        self._config = config
+        self._router = router
+        self._is_ready = is_ready
+        self._loaded_adapters = loaded_adapters
+        self._metrics = metrics
+        self._api_keys = api_keys
+        self._capture = capture
+        self._unavailable = {"Retry-After": str(config.retry_after_s)}
+        self._client = httpx.AsyncClient(
+            base_url=upstream_url,
+            timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        )
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="evolvd gateway", docs_url=None, redoc_url=None, openapi_url=None)
+        app.add_api_route("/healthz", self.healthz, methods=["GET"])
+        app.add_api_route("/v1/models", self.models, methods=["GET"])
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        return app
+
+    def _authorized(self, request: Request) -> bool:
+        if not self._api_keys:
+            return True
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return any(hmac.compare_digest(given.encode(), key.encode()) for key in self._api_keys)
+
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "serving_ready": self._is_ready()}
+
+    async def models(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid API key", "authentication_error")
+        routing = self._router.routing
+        public = self._router.public_name
+        names = dict.fromkeys([public, routing.base, *self._loaded_adapters()])
+        data = [{"id": n, "object": "model", "owned_by": "evolvd"} for n in names]
+        data[0]["root"] = routing.live_or_base  # what the public name means right now
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._timed(request, "/v1/chat/completions")
+
+    async def completions(self, request: Request) -> Response:
+        return await self._timed(request, "/v1/completions")
+
+    async def _timed(self, request: Request, route: str) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await self._proxy(request, route)
+            status = response.status_code
+            return response
+        finally:
+            self._metrics.gateway_requests.labels(route, str(status)).inc()
+            self._metrics.gateway_seconds.labels(route).observe(time.perf_counter() - started)
+
+    async def _read_body(self, request: Request) -> dict[str, Any] | JSONResponse:
+        if not self._authorized(request):
+            return _error(401, "invalid API key", "authentication_error")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not JSON", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object", "invalid_request_error")
+        if not self._is_ready():
+            return _error(503, "the serving process is restarting; retry shortly", "service_unavailable",
+                          self._unavailable)  # fmt: skip
+        return body
+
+    async def _proxy(self, request: Request, route: str) -> Response:
+        body = await self._read_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        served = self._router.resolve(str(body.get("model") or self._router.public_name))
+        body["model"] = served
+        headers = {"x-evolvd-model": served}
+        try:
+            if body.get("stream"):
+                return await self._stream(route, body, headers)
+            upstream = await self._client.post(route, json=body)
+        except httpx.TransportError as exc:
+            logger.warning("upstream failed for %s: %s", route, exc)
+            return _error(503, "the serving process is not answering; retry shortly", "service_unavailable",
+                          self._unavailable)  # fmt: skip
+        if self._capture is not None and upstream.status_code == 200:
+            self._record(body, upstream.json(), served)
+        return Response(
+            upstream.content, upstream.status_code, media_type="application/json", headers=headers
+        )
+
+    async def _stream(self, route: str, body: dict[str, Any], headers: dict[str, str]) -> Response:
+        upstream = await self._client.send(self._client.build_request("POST", route, json=body), stream=True)
+        if upstream.status_code != 200:
+            content = await upstream.aread()
+            await upstream.aclose()
+            return Response(content, upstream.status_code, media_type="application/json", headers=headers)
+        return StreamingResponse(self._relay(upstream, body, headers["x-evolvd-model"]),
+                                 media_type="text/event-stream", headers=headers)  # fmt: skip
+
+    async def _relay(
+        self, upstream: httpx.Response, body: dict[str, Any], served: str
+    ) -> AsyncIterator[bytes]:
+        pieces: list[str] = []
+        try:
+            async for chunk in upstream.aiter_raw():
+                if self._capture is not None:
+                    pieces.extend(_sse_text(chunk))
+                yield chunk
+        finally:
+            await upstream.aclose()
+        if self._capture is not None and pieces:
+            self._record(body, {"id": f"stream-{uuid.uuid4().hex}", "text": "".join(pieces)}, served)
+
+    def _record(self, request: dict[str, Any], response: dict[str, Any], served: str) -> None:
+        assert self._capture is not None
+        choice = (response.get("choices") or [{}])[0]
+        text = response.get("text") or choice.get("text") or (choice.get("message") or {}).get("content")
+        message_id = f"gw-{response.get('id') or uuid.uuid4().hex}"
+        prompt = request.get("prompt") if isinstance(request.get("prompt"), str) else None
+        messages = request.get("messages") if prompt is None else None
+        if prompt is None and not messages:
+            return
+        try:
+            metadata = {"source": "gateway", "served_by": served}
+            value = encode_message(message_id, prompt, messages=messages, response=text, metadata=metadata,
+                                   ts=time.time())  # fmt: skip
+            self._capture.publish(value, message_id.encode())
+        except Exception:  # capture must never fail the client's request
+            logger.exception("capture of %s failed", message_id)
+
+
+def _sse_text(chunk: bytes) -> list[str]:
+    out = []
+    for line in chunk.decode(errors="replace").splitlines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        try:
+            choice = json.loads(line[6:])["choices"][0]
+        except (ValueError, KeyError, IndexError):
+            continue
+        out.append(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
+    return out

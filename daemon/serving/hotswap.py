@@ -1,0 +1,216 @@
+"""The hot-swap protocol: validate → load under a unique name → probe → flip the alias → tidy up.
+
+The live adapter keeps serving until the very flip, and the previous one stays loaded so a
+rollback is only a flip back. Every attempt, good or bad, is a swap row and a metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from evolvd.connectors.vllm_client import VLLMClient, VLLMError
+from evolvd.metrics import ServingMetrics
+from evolvd.serving.adapter_check import ADAPTER_WEIGHTS, AdapterRejectedError, check_adapter, file_sha256
+from evolvd.serving.registry import AdapterRegistry
+from evolvd.serving.routing import Router
+
+logger = logging.getLogger("evolvd.hotswap")
+
+
+class SwapError(RuntimeError):
+    """A swap did not happen; the live adapter is unchanged. The message is the recorded reason."""
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    action: str
+    from_adapter: str | None
+    to_adapter: str | None
+    duration_ms: float
+
+
+def adapter_name(base_name: str, version: int, path: Path) -> str:
+    """Unique per version and content: `<base>-v<N>-<hash8>` (vLLM caches by name: never reuse one)."""
+    digest = (
+        file_sha256(path / ADAPTER_WEIGHTS)
+        if (path / ADAPTER_WEIGHTS).is_file()
+        else hashlib.sha256(str(path).encode()).hexdigest()
+    )
+    return f"{base_name}-v{version}-{digest[:8]}"
+
+
+class HotSwapper:
+    def __init__(
+        self,
+        client: VLLMClient,
+        router: Router,
+        registry: AdapterRegistry,
+        metrics: ServingMetrics,
+        base_model_path: Path,
+        max_rank: int,
+        probe_prompt: str,
+    ) -> None:
+        self._client = client
+        self._router = router
+        self._registry = registry
+        self._metrics = metrics
+        self._base_model_path = base_model_path
+        self._max_rank = max_rank
+        self._probe_prompt = probe_prompt
+        self._loaded: set[str] = set()
+        self._lock = threading.Lock()  # one swap at a time; requests never wait on it
+
+    @property
+    def loaded(self) -> set[str]:
+        """Adapters loaded in the serving process."""
+        return set(self._loaded)
+
+    # -- registration --------------------------------------------------------------------------
+
+    def register(self, path: Path, parent: str | None = None, run_id: str | None = None) -> str:
+        """Validate an adapter folder and add it to the registry as a candidate; returns its name."""
+        try:
+            info = check_adapter(path, self._base_model_path, self._max_rank)
+        except AdapterRejectedError as exc:
+            self._registry.record_swap("register", "rejected", None, None, str(exc), None)
+            self._metrics.swaps.labels("register", "rejected").inc()
+            raise SwapError(str(exc)) from exc
+        version = self._registry.next_version()
+        name = adapter_name(self._router.routing.base, version, path)
+        manifest = {
+            "rank": info.rank,
+            "target_modules": list(info.target_modules),
+            "weights_sha256": file_sha256(path / ADAPTER_WEIGHTS),
+        }
+        self._registry.add(name, version, path.resolve(), manifest, parent, run_id)
+        logger.info("registered adapter %s from %s", name, path)
+        return name
+
+    # -- swaps ---------------------------------------------------------------------------------
+
+    def promote(self, name: str, reason: str = "manual promote") -> SwapResult:
+        with self._lock:
+            return self._promote(name, reason)
+
+    def _promote(self, name: str, reason: str) -> SwapResult:
+        started = time.perf_counter()
+        before = self._router.routing
+        row = self._registry.get(name)
+        try:
+            if row is None:
+                raise SwapError(f"no adapter named {name} in the registry")
+            if name == before.live:
+                raise SwapError(f"{name} is already live")
+            self._load_and_probe(name, row.path)
+        except (SwapError, AdapterRejectedError, VLLMError) as exc:
+            self._reject("promote", before.live, name, str(exc), mark=row is not None)
+            raise SwapError(str(exc)) from exc
+        _, after = self._router.update(
+            live=name, previous=before.live, canary=None if before.canary == name else before.canary
+        )
+        duration_ms = (time.perf_counter() - started) * 1000
+        self._after_flip("promote", before.live, name, reason, duration_ms)
+        if before.live is not None:
+            self._registry.set_status(before.live, "retired", f"replaced by {name}")
+        self._registry.set_status(name, "live", reason)
+        self._unload_all_but(after.resident())
+        return SwapResult("promote", before.live, name, duration_ms)
+
+    def rollback(self, reason: str = "manual rollback") -> SwapResult:
+        with self._lock:
+            started = time.perf_counter()
+            before = self._router.routing
+            target = before.previous
+            if before.live is None:
+                self._metrics.rollbacks.labels("rejected").inc()
+                raise SwapError("nothing to roll back: the base model is serving")
+            try:
+                if target is not None:
+                    self._client.probe(target, self._probe_prompt)
+            except VLLMError as exc:
+                self._reject("rollback", before.live, target, f"previous adapter failed its probe: {exc}")
+                self._metrics.rollbacks.labels("failed").inc()
+                raise SwapError(str(exc)) from exc
+            self._router.update(live=target, previous=None)
+            duration_ms = (time.perf_counter() - started) * 1000
+            self._after_flip("rollback", before.live, target, reason, duration_ms)
+            self._metrics.rollbacks.labels("ok").inc()
+            self._registry.set_status(before.live, "rolled_back", reason)
+            if target is not None:
+                self._registry.set_status(target, "live", f"restored by rollback: {reason}")
+            # The rolled-back adapter stays loaded until the next swap tidies up; nothing needs it now.
+            return SwapResult("rollback", before.live, target, duration_ms)
+
+    def reapply(self) -> None:
+        """After a serving restart: load what the routing names again, or fall back to the base model."""
+        with self._lock:
+            self._loaded.clear()
+            routing = self._router.routing
+            for name in (routing.live, routing.previous, routing.canary):
+                if name is None:
+                    continue
+                row = self._registry.get(name)
+                started = time.perf_counter()
+                try:
+                    if row is None:
+                        raise SwapError(f"{name} is not in the registry")
+                    self._load_and_probe(name, row.path)
+                    self._after_flip(
+                        "reapply", None, name, "serving restarted", (time.perf_counter() - started) * 1000
+                    )
+                except (SwapError, AdapterRejectedError, VLLMError) as exc:
+                    self._reject("reapply", None, name, f"could not restore after restart: {exc}", mark=False)
+                    if name == routing.live:
+                        self._router.update(live=routing.previous, previous=None)
+                        self._registry.set_status(
+                            name, "rolled_back", f"failed to reload after restart: {exc}"
+                        )
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _load_and_probe(self, name: str, path: Path) -> None:
+        check_adapter(path, self._base_model_path, self._max_rank)
+        if name not in self._loaded:
+            self._client.load_adapter(name, str(path))
+            self._loaded.add(name)
+        try:
+            self._client.probe(name, self._probe_prompt)
+        except VLLMError:
+            self._unload(name)
+            raise
+
+    def _unload(self, name: str) -> None:
+        try:
+            self._client.unload_adapter(name)
+        except VLLMError as exc:
+            logger.warning("could not unload %s: %s", name, exc)
+        self._loaded.discard(name)
+
+    def _unload_all_but(self, keep: set[str]) -> None:
+        for name in sorted(self._loaded - keep):
+            self._unload(name)
+
+    def _after_flip(
+        self, action: str, old: str | None, new: str | None, reason: str, duration_ms: float
+    ) -> None:
+        self._registry.record_swap(action, "ok", old, new, reason, duration_ms)
+        self._metrics.swaps.labels(action, "ok").inc()
+        if action != "reapply":
+            self._metrics.swap_seconds.observe(duration_ms / 1000)
+        self._metrics.live_adapter.clear()
+        self._metrics.live_adapter.labels(self._router.routing.live_or_base).set(1)
+        logger.info("%s: %s -> %s in %.0f ms (%s)", action, old or "base", new or "base", duration_ms, reason)
+
+    def _reject(
+        self, action: str, live: str | None, candidate: str | None, reason: str, mark: bool = True
+    ) -> None:
+        self._registry.record_swap(action, "rejected", live, candidate, reason, None)
+        self._metrics.swaps.labels(action, "rejected").inc()
+        if mark and candidate is not None:
+            self._registry.set_status(candidate, "rejected", reason)
+        logger.warning("%s of %s rejected, %s keeps serving: %s", action, candidate, live or "base", reason)

@@ -1,0 +1,120 @@
+"""The adapter registry and swap log in the buffer: every adapter's status and every swap, as rows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evolvd.buffer import DuckDBBuffer
+
+
+@dataclass(frozen=True)
+class AdapterRow:
+    name: str
+    version: int
+    path: Path
+    status: str
+    parent: str | None
+    reason: str | None
+    manifest: dict[str, Any]
+
+
+class AdapterRegistry:
+    def __init__(self, buffer: DuckDBBuffer) -> None:
+        self._buffer = buffer
+
+    def next_version(self) -> int:
+        row = self._buffer.cursor().execute("SELECT coalesce(max(version), 0) + 1 FROM adapters").fetchone()
+        return int(row[0]) if row else 1
+
+    def add(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        manifest: dict[str, Any],
+        parent: str | None,
+        run_id: str | None = None,
+    ) -> None:
+        self._buffer.cursor().execute(
+            "INSERT INTO adapters (name, version, run_id, parent, status, path, manifest) "
+            "VALUES (?, ?, ?, ?, 'candidate', ?, ?)",
+            [name, version, run_id, parent, str(path), json.dumps(manifest)],
+        )
+
+    def get(self, name: str) -> AdapterRow | None:
+        row = (
+            self._buffer.cursor()
+            .execute(
+                "SELECT name, version, path, status, parent, reason, manifest FROM adapters WHERE name = ?",
+                [name],
+            )
+            .fetchone()
+        )
+        return (
+            None
+            if row is None
+            else AdapterRow(row[0], row[1], Path(row[2]), row[3], row[4], row[5], json.loads(row[6]))
+        )
+
+    def all(self) -> list[dict[str, Any]]:
+        rows = (
+            self._buffer.cursor()
+            .execute(
+                "SELECT name, version, status, parent, reason, path, created_at, updated_at FROM adapters "
+                "ORDER BY version DESC"
+            )
+            .fetchall()
+        )
+        keys = ("name", "version", "status", "parent", "reason", "path", "created_at", "updated_at")
+        return [
+            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in zip(keys, r, strict=True)}
+            for r in rows
+        ]
+
+    def set_status(self, name: str, status: str, reason: str | None = None) -> None:
+        self._buffer.cursor().execute(
+            "UPDATE adapters SET status = ?, reason = coalesce(?, reason), updated_at = now() WHERE name = ?",
+            [status, reason, name],
+        )
+
+    def live(self) -> str | None:
+        row = (
+            self._buffer.cursor()
+            .execute("SELECT name FROM adapters WHERE status = 'live' ORDER BY updated_at DESC LIMIT 1")
+            .fetchone()
+        )
+        return str(row[0]) if row else None
+
+    def record_swap(
+        self,
+        action: str,
+        outcome: str,
+        from_adapter: str | None,
+        to_adapter: str | None,
+        reason: str | None,
+        duration_ms: float | None,
+    ) -> None:
+        self._buffer.cursor().execute(
+            "INSERT INTO swaps (from_adapter, to_adapter, action, outcome, reason, duration_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [from_adapter, to_adapter, action, outcome, reason, duration_ms],
+        )
+
+    def swaps(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = (
+            self._buffer.cursor()
+            .execute(
+                "SELECT swap_id, action, outcome, from_adapter, to_adapter, reason, duration_ms, created_at "
+                "FROM swaps ORDER BY swap_id DESC LIMIT ?",
+                [limit],
+            )
+            .fetchall()
+        )
+        keys = ("swap_id", "action", "outcome", "from", "to", "reason", "duration_ms", "created_at")
+        return [
+            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in zip(keys, r, strict=True)}
+            for r in rows
+        ]

@@ -1,0 +1,179 @@
+"""Serving as one part of the daemon: base model, supervised vLLM, router, hot-swapper and gateway."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+
+from evolvd.admin import AdminServer
+from evolvd.buffer import DuckDBBuffer
+from evolvd.config import EvolvdConfig
+from evolvd.connectors.kafka_source import client_options
+from evolvd.connectors.model_bootstrap import BaseModel, resolve_base_model
+from evolvd.gateway import Gateway
+from evolvd.metrics import ServingMetrics
+from evolvd.serving.hotswap import HotSwapper, SwapResult
+from evolvd.serving.registry import AdapterRegistry
+from evolvd.serving.routing import Router
+from evolvd.serving.supervisor import ServingSupervisor
+
+logger = logging.getLogger("evolvd.serving")
+
+GATEWAY_URL_FILE = "gateway.url"
+
+
+class KafkaCapture:
+    """Publishes captured gateway traffic to the prompts topic (kafka-python's producer is thread-safe)."""
+
+    def __init__(self, config: EvolvdConfig, bootstrap_servers: str) -> None:
+        self._topic = config.kafka.topic
+        self._producer = KafkaProducer(**client_options(config.kafka, bootstrap_servers), linger_ms=20)
+
+    def publish(self, value: bytes, key: bytes | None) -> None:
+        self._producer.send(self._topic, value=value, key=key)
+
+    def close(self) -> None:
+        self._producer.flush(timeout=10)
+        self._producer.close(timeout=10)
+
+
+class ServingService:
+    def __init__(
+        self, config: EvolvdConfig, buffer: DuckDBBuffer, metrics: ServingMetrics, bootstrap_servers: str
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.registry = AdapterRegistry(buffer)
+        self._bootstrap_servers = bootstrap_servers
+        self.base: BaseModel | None = None
+        self.supervisor: ServingSupervisor | None = None
+        self.router: Router | None = None
+        self.swapper: HotSwapper | None = None
+        self._gateway: AdminServer | None = None
+        self._capture: KafkaCapture | None = None
+
+    def start(self) -> None:
+        cfg = self.config
+        self.base = resolve_base_model(cfg.serving.model_path, cfg.data_dir / "models")
+        self.router = Router(self.base.name, cfg.gateway.public_model_name)
+        self.supervisor = ServingSupervisor(
+            cfg.serving,
+            cfg.data_dir / "serving",
+            self.base.path,
+            self.base.name,
+            on_restart=self._on_serving_down,
+        )
+        self.swapper = HotSwapper(
+            self.supervisor.client,
+            self.router,
+            self.registry,
+            self.metrics,
+            self.base.path,
+            cfg.serving.max_lora_rank,
+            cfg.serving.probe_prompt,
+        )
+        self.supervisor.add_ready_callback(self._on_serving_back)
+        self.supervisor.start()
+        self.metrics.up.set(1)
+        self._restore_live_adapter()
+        if cfg.gateway.enabled:
+            self._start_gateway()
+
+    def _restore_live_adapter(self) -> None:
+        """After a daemon restart, the adapter the registry says is live goes live again."""
+        assert self.swapper is not None
+        live = self.registry.live()
+        if live is not None:
+            self.registry.set_status(live, "candidate", "daemon restarted: re-promoting")
+            try:
+                self.swapper.promote(live, "restored after daemon restart")
+            except Exception:
+                logger.exception("could not restore live adapter %s; serving the base model", live)
+
+    def _start_gateway(self) -> None:
+        cfg = self.config
+        assert self.router is not None and self.supervisor is not None and self.swapper is not None
+        keys_env = cfg.gateway.api_keys_env
+        keys = (
+            {k.strip() for k in os.environ.get(keys_env, "").split(",") if k.strip()} if keys_env else set()
+        )
+        if cfg.gateway.capture:
+            self._capture = KafkaCapture(cfg, self._bootstrap_servers)
+        swapper = self.swapper
+        app = Gateway(
+            config=cfg.gateway,
+            router=self.router,
+            upstream_url=self.supervisor.url,
+            is_ready=self.supervisor.is_ready,
+            loaded_adapters=lambda: sorted(swapper.loaded),
+            metrics=self.metrics,
+            api_keys=keys,
+            capture=self._capture,
+        ).app()
+        self._gateway = AdminServer(app, cfg.gateway.host, cfg.gateway.port, name="evolvd-gateway")
+        self._gateway.start()
+        (cfg.data_dir / GATEWAY_URL_FILE).write_text(self._gateway.url + "\n")
+        logger.info("gateway serving %r at %s/v1", cfg.gateway.public_model_name, self._gateway.url)
+
+    def _on_serving_down(self) -> None:
+        self.metrics.up.set(0)
+        self.metrics.restarts.inc()
+
+    def _on_serving_back(self) -> None:
+        self.metrics.up.set(1)
+        if self.swapper is not None:
+            self.swapper.reapply()
+
+    def stop(self) -> None:
+        if self._gateway is not None:
+            self._gateway.stop()
+            (self.config.data_dir / GATEWAY_URL_FILE).unlink(missing_ok=True)
+        if self._capture is not None:
+            self._capture.close()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        self.metrics.up.set(0)
+
+    # -- for the admin API ---------------------------------------------------------------------
+
+    @property
+    def gateway_url(self) -> str | None:
+        return self._gateway.url if self._gateway is not None else None
+
+    def register(self, path: Path) -> str:
+        assert self.swapper is not None
+        return self.swapper.register(path)
+
+    def promote(self, name: str) -> SwapResult:
+        assert self.swapper is not None
+        return self.swapper.promote(name, "manual promote (admin API)")
+
+    def rollback(self) -> SwapResult:
+        assert self.swapper is not None
+        return self.swapper.rollback("manual rollback (admin API)")
+
+    def status(self) -> dict[str, Any]:
+        sup, routing = self.supervisor, self.router.routing if self.router else None
+        return {
+            "state": sup.state.value if sup else "not started",
+            "url": sup.url if sup else None,
+            "pid": sup.pid if sup else None,
+            "restarts": sup.restarts if sup else 0,
+            "base_model": {
+                "name": self.base.name,
+                "path": str(self.base.path),
+                "sha256": self.base.content_hash,
+            }
+            if self.base
+            else None,
+            "gateway_url": self.gateway_url,
+            "public_model_name": self.config.gateway.public_model_name,
+            "live": routing.live_or_base if routing else None,
+            "previous": routing.previous if routing else None,
+            "canary": routing.canary if routing else None,
+            "loaded_adapters": sorted(self.swapper.loaded) if self.swapper else [],
+        }

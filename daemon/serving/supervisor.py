@@ -1,0 +1,244 @@
+"""Supervise the serving process: start vLLM, wait for readiness, watch it, restart it with backoff.
+
+In `external` mode there is no process to own: the supervisor only watches the URL, so the gateway
+still answers 503 quickly while the server is away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from evolvd.config import ServingConfig
+from evolvd.connectors.embedded_broker import free_port
+from evolvd.connectors.vllm_client import VLLMClient
+
+logger = logging.getLogger("evolvd.serving")
+
+_UNHEALTHY_CHECKS_BEFORE_RESTART = 5
+"""A live process that fails this many health checks in a row is presumed hung and restarted."""
+
+
+class ServingState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    UNAVAILABLE = "unavailable"  # external server not answering
+    STOPPED = "stopped"
+
+
+class ServingStartError(RuntimeError):
+    pass
+
+
+def vllm_command(config: ServingConfig, model_path: Path, served_name: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "evolvd.serving.vllm_entry",
+        "--model", str(model_path), "--served-model-name", served_name,
+        "--host", config.host, "--port", str(port),
+        "--enable-lora", "--max-lora-rank", str(config.max_lora_rank), "--max-loras", str(config.max_loras),
+        "--dtype", config.dtype, "--max-model-len", str(config.max_model_len),
+        *config.extra_args,
+    ]  # fmt: skip
+
+
+def vllm_environment(config: ServingConfig, runtime_dir: Path) -> dict[str, str]:
+    """vLLM's caches and temp files go under evolvd's data directory, not ~/.cache and /tmp."""
+    cache, tmp = runtime_dir / "cache", runtime_dir / "tmp"
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_CACHE_ROOT": str(cache),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "TMPDIR": str(tmp),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "EVOLVD_PARENT_PID": str(os.getpid()),
+    }
+
+
+class ServingSupervisor:
+    """Owns (or watches) the serving process. `on_ready` callbacks run after every (re)start."""
+
+    def __init__(
+        self,
+        config: ServingConfig,
+        runtime_dir: Path,
+        model_path: Path,
+        served_name: str,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.runtime_dir = runtime_dir
+        self.model_path = model_path
+        self.served_name = served_name
+        self.restarts = 0
+        self.state = ServingState.STOPPED
+        self._on_ready: list[Callable[[], None]] = []
+        self._on_restart = on_restart
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.port = config.port or free_port()
+        self.url = (
+            config.url.rstrip("/")
+            if config.mode == "external" and config.url
+            else f"http://{config.host}:{self.port}"
+        )
+        self.client = VLLMClient(self.url)
+
+    @property
+    def managed(self) -> bool:
+        return self.config.mode == "managed"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def add_ready_callback(self, callback: Callable[[], None]) -> None:
+        """Run after each restart (e.g. re-apply the live adapter). Not run for the first start."""
+        self._on_ready.append(callback)
+
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start (or find) the server and wait until it answers; raise ServingStartError if it cannot."""
+        self.state = ServingState.STARTING
+        if self.managed:
+            self._spawn()
+        if not self._wait_healthy(self.config.startup_timeout_s):
+            self.stop()
+            raise ServingStartError(
+                f"serving process not ready at {self.url} within {self.config.startup_timeout_s:g}s"
+                + (f"; see {self.log_path}" if self.managed else "")
+            )
+        self._mark_ready()
+        self._watcher = threading.Thread(target=self._watch, name="evolvd-serving-watch", daemon=True)
+        self._watcher.start()
+
+    @property
+    def log_path(self) -> Path:
+        return self.runtime_dir / "vllm.log"
+
+    def _spawn(self) -> None:
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        command = vllm_command(self.config, self.model_path, self.served_name, self.port)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== evolvd starting vLLM: {' '.join(command)}\n".encode())
+            self._proc = subprocess.Popen(
+                command,
+                env=vllm_environment(self.config, self.runtime_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        logger.info("started vLLM (pid %d) on %s; log %s", self._proc.pid, self.url, self.log_path)
+
+    def _wait_healthy(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self._proc is not None and self._proc.poll() is not None:
+                logger.error(
+                    "vLLM exited with code %s while starting; see %s", self._proc.returncode, self.log_path
+                )
+                return False
+            if self.client.healthy():
+                return True
+            self._stop.wait(0.5)
+        return False
+
+    def _mark_ready(self) -> None:
+        self.state = ServingState.READY
+        self._ready.set()
+        logger.info("serving ready at %s", self.url)
+
+    def _mark_down(self, state: ServingState) -> None:
+        self._ready.clear()
+        self.state = state
+
+    def _watch(self) -> None:
+        backoff, failed_checks = 1.0, 0
+        while not self._stop.wait(self.config.health_interval_s):
+            exited = self._proc is not None and self._proc.poll() is not None
+            healthy = not exited and self.client.healthy()
+            if healthy:
+                failed_checks, backoff = 0, 1.0
+                if not self._ready.is_set():  # an external server came back
+                    self._mark_ready()
+                    self._run_ready_callbacks()
+                continue
+            failed_checks += 1
+            if not self.managed:
+                if self._ready.is_set():
+                    logger.error("external serving at %s stopped answering", self.url)
+                self._mark_down(ServingState.UNAVAILABLE)
+                continue
+            if not exited and failed_checks < _UNHEALTHY_CHECKS_BEFORE_RESTART:
+                continue
+            self._mark_down(ServingState.RESTARTING)
+            reason = (
+                f"exited with code {self._proc.returncode}" if exited and self._proc else "stopped answering"
+            )
+            self.restarts += 1
+            if self._on_restart is not None:
+                self._on_restart()
+            logger.error("vLLM %s; restarting in %.0fs (restart %d)", reason, backoff, self.restarts)
+            self._kill_group()
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.config.restart_backoff_max_s)
+            self._spawn()
+            if self._wait_healthy(self.config.startup_timeout_s):
+                failed_checks = 0
+                self._mark_ready()
+                self._run_ready_callbacks()
+
+    def _run_ready_callbacks(self) -> None:
+        for callback in self._on_ready:
+            try:
+                callback()
+            except Exception:
+                logger.exception("after-restart step failed; serving goes on without it")
+
+    def _kill_group(self, timeout_s: float = 20.0) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=timeout_s)
+            except ProcessLookupError:
+                pass
+        # vLLM's engine workers share the group; make sure none outlives the server.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._mark_down(ServingState.STOPPED)
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=30)
+        if self.managed:
+            self._kill_group()
+        self.client.close()

@@ -1,0 +1,265 @@
+"""Serving through the real parts: a daemon supervising a real vLLM server, the official `openai`
+client talking to the gateway, adapters made with PEFT. One daemon (one vLLM) for the whole module;
+the tests run in file order and the last one kills vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from adapters import (
+    make_adapter,
+    make_corrupt_adapter,
+    make_missing_files_adapter,
+    make_nan_adapter,
+    make_wrong_base_adapter,
+)
+from daemon_process import DaemonProcess
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CACHE = REPO / "var" / "test-cache" / "models"  # the bundled model, converted once per machine
+API_KEY = "test-key-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="module")
+def base_model() -> Path:
+    from evolvd.connectors.model_bootstrap import ensure_bundled_model
+
+    return ensure_bundled_model(MODEL_CACHE).path
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> Path:
+    root = tmp_path_factory.mktemp("adapters")
+    for seed in range(4):
+        make_adapter(base_model, root / f"good{seed}", seed=seed)
+    make_adapter(base_model, root / "rank32", rank=32)
+    make_wrong_base_adapter(root / "wrong_base")
+    make_missing_files_adapter(root / "good0", root / "missing_weights")
+    make_corrupt_adapter(root / "good0", root / "corrupt")
+    make_nan_adapter(root / "good0", root / "nan_values")
+    return root
+
+
+@pytest.fixture(scope="module")
+def daemon(
+    broker: Any, base_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DaemonProcess]:
+    topic = f"serving-{uuid.uuid4().hex[:8]}"
+    env = {
+        "EVOLVD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "EVOLVD_KAFKA__TOPIC": topic,
+        "EVOLVD_KAFKA__GROUP_ID": f"g-{uuid.uuid4().hex}",
+        "EVOLVD_SERVING__MODEL_PATH": str(base_model),
+        "EVOLVD_SERVING__ENABLED": "true",
+        "EVOLVD_GATEWAY__PORT": "0",
+        "EVOLVD_GATEWAY__CAPTURE": "true",
+        "EVOLVD_GATEWAY__API_KEYS_ENV": "EVOLVD_TEST_GATEWAY_KEYS",
+        "EVOLVD_TEST_GATEWAY_KEYS": f"other-key,{API_KEY}",
+    }
+    process = DaemonProcess(tmp_path_factory.mktemp("serving") / "data", env).start(timeout_s=420)
+    yield process
+    assert process.stop(timeout_s=120) == 0, process.tail()
+
+
+@pytest.fixture(scope="module")
+def gateway(daemon: DaemonProcess) -> str:
+    return (daemon.data_dir / "gateway.url").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def client(gateway: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def admin(daemon: DaemonProcess, method: str, path: str, body: Any = None) -> httpx.Response:
+    return httpx.request(method, daemon.url + path, json=body, timeout=120)
+
+
+def register(daemon: DaemonProcess, path: Path) -> str:
+    response = admin(daemon, "POST", "/adapters", {"path": str(path)})
+    assert response.status_code == 200, response.text
+    name: str = response.json()["name"]
+    return name
+
+
+def ask(client: openai.OpenAI, text: str = "Say hi.") -> str:
+    response = client.chat.completions.create(
+        model="evolvd", messages=[{"role": "user", "content": text}], max_tokens=4, temperature=0
+    )
+    assert response.choices[0].message.content is not None
+    return response.model
+
+
+def test_chat_completion_through_the_alias_serves_the_base_model(
+    client: openai.OpenAI, daemon: DaemonProcess
+) -> None:
+    served = ask(client, "What is the capital of France?")
+    assert served == daemon.status()["serving"]["base_model"]["name"]
+
+
+def test_completions_streaming_and_models(client: openai.OpenAI) -> None:
+    text = client.completions.create(model="evolvd", prompt="One, two,", max_tokens=3, temperature=0)
+    assert text.choices[0].text
+    chunks = list(client.chat.completions.create(
+        model="evolvd", messages=[{"role": "user", "content": "Count to three."}], max_tokens=6, stream=True,
+    ))  # fmt: skip
+    assert len(chunks) >= 2
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    ids = [m.id for m in client.models.list().data]
+    assert ids[0] == "evolvd"
+
+
+def test_wrong_api_key_is_refused(gateway: str) -> None:
+    bad = openai.OpenAI(base_url=gateway + "/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(
+            model="evolvd", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+
+
+def test_captured_traffic_lands_in_the_buffer(client: openai.OpenAI, daemon: DaemonProcess) -> None:
+    before = daemon.status()["buffer"]["tables"]["events"]
+    ask(client, "Name a colour.")
+    deadline = time.monotonic() + 30
+    while daemon.status()["buffer"]["tables"]["events"] <= before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status = daemon.status()
+    assert status["buffer"]["tables"]["events"] > before
+    assert status["dead_letters"]["total"] == 0
+
+
+@dataclass
+class Call:
+    started: float
+    finished: float
+    model: str | None
+    error: str | None
+
+
+def test_three_hot_swaps_under_load_fail_no_request(
+    client: openai.OpenAI, daemon: DaemonProcess, adapter_dir: Path
+) -> None:
+    names = [register(daemon, adapter_dir / f"good{i}") for i in range(3)]
+    calls: list[Call] = []
+    stop = threading.Event()
+
+    def steady_client() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                model, error = ask(client), None
+            except Exception as exc:
+                model, error = None, f"{type(exc).__name__}: {exc}"
+            calls.append(Call(started, time.monotonic(), model, error))
+
+    threads = [threading.Thread(target=steady_client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    flips: list[tuple[float, str]] = []
+    try:
+        time.sleep(3)
+        for name in names:
+            response = admin(daemon, "POST", f"/adapters/{name}/promote")
+            assert response.status_code == 200, response.text
+            flips.append((time.monotonic(), name))
+            time.sleep(4)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+
+    errors = [c.error for c in calls if c.error]
+    assert not errors, errors[:3]
+    for i, (flipped_at, name) in enumerate(flips):
+        until = flips[i + 1][0] if i + 1 < len(flips) else float("inf")
+        after = [c for c in calls if flipped_at < c.started and c.finished < until]
+        assert after, f"no request fully after the flip to {name}"
+        assert {c.model for c in after} == {name}
+    assert daemon.status()["serving"]["live"] == names[-1]
+    assert daemon.status()["serving"]["previous"] == names[-2]
+
+
+def test_rollback_flips_back_to_the_previous_adapter(client: openai.OpenAI, daemon: DaemonProcess) -> None:
+    serving = daemon.status()["serving"]
+    live, previous = serving["live"], serving["previous"]
+    response = admin(daemon, "POST", "/rollback")
+    assert response.status_code == 200, response.text
+    assert ask(client) == previous
+    listed = {a["name"]: a["status"] for a in admin(daemon, "GET", "/adapters").json()["adapters"]}
+    assert listed[live] == "rolled_back"
+    assert listed[previous] == "live"
+
+
+@pytest.mark.parametrize(
+    ("folder", "reason"),
+    [
+        ("missing_weights", "is missing adapter_model.safetensors"),
+        ("corrupt", "weights file is corrupt"),
+        ("wrong_base", "the base model needs"),
+        ("rank32", "rank 32, above the server's max_lora_rank 16"),
+        ("nan_values", "NaN or infinite values"),
+    ],
+)
+def test_each_broken_adapter_is_rejected_and_live_keeps_serving(
+    client: openai.OpenAI, daemon: DaemonProcess, adapter_dir: Path, folder: str, reason: str
+) -> None:
+    live = daemon.status()["serving"]["live"]
+    response = admin(daemon, "POST", "/adapters", {"path": str(adapter_dir / folder)})
+    assert response.status_code == 409
+    assert reason in response.json()["detail"]
+    assert daemon.status()["serving"]["live"] == live
+    assert ask(client) == live
+    swaps = admin(daemon, "GET", "/adapters").json()["swaps"]
+    assert swaps[0]["outcome"] == "rejected" and reason in swaps[0]["reason"]
+
+
+def test_promoting_an_unknown_adapter_is_refused(daemon: DaemonProcess) -> None:
+    response = admin(daemon, "POST", "/adapters/no-such-adapter/promote")
+    assert response.status_code == 409
+    assert "no adapter named no-such-adapter" in response.json()["detail"]
+
+
+def test_killed_vllm_gives_quick_503_then_restart_restores_the_live_adapter(
+    client: openai.OpenAI, gateway: str, daemon: DaemonProcess, adapter_dir: Path
+) -> None:
+    promoted = admin(daemon, "POST", f"/adapters/{register(daemon, adapter_dir / 'good3')}/promote")
+    assert promoted.status_code == 200, promoted.text
+    serving = daemon.status()["serving"]
+    live, pid = serving["live"], serving["pid"]
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the vLLM server the daemon under test started
+
+    started = time.monotonic()
+    body = {"model": "evolvd", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    response = httpx.post(gateway + "/v1/chat/completions", headers=auth, json=body, timeout=30)
+    assert response.status_code == 503
+    assert time.monotonic() - started < 2.0
+    assert response.headers["retry-after"].isdigit()
+
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:  # the watcher notices the death, restarts, then re-applies
+        status = daemon.status()["serving"]
+        if status["restarts"] >= 1 and status["state"] == "ready":
+            break
+        time.sleep(0.5)
+    assert status["restarts"] == 1, daemon.tail()
+    assert status["pid"] != pid
+    assert status["live"] == live
+    assert ask(client) == live
+    swaps = admin(daemon, "GET", "/adapters").json()["swaps"]
+    assert any(s["action"] == "reapply" and s["outcome"] == "ok" and s["to"] == live for s in swaps)
