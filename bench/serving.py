@@ -26,10 +26,10 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from adapters import make_adapter  # noqa: E402 - test helpers: real PEFT adapters, random weights
-from daemon_process import DaemonProcess  # noqa: E402
+from adapters import make_adapter
+from daemon_process import DaemonProcess
 
-from evolvd.connectors.model_bootstrap import ensure_bundled_model  # noqa: E402
+from evolvd.connectors.model_bootstrap import ensure_bundled_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "serving.json"
@@ -68,8 +68,10 @@ async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return {"requests_per_s": n / elapsed, "tokens_per_s": tokens / elapsed, "failures": failures,
-            "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95)}  # fmt: skip
+    return {
+        "requests_per_s": n / elapsed, "tokens_per_s": tokens / elapsed, "failures": failures,
+        "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95),
+    }  # fmt: skip
 
 
 def admin(daemon: DaemonProcess, method: str, path: str, body: Any = None) -> dict[str, Any]:
@@ -153,7 +155,7 @@ def main() -> int:
             daemon.stop(timeout_s=120)
 
     def med(runs: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(r[key] for r in runs)
+        return float(statistics.median(r[key] for r in runs))
 
     result = {
         "benchmark": "serving",
