@@ -62,7 +62,8 @@ unit: $(PROJECT_STAMP)
 test: lint typecheck unit
 
 bench: $(PROJECT_STAMP)
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py; ingest=$$?; $(BIN)/python bench/serving.py; serving=$$?; \
+	test $$ingest -eq 0 -a $$serving -eq 0
 
 clean:
 	rm -rf build *.egg-info var/evolvd-test

@@ -82,6 +82,12 @@ class VLLMClient:
         if response.status_code != 200:
             raise VLLMError(f"unloading {name} failed: {_error_text(response)}", response.status_code)
 
+    def metrics_text(self) -> str:
+        response = self._http.get("/metrics", timeout=10)
+        if response.status_code != 200:
+            raise VLLMError(f"vLLM /metrics failed: {_error_text(response)}", response.status_code)
+        return response.text
+
     def probe(self, model: str, prompt: str, max_tokens: int = 1) -> ProbeResult:
         """One greedy completion through `model`: proves it is loaded and produces text."""
         body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}

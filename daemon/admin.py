@@ -14,11 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
+from evolvd.connectors.vllm_client import VLLMError
 from evolvd.serving.hotswap import SwapError
 
 logger = logging.getLogger("evolvd.admin")
@@ -31,7 +33,10 @@ class ServingControl(Protocol):
 
     def register(self, path: Path) -> str: ...
     def promote(self, name: str) -> Any: ...
+    def start_canary(self, name: str, share: float | None) -> Any: ...
+    def stop_canary(self) -> Any: ...
     def rollback(self) -> Any: ...
+    def vllm_metrics(self) -> str: ...
 
 
 class DaemonView(Protocol):
@@ -46,6 +51,11 @@ class DaemonView(Protocol):
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): reason says what is not ready, or 'ok'."""
+
+
+class CanaryRequest(BaseModel):
+    share: float | None = None
+    """Share of alias traffic for the canary; default: gateway.canary_share."""
 
 
 class RegisterRequest(BaseModel):
@@ -110,6 +120,24 @@ def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
     @app.post("/adapters/{name}/promote", dependencies=[Depends(require_token)])
     def promote(name: str) -> dict[str, Any]:
         return asdict(_swap(lambda: serving().promote(name)))
+
+    @app.post("/adapters/{name}/canary", dependencies=[Depends(require_token)])
+    def canary(name: str, body: CanaryRequest | None = None) -> dict[str, Any]:
+        return asdict(_swap(lambda: serving().start_canary(name, body.share if body else None)))
+
+    @app.delete("/canary", dependencies=[Depends(require_token)])
+    def stop_canary() -> dict[str, Any]:
+        return asdict(_swap(lambda: serving().stop_canary()))
+
+    @app.get("/serving/metrics", dependencies=[Depends(require_token)])
+    def vllm_metrics() -> Response:
+        try:
+            text = serving().vllm_metrics()
+        except (VLLMError, httpx.HTTPError) as exc:
+            raise HTTPException(
+                status_code=503, detail=f"serving process metrics unavailable: {exc}"
+            ) from exc
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/rollback", dependencies=[Depends(require_token)])
     def rollback() -> dict[str, Any]:

@@ -256,6 +256,29 @@ def adapters_promote(name: str, url: str | None, config_path: Path | None) -> No
     click.echo(f"live: {old} -> {new} in {took:.0f} ms")
 
 
+@adapters.command("canary")
+@click.argument("name")
+@click.option(
+    "--share",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=None,
+    help="Share of alias traffic (default: gateway.canary_share).",
+)
+@click.option("--stop", is_flag=True, help="End the running canary instead.")
+@URL_OPTION
+@CONFIG_OPTION
+def adapters_canary(
+    name: str, share: float | None, stop: bool, url: str | None, config_path: Path | None
+) -> None:
+    """Send a share of the alias traffic to NAME (live keeps the rest); --stop ends it."""
+    if stop:
+        admin_request(url, config_path, "/canary", "DELETE")
+        click.echo("canary stopped")
+        return
+    admin_request(url, config_path, f"/adapters/{name}/canary", "POST", {"share": share})
+    click.echo(f"canary: {name}")
+
+
 @main.command()
 @URL_OPTION
 @CONFIG_OPTION

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -202,6 +204,70 @@ def test_rollback_flips_back_to_the_previous_adapter(client: openai.OpenAI, daem
     listed = {a["name"]: a["status"] for a in admin(daemon, "GET", "/adapters").json()["adapters"]}
     assert listed[live] == "rolled_back"
     assert listed[previous] == "live"
+
+
+def test_canary_takes_its_share_of_alias_traffic_then_stops(
+    client: openai.OpenAI, daemon: DaemonProcess, adapter_dir: Path
+) -> None:
+    live = daemon.status()["serving"]["live"]
+    canary = register(daemon, adapter_dir / "good1")
+    response = admin(daemon, "POST", f"/adapters/{canary}/canary", {"share": 0.5})
+    assert response.status_code == 200, response.text
+    served = [ask(client) for _ in range(24)]
+    assert set(served) == {live, canary}
+    assert admin(daemon, "DELETE", "/canary").status_code == 200
+    assert {ask(client) for _ in range(4)} == {live}
+
+
+def test_metrics_cover_serving_and_vllm_metrics_are_reachable(daemon: DaemonProcess) -> None:
+    ours = admin(daemon, "GET", "/metrics").text
+    for series in ('evolvd_adapter_swaps_total{action="promote",outcome="ok"}',
+                   'evolvd_adapter_rollbacks_total{outcome="ok"}', "evolvd_serving_up 1.0",
+                   'evolvd_gateway_requests_total{route="/v1/chat/completions",status="200"}',
+                   "evolvd_live_adapter_info{adapter=", "evolvd_adapter_swap_seconds_bucket"):  # fmt: skip
+        assert series in ours, series
+    vllm = admin(daemon, "GET", "/serving/metrics")
+    assert vllm.status_code == 200
+    assert "vllm:" in vllm.text
+
+
+def test_cli_lists_adapters_through_the_admin_api(daemon: DaemonProcess) -> None:
+    live = daemon.status()["serving"]["live"]
+    env = {**os.environ, "EVOLVD_ADMIN_URL": daemon.url}
+    listed = subprocess.run([sys.executable, "-m", "evolvd.cli", "adapters", "list"], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.startswith(live) and " live " in line for line in listed.stdout.splitlines())
+    refused = subprocess.run([sys.executable, "-m", "evolvd.cli", "adapters", "promote", "nope"], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert refused.returncode == 1
+    assert "no adapter named nope" in refused.stderr
+
+
+def test_external_mode_attaches_to_a_running_server_and_leaves_it_alone(
+    broker: Any, base_model: Path, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    vllm_url, vllm_pid = daemon.status()["serving"]["url"], daemon.status()["serving"]["pid"]
+    env = {
+        "EVOLVD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "EVOLVD_KAFKA__TOPIC": f"external-{uuid.uuid4().hex[:8]}",
+        "EVOLVD_SERVING__ENABLED": "true",
+        "EVOLVD_SERVING__MODE": "external",
+        "EVOLVD_SERVING__URL": vllm_url,
+        "EVOLVD_SERVING__MODEL_PATH": str(base_model),
+        "EVOLVD_GATEWAY__PORT": "0",
+    }
+    attached = DaemonProcess(tmp_path / "data", env).start(timeout_s=120)
+    try:
+        status = attached.status()["serving"]
+        assert (status["state"], status["pid"], status["url"]) == ("ready", None, vllm_url)
+        gateway = (attached.data_dir / "gateway.url").read_text().strip()
+        plain = openai.OpenAI(base_url=gateway + "/v1", api_key="x", max_retries=0)
+        assert plain.chat.completions.create(model="evolvd", messages=[{"role": "user", "content": "hi"}],
+                                             max_tokens=2).model == status["base_model"]["name"]  # fmt: skip
+    finally:
+        assert attached.stop() == 0
+    assert daemon.status()["serving"]["pid"] == vllm_pid  # the external server was only watched
 
 
 @pytest.mark.parametrize(

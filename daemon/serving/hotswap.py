@@ -121,6 +121,42 @@ class HotSwapper:
         self._unload_all_but(after.resident())
         return SwapResult("promote", before.live, name, duration_ms)
 
+    def start_canary(self, name: str, share: float, reason: str = "manual canary") -> SwapResult:
+        """Load and probe `name`, then send `share` of the alias traffic to it (live keeps the rest)."""
+        with self._lock:
+            started = time.perf_counter()
+            before = self._router.routing
+            row = self._registry.get(name)
+            try:
+                if row is None:
+                    raise SwapError(f"no adapter named {name} in the registry")
+                if name == before.live:
+                    raise SwapError(f"{name} is live; a canary must be another adapter")
+                if not 0.0 < share <= 1.0:
+                    raise SwapError(f"canary share must be in (0, 1], got {share}")
+                self._load_and_probe(name, row.path)
+            except (SwapError, AdapterRejectedError, VLLMError) as exc:
+                self._reject("canary", before.live, name, str(exc), mark=row is not None)
+                raise SwapError(str(exc)) from exc
+            self._router.update(canary=name, canary_share=share)
+            duration_ms = (time.perf_counter() - started) * 1000
+            self._after_flip("canary", before.canary, name, f"{reason} ({share:.0%} of traffic)", duration_ms)
+            self._registry.set_status(name, "canary", f"{share:.0%} of traffic")
+            if before.canary is not None and before.canary != name:
+                self._registry.set_status(before.canary, "candidate", f"canary replaced by {name}")
+            return SwapResult("canary", before.canary, name, duration_ms)
+
+    def stop_canary(self, reason: str = "canary ended") -> SwapResult:
+        with self._lock:
+            before = self._router.routing
+            if before.canary is None:
+                raise SwapError("no canary is running")
+            self._router.update(canary=None, canary_share=0.0)
+            self._after_flip("canary", before.canary, None, reason, 0.0)
+            self._registry.set_status(before.canary, "candidate", reason)
+            self._unload_all_but(self._router.routing.resident())
+            return SwapResult("canary", before.canary, None, 0.0)
+
     def rollback(self, reason: str = "manual rollback") -> SwapResult:
         with self._lock:
             started = time.perf_counter()

@@ -152,6 +152,20 @@ class ServingService:
         assert self.swapper is not None
         return self.swapper.promote(name, "manual promote (admin API)")
 
+    def start_canary(self, name: str, share: float | None) -> SwapResult:
+        assert self.swapper is not None
+        chosen = self.config.gateway.canary_share if share is None else share
+        return self.swapper.start_canary(name, chosen, "manual canary (admin API)")
+
+    def stop_canary(self) -> SwapResult:
+        assert self.swapper is not None
+        return self.swapper.stop_canary("canary stopped (admin API)")
+
+    def vllm_metrics(self) -> str:
+        """vLLM's own Prometheus metrics (tokens, latency, KV cache, LoRA requests)."""
+        assert self.supervisor is not None
+        return self.supervisor.client.metrics_text()
+
     def rollback(self) -> SwapResult:
         assert self.swapper is not None
         return self.swapper.rollback("manual rollback (admin API)")
