@@ -80,14 +80,15 @@ class HotSwapper:
             self._registry.record_swap("register", "rejected", None, None, str(exc), None)
             self._metrics.swaps.labels("register", "rejected").inc()
             raise SwapError(str(exc)) from exc
-        version = self._registry.next_version()
-        name = adapter_name(self._router.routing.base, version, path)
-        manifest = {
-            "rank": info.rank,
-            "target_modules": list(info.target_modules),
-            "weights_sha256": file_sha256(path / ADAPTER_WEIGHTS),
-        }
-        self._registry.add(name, version, path.resolve(), manifest, parent, run_id)
+        with self._lock:  # version numbers are handed out one at a time
+            version = self._registry.next_version()
+            name = adapter_name(self._router.routing.base, version, path)
+            manifest = {
+                "rank": info.rank,
+                "target_modules": list(info.target_modules),
+                "weights_sha256": file_sha256(path / ADAPTER_WEIGHTS),
+            }
+            self._registry.add(name, version, path.resolve(), manifest, parent, run_id)
         logger.info("registered adapter %s from %s", name, path)
         return name
 
@@ -95,49 +96,32 @@ class HotSwapper:
 
     def promote(self, name: str, reason: str = "manual promote") -> SwapResult:
         with self._lock:
-            return self._promote(name, reason)
-
-    def _promote(self, name: str, reason: str) -> SwapResult:
-        started = time.perf_counter()
-        before = self._router.routing
-        row = self._registry.get(name)
-        try:
-            if row is None:
-                raise SwapError(f"no adapter named {name} in the registry")
-            if name == before.live:
-                raise SwapError(f"{name} is already live")
-            self._load_and_probe(name, row.path)
-        except (SwapError, AdapterRejectedError, VLLMError) as exc:
-            self._reject("promote", before.live, name, str(exc), mark=row is not None)
-            raise SwapError(str(exc)) from exc
-        _, after = self._router.update(
-            live=name, previous=before.live, canary=None if before.canary == name else before.canary
-        )
-        duration_ms = (time.perf_counter() - started) * 1000
-        self._after_flip("promote", before.live, name, reason, duration_ms)
-        if before.live is not None:
-            self._registry.set_status(before.live, "retired", f"replaced by {name}")
-        self._registry.set_status(name, "live", reason)
-        self._unload_all_but(after.resident())
-        return SwapResult("promote", before.live, name, duration_ms)
+            started = time.perf_counter()
+            before = self._router.routing
+            self._load_candidate(
+                "promote", name, before.live, f"{name} is already live" if name == before.live else None
+            )
+            canary = None if before.canary == name else before.canary
+            _, after = self._router.update(live=name, previous=before.live, canary=canary)
+            duration_ms = (time.perf_counter() - started) * 1000
+            self._after_flip("promote", before.live, name, reason, duration_ms)
+            if before.live is not None:
+                self._registry.set_status(before.live, "retired", f"replaced by {name}")
+            self._registry.set_status(name, "live", reason)
+            self._unload_all_but(after.resident())
+            return SwapResult("promote", before.live, name, duration_ms)
 
     def start_canary(self, name: str, share: float, reason: str = "manual canary") -> SwapResult:
         """Load and probe `name`, then send `share` of the alias traffic to it (live keeps the rest)."""
         with self._lock:
             started = time.perf_counter()
             before = self._router.routing
-            row = self._registry.get(name)
-            try:
-                if row is None:
-                    raise SwapError(f"no adapter named {name} in the registry")
-                if name == before.live:
-                    raise SwapError(f"{name} is live; a canary must be another adapter")
-                if not 0.0 < share <= 1.0:
-                    raise SwapError(f"canary share must be in (0, 1], got {share}")
-                self._load_and_probe(name, row.path)
-            except (SwapError, AdapterRejectedError, VLLMError) as exc:
-                self._reject("canary", before.live, name, str(exc), mark=row is not None)
-                raise SwapError(str(exc)) from exc
+            invalid = None
+            if name == before.live:
+                invalid = f"{name} is live; a canary must be another adapter"
+            elif not 0.0 < share <= 1.0:
+                invalid = f"canary share must be in (0, 1], got {share}"
+            self._load_candidate("canary", name, before.live, invalid)
             self._router.update(canary=name, canary_share=share)
             duration_ms = (time.perf_counter() - started) * 1000
             self._after_flip("canary", before.canary, name, f"{reason} ({share:.0%} of traffic)", duration_ms)
@@ -208,6 +192,19 @@ class HotSwapper:
                         )
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _load_candidate(self, action: str, name: str, live: str | None, invalid: str | None) -> None:
+        """Load and probe a registered adapter; otherwise record the rejection and raise SwapError."""
+        row = self._registry.get(name)
+        try:
+            if row is None:
+                raise SwapError(f"no adapter named {name} in the registry")
+            if invalid is not None:
+                raise SwapError(invalid)
+            self._load_and_probe(name, row.path)
+        except (SwapError, AdapterRejectedError, VLLMError) as exc:
+            self._reject(action, live, name, str(exc), mark=row is not None)
+            raise SwapError(str(exc)) from exc
 
     def _load_and_probe(self, name: str, path: Path) -> None:
         check_adapter(path, self._base_model_path, self._max_rank)
