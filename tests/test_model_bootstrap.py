@@ -1,0 +1,90 @@
+"""The base model bootstrap: the bundled GGUF becomes a verified Hugging Face folder, once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evolvd.connectors.model_bootstrap import (
+    BUNDLED_NAME,
+    MANIFEST,
+    ModelBootstrapError,
+    ensure_bundled_model,
+    folder_hash,
+    resolve_base_model,
+    verified,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CACHE = (
+    REPO / "var" / "test-cache" / "models"
+)  # shared with test_serving.py: converted once per machine
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def converted() -> Path:
+    return ensure_bundled_model(MODEL_CACHE).path
+
+
+def copy_model(source: Path, models_dir: Path) -> Path:
+    target = models_dir / BUNDLED_NAME
+    shutil.copytree(source, target)
+    return target
+
+
+def test_conversion_is_a_loadable_hugging_face_folder_with_a_manifest(converted: Path) -> None:
+    for name in ("config.json", "model.safetensors", "tokenizer.json", MANIFEST):
+        assert (converted / name).is_file(), name
+    manifest = json.loads((converted / MANIFEST).read_text())
+    assert manifest["content_hash"] == folder_hash(converted)
+    assert json.loads((converted / "config.json").read_text())["model_type"] == "llama"
+    assert "quantization_config" not in json.loads((converted / "config.json").read_text())
+
+
+def test_a_verified_folder_is_reused_not_converted_again(converted: Path) -> None:
+    started = time.monotonic()
+    again = ensure_bundled_model(MODEL_CACHE)
+    assert again.path == converted
+    assert again.content_hash == folder_hash(converted)
+    assert time.monotonic() - started < 15  # hashing only; a conversion takes ~30 s
+
+
+def test_a_tampered_or_half_written_folder_is_detected_and_rebuilt(converted: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    target = copy_model(converted, models)
+    (target / "config.json").write_text("{}")  # a file no longer matches the manifest
+    assert verified(target) is None
+    (target / MANIFEST).unlink()  # an interrupted run never wrote its manifest
+    (models / f".{BUNDLED_NAME}.partial-12345").mkdir()  # and left its staging folder behind
+    rebuilt = ensure_bundled_model(models)
+    assert rebuilt.content_hash == folder_hash(converted)
+    assert verified(target) is not None
+
+
+def test_a_configured_model_folder_is_used_as_is(converted: Path, tmp_path: Path) -> None:
+    mine = copy_model(converted, tmp_path / "elsewhere")
+    base = resolve_base_model(mine, tmp_path / "unused")
+    assert (base.path, base.name) == (mine, mine.name)
+    assert not (tmp_path / "unused").exists()
+    with pytest.raises(ModelBootstrapError, match="not a Hugging Face model folder"):
+        resolve_base_model(tmp_path, tmp_path / "unused")
+
+
+def test_model_init_command_reports_the_verified_model(converted: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    copy_model(converted, data / "models")
+    env = {**os.environ, "EVOLVD_DATA_DIR": str(data)}
+    result = subprocess.run([sys.executable, "-m", "evolvd.cli", "model", "init"], env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{BUNDLED_NAME}: {data / 'models' / BUNDLED_NAME} (sha256 ")
+    assert folder_hash(converted) in result.stdout
