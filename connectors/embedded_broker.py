@@ -11,9 +11,12 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
+
+from evolvd.lifeline import child_environment
 
 logger = logging.getLogger("evolvd.broker")
 
@@ -65,6 +68,7 @@ class EmbeddedBroker:
     def start(self) -> EmbeddedBroker:
         url = f"tcp://{self.bootstrap_servers}"
         cmd = [
+            *(sys.executable, "-m", "evolvd.lifeline"),  # dies with the daemon, even after kill -9
             str(tansu_binary()),
             "broker",
             "--listener-url",
@@ -76,7 +80,12 @@ class EmbeddedBroker:
         ]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # Its own session: a Ctrl-C in the terminal goes to the daemon, which stops the broker
+            # last, after the consumer has closed. The parent-death signal covers a killed daemon.
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=child_environment(),
+            )  # fmt: skip
         finally:
             if self.log_path:
                 log.close()  # type: ignore[union-attr]

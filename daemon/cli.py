@@ -168,12 +168,22 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
         f"/{ingest['backlog_high_watermark']}  lag={ingest['lag_total']}{paused}"
     )
     for p in ingest["partitions"]:
+        at, end, lag = (p[k] if p[k] is not None else "-" for k in ("buffer_offset", "highwater", "lag"))
+        click.echo(f"  partition {p['partition']}: buffer at {at}, end {end}, lag {lag}")
+    serving = body["serving"]
+    if serving["state"] == "disabled":
+        click.echo("serving  disabled")
+    else:
+        click.echo(f"serving  {serving['state']}  {serving['url']}  restarts={serving['restarts']}")
+        canary = f"  canary={serving['canary']}" if serving["canary"] else ""
+        rollback_to = serving["previous"] or "-"
         click.echo(
-            f"  partition {p['partition']}: buffer at {p['buffer_offset']}, end {p['highwater']},"
-            f" lag {p['lag']}"
+            f"  {serving['public_model_name']!r} -> {serving['live']}  (rollback to {rollback_to})"
+            f"{canary}  gateway {serving['gateway_url']}/v1"
         )
     click.echo(f"buffer   {buf['path']} (schema v{buf['schema_version']})")
-    click.echo("  " + "  ".join(f"{k}={v}" for k, v in buf["tables"].items() if v))
+    rows = "  ".join(f"{k}={v}" for k, v in buf["tables"].items() if v)
+    click.echo(f"  {rows or 'empty'}")
     click.echo(
         f"dead letters {dead['total']}"
         + (

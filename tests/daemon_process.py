@@ -32,11 +32,13 @@ class DaemonProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "admin.url").unlink(missing_ok=True)
         with open(self.log, "ab") as log:
+            # Its own process group, like a daemon started from a terminal: interrupt_group() is Ctrl-C.
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "evolvd.cli", "run"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         if wait_ready:
             self.wait_ready(timeout_s)
@@ -72,6 +74,11 @@ class DaemonProcess:
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
+
+    def interrupt_group(self) -> None:
+        """What Ctrl-C in a terminal does: SIGINT to every process of the foreground group."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGINT)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)

@@ -137,10 +137,25 @@ def test_embedded_defaults_produce_status_and_ctrl_c(tmp_path: Path) -> None:
     assert "events=50" in shown.stdout
     assert "dead letters 1: not_json=1" in shown.stdout
 
-    daemon.signal(signal.SIGINT)
+    daemon.interrupt_group()  # Ctrl-C: the broker must not die before the daemon has closed its consumer
     assert daemon.wait(60) == 0, daemon.tail()
+    assert " ERROR " not in daemon.log.read_text(), daemon.tail()
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=1):
         pass  # the embedded broker went down with the daemon
+
+
+def test_a_killed_daemon_takes_its_embedded_broker_with_it(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path / "data", {}).start()
+    host, port = daemon.status()["kafka"]["bootstrap_servers"].split(":")
+    daemon.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=0.5).close()
+        except OSError:
+            return  # gone
+        time.sleep(0.1)
+    raise AssertionError("the embedded broker outlived a daemon killed with -9")
 
 
 def test_a_second_ctrl_c_forces_the_exit(tmp_path: Path) -> None:

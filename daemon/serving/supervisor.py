@@ -21,6 +21,7 @@ from pathlib import Path
 from evolvd.config import ServingConfig
 from evolvd.connectors.embedded_broker import free_port
 from evolvd.connectors.vllm_client import VLLMClient
+from evolvd.lifeline import child_environment
 
 logger = logging.getLogger("evolvd.serving")
 
@@ -57,7 +58,7 @@ def vllm_environment(config: ServingConfig, runtime_dir: Path) -> dict[str, str]
     cache.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(parents=True, exist_ok=True)
     return {
-        **os.environ,
+        **child_environment(),
         "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_CACHE_ROOT": str(cache),
@@ -65,7 +66,6 @@ def vllm_environment(config: ServingConfig, runtime_dir: Path) -> dict[str, str]
         "TMPDIR": str(tmp),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        "EVOLVD_PARENT_PID": str(os.getpid()),
     }
 
 
