@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -48,8 +50,32 @@ def client_options(config: KafkaConfig, bootstrap_servers: str) -> dict[str, Any
     return options
 
 
+def wait_for_any_broker(config: KafkaConfig, bootstrap_servers: str) -> None:
+    """Return once one bootstrap server accepts a TCP connection; else raise KafkaUnavailableError.
+
+    Checked with a plain socket before any kafka-python client is built: kafka-python 3.0 starts a
+    network thread in each client's constructor and leaves it running when bootstrap fails, so a
+    daemon retrying through a long outage would pile those threads up.
+    """
+    deadline = time.monotonic() + config.connect_timeout_s
+    addresses = [server.rsplit(":", 1) for server in bootstrap_servers.split(",")]
+    while True:
+        for host, port in addresses:
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                    return
+            except (OSError, ValueError):
+                continue
+        if time.monotonic() >= deadline:
+            raise KafkaUnavailableError(
+                f"no Kafka broker answered at {bootstrap_servers} within {config.connect_timeout_s:g}s"
+            )
+        time.sleep(0.2)
+
+
 def ensure_topic(config: KafkaConfig, bootstrap_servers: str, partitions: int) -> None:
     """Create the prompts topic if it is missing. Raises KafkaUnavailableError when no broker answers."""
+    wait_for_any_broker(config, bootstrap_servers)
     try:
         admin = KafkaAdminClient(**client_options(config, bootstrap_servers))
     except KafkaTimeoutError as exc:
@@ -93,6 +119,7 @@ class KafkaSource(Source):
         self._before_rebalance = before_rebalance
         self._paused = False
         self._acked: dict[TopicPartition, int] = {}
+        wait_for_any_broker(config, bootstrap_servers)
         try:
             self._consumer = KafkaConsumer(
                 **client_options(config, bootstrap_servers),

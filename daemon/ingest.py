@@ -135,7 +135,11 @@ class IngestLoop:
         self._durable_lock = threading.Lock()
         self._submitted_events = 0
         self._writer = BatchWriter(sink, metrics, self._note_durable)
-        self._source = source_factory(self._writer.drain)
+        try:
+            self._source = source_factory(self._writer.drain)
+        except BaseException:
+            self._writer.close()  # no thread left behind when the source cannot be created
+            raise
         self.state = IngestState()
 
     def _note_durable(self, batch: IngestBatch) -> None:

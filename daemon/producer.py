@@ -10,7 +10,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
 from evolvd.config import KafkaConfig
-from evolvd.connectors.kafka_source import KafkaUnavailableError, client_options
+from evolvd.connectors.kafka_source import KafkaUnavailableError, client_options, wait_for_any_broker
 
 logger = logging.getLogger("evolvd.produce")
 
@@ -26,6 +26,7 @@ def _key_of(line: bytes) -> bytes | None:
 
 
 def publish_lines(config: KafkaConfig, bootstrap_servers: str, topic: str, lines: Iterable[bytes]) -> int:
+    wait_for_any_broker(config, bootstrap_servers)
     try:
         producer = KafkaProducer(**client_options(config, bootstrap_servers), linger_ms=5, acks="all")
     except KafkaTimeoutError as exc:

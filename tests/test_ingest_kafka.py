@@ -169,3 +169,18 @@ def test_backpressure_pauses_above_the_limit_and_resumes_below(
         buffer.cursor().execute("UPDATE events SET state = 'labeled'")
         wait_for(lambda: count(buffer) == 2000 or loop.state.paused, what="more ingest")
     buffer.close()
+
+
+def test_an_unreachable_broker_fails_fast_and_leaves_no_thread(tmp_path: Path) -> None:
+    from evolvd.connectors.kafka_source import KafkaUnavailableError
+
+    kafka = KafkaConfig(bootstrap_servers="127.0.0.1:9", topic="t", connect_timeout_s=1)
+    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+    before = threading.active_count()
+    with pytest.raises(KafkaUnavailableError, match=r"no Kafka broker answered at 127\.0\.0\.1:9 within 1s"):
+        IngestLoop(
+            lambda drain: KafkaSource(kafka, "127.0.0.1:9", lambda: buffer.stored_offsets("t"), drain),
+            buffer, IngestConfig(), IngestMetrics.create(new_registry()),
+        )  # fmt: skip
+    assert threading.active_count() == before
+    buffer.close()
