@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -20,3 +22,9 @@ def produce(bootstrap: str, topic: str, values: Sequence[bytes | None], partitio
         producer.send(topic, key=f"k{n}".encode(), value=value, partition=partition)
     producer.flush()
     producer.close()
+
+
+def run_cli(*args: str, env: Mapping[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the `evolvd` command as an operator would (a separate process), capturing its output."""
+    return subprocess.run([sys.executable, "-m", "evolvd.cli", *args], env=dict(env), capture_output=True,
+                          text=True, timeout=timeout_s)  # fmt: skip

@@ -5,8 +5,6 @@ from __future__ import annotations
 import random
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +14,7 @@ import duckdb
 import httpx
 import pytest
 from daemon_process import DaemonProcess
-from helpers import produce, prompt_message
+from helpers import produce, prompt_message, run_cli
 
 from evolvd.cli import EXIT_FORCED, EXIT_STARTUP_FAILED
 
@@ -112,27 +110,14 @@ def test_embedded_defaults_produce_status_and_ctrl_c(tmp_path: Path) -> None:
     lines.write_text(
         "".join(f'{{"id": "p{i}", "prompt": "What is {i} + {i}?"}}\n' for i in range(50)) + "oops\n"
     )
-    cli_env = {**daemon.env}
-    produced = subprocess.run(
-        [sys.executable, "-m", "evolvd.cli", "produce", str(lines)],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    produced = run_cli("produce", str(lines), env=daemon.env)
     assert produced.returncode == 0, produced.stderr
     assert "published 51 messages" in produced.stdout
 
     deadline = time.monotonic() + 30
     while daemon.status()["buffer"]["tables"]["events"] < 50 and time.monotonic() < deadline:
         time.sleep(0.1)
-    shown = subprocess.run(
-        [sys.executable, "-m", "evolvd.cli", "status"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = run_cli("status", env=daemon.env)
     assert shown.returncode == 0, shown.stderr
     assert "events=50" in shown.stdout
     assert "dead letters 1: not_json=1" in shown.stdout

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from evolvd.connectors.model_bootstrap import (
     BUNDLED_NAME,
@@ -83,8 +82,7 @@ def test_model_init_command_reports_the_verified_model(converted: Path, tmp_path
     data = tmp_path / "data"
     copy_model(converted, data / "models")
     env = {**os.environ, "EVOLVD_DATA_DIR": str(data)}
-    result = subprocess.run([sys.executable, "-m", "evolvd.cli", "model", "init"], env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = run_cli("model", "init", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{BUNDLED_NAME}: {data / 'models' / BUNDLED_NAME} (sha256 ")
     assert folder_hash(converted) in result.stdout

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,6 +26,7 @@ from adapters import (
     make_wrong_base_adapter,
 )
 from daemon_process import DaemonProcess
+from helpers import run_cli
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
@@ -234,12 +233,10 @@ def test_metrics_cover_serving_and_vllm_metrics_are_reachable(daemon: DaemonProc
 def test_cli_lists_adapters_through_the_admin_api(daemon: DaemonProcess) -> None:
     live = daemon.status()["serving"]["live"]
     env = {**os.environ, "EVOLVD_ADMIN_URL": daemon.url}
-    listed = subprocess.run([sys.executable, "-m", "evolvd.cli", "adapters", "list"], env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    listed = run_cli("adapters", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     assert any(line.startswith(live) and " live " in line for line in listed.stdout.splitlines())
-    refused = subprocess.run([sys.executable, "-m", "evolvd.cli", "adapters", "promote", "nope"], env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    refused = run_cli("adapters", "promote", "nope", env=env)
     assert refused.returncode == 1
     assert "no adapter named nope" in refused.stderr
 
