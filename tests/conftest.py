@@ -36,3 +36,18 @@ def topic(broker: Any) -> str:
         KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic=name), broker.bootstrap_servers, 2
     )
     return name
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_outlives_its_test() -> Iterator[None]:
+    """Stop the daemons a test started itself if it left them running (e.g. it failed half-way).
+
+    Daemons of module-scoped fixtures were started before this runs, so they are left alone.
+    """
+    from daemon_process import STARTED
+
+    already = len(STARTED)
+    yield
+    for daemon in STARTED[already:]:
+        daemon.kill_if_running()
+    del STARTED[already:]

@@ -12,6 +12,9 @@ from typing import Any
 
 import httpx
 
+STARTED: list[DaemonProcess] = []
+"""Every daemon a test started; conftest stops those still running after each test, pass or fail."""
+
 
 class DaemonProcess:
     def __init__(self, data_dir: Path, env: dict[str, str], token: str | None = None) -> None:
@@ -40,6 +43,7 @@ class DaemonProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        STARTED.append(self)
         if wait_ready:
             self.wait_ready(timeout_s)
         return self
@@ -98,6 +102,12 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"daemon did not exit within {timeout_s}s:\n{self.tail()}") from None
+
+    def kill_if_running(self) -> None:
+        """Teardown for a test that failed half-way: stop the daemon and everything it started."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the daemon's own group (its children die with it)
+            self.proc.wait(timeout=30)
 
     def tail(self, lines: int = 40) -> str:
         try:
