@@ -117,9 +117,7 @@ class Daemon:
         )
 
     def _start_serving(self) -> None:
-        from evolvd.connectors.model_bootstrap import ModelBootstrapError
         from evolvd.serving.service import ServingService
-        from evolvd.serving.supervisor import ServingStartError
 
         assert self._buffer is not None
         self._serving = ServingService(
@@ -127,7 +125,7 @@ class Daemon:
         )
         try:
             self._serving.start()
-        except (ModelBootstrapError, ServingStartError, RuntimeError) as exc:
+        except RuntimeError as exc:  # model bootstrap, vLLM start and gateway bind errors all are
             raise StartupError(f"serving: {exc}") from exc
 
     @property

@@ -132,10 +132,6 @@ def admin_request(
     return result
 
 
-def admin_get(url: str | None, config_path: Path | None, path: str) -> dict[str, Any]:
-    return admin_request(url, config_path, path)
-
-
 URL_OPTION = click.option(
     "--url",
     envvar="EVOLVD_ADMIN_URL",
@@ -151,7 +147,7 @@ URL_OPTION = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Show what the running daemon is doing (read through its admin API)."""
-    body = admin_get(url, config_path, "/status")
+    body = admin_request(url, config_path, "/status")
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
@@ -352,7 +348,7 @@ def produce(
     config = _load_config(config_path)
     servers = bootstrap_servers or config.kafka.bootstrap_servers
     if servers == "embedded":
-        servers = admin_get(url, config_path, "/status")["kafka"]["bootstrap_servers"]
+        servers = admin_request(url, config_path, "/status")["kafka"]["bootstrap_servers"]
     sent = publish_lines(config.kafka, servers, topic or config.kafka.topic, file)
     click.echo(f"published {sent} messages to {topic or config.kafka.topic} at {servers}")
 

@@ -1,23 +1,21 @@
 """Load an EvolvdConfig from a YAML file and report every problem with its place in the file.
 
-The same error shape (file, line, dotted path, message) is reused by the policy loader, so
-operators read config and policy mistakes the same way.
+Errors are FieldErrors (file, line, dotted path, message), a shape meant to be shared with the
+policy files so operators read both kinds of mistake the same way.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from evolvd.config import ENV_NESTED_DELIMITER, ENV_PREFIX, EvolvdConfig
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -113,15 +111,6 @@ def _nearest_line(loc: tuple[str, ...], lines: Mapping[tuple[str, ...], int]) ->
         if loc[:end] in lines:
             return lines[loc[:end]]
     return None
-
-
-def validate_file(model: type[ModelT], path: Path, extra: Iterable[FieldError] = ()) -> ModelT:
-    """Validate a YAML file against a pydantic model (no environment overrides)."""
-    data, lines = read_yaml(path)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError([*extra, *errors_from_validation(exc, str(path), lines)]) from exc
 
 
 def load_config(path: Path | None) -> EvolvdConfig:

@@ -6,7 +6,6 @@ rollback is only a flip back. Every attempt, good or bad, is a swap row and a me
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -34,14 +33,9 @@ class SwapResult:
     duration_ms: float
 
 
-def adapter_name(base_name: str, version: int, path: Path) -> str:
+def adapter_name(base_name: str, version: int, weights_sha256: str) -> str:
     """Unique per version and content: `<base>-v<N>-<hash8>` (vLLM caches by name: never reuse one)."""
-    digest = (
-        file_sha256(path / ADAPTER_WEIGHTS)
-        if (path / ADAPTER_WEIGHTS).is_file()
-        else hashlib.sha256(str(path).encode()).hexdigest()
-    )
-    return f"{base_name}-v{version}-{digest[:8]}"
+    return f"{base_name}-v{version}-{weights_sha256[:8]}"
 
 
 class HotSwapper:
@@ -82,11 +76,12 @@ class HotSwapper:
             raise SwapError(str(exc)) from exc
         with self._lock:  # version numbers are handed out one at a time
             version = self._registry.next_version()
-            name = adapter_name(self._router.routing.base, version, path)
+            weights_sha256 = file_sha256(path / ADAPTER_WEIGHTS)
+            name = adapter_name(self._router.routing.base, version, weights_sha256)
             manifest = {
                 "rank": info.rank,
                 "target_modules": list(info.target_modules),
-                "weights_sha256": file_sha256(path / ADAPTER_WEIGHTS),
+                "weights_sha256": weights_sha256,
             }
             self._registry.add(name, version, path.resolve(), manifest, parent, run_id)
         logger.info("registered adapter %s from %s", name, path)
