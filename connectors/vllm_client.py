@@ -101,3 +101,22 @@ class VLLMClient:
         if data.get("model") != model or not data.get("choices"):
             raise VLLMError(f"probe of {model} was answered by {data.get('model')!r} with no choices")
         return ProbeResult(model, data["choices"][0].get("text", ""), response.elapsed.total_seconds())
+
+    def chat(
+        self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0, n: int = 1
+    ) -> list[str]:
+        """The answers of `model` to one user prompt through the chat template (n samples)."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "n": n,
+        }
+        try:
+            response = self._http.post("/v1/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise VLLMError(f"chat with {model} got no answer: {exc}") from exc
+        if response.status_code != 200:
+            raise VLLMError(f"chat with {model} failed: {_error_text(response)}", response.status_code)
+        return [choice["message"].get("content") or "" for choice in response.json()["choices"]]

@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
+from evolvd.config_file import ConfigError
 from evolvd.connectors.vllm_client import VLLMError
 from evolvd.serving.hotswap import SwapError
 
@@ -39,6 +40,14 @@ class ServingControl(Protocol):
     def vllm_metrics(self) -> str: ...
 
 
+class PolicyControl(Protocol):
+    """The policy operations the admin API exposes."""
+
+    def status(self) -> dict[str, Any]: ...
+    def reload(self) -> str: ...
+    def dry_run(self, files: dict[str, str], replace_all: bool, shown_as: str) -> dict[str, Any]: ...
+
+
 class DaemonView(Protocol):
     """What the admin API needs from the daemon."""
 
@@ -46,6 +55,9 @@ class DaemonView(Protocol):
 
     @property
     def serving(self) -> ServingControl | None: ...
+
+    @property
+    def policies(self) -> PolicyControl | None: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -56,6 +68,17 @@ class DaemonView(Protocol):
 class CanaryRequest(BaseModel):
     share: float | None = None
     """Share of alias traffic for the canary; default: gateway.canary_share."""
+
+
+class DryRunRequest(BaseModel):
+    files: dict[str, str]
+    """File name (e.g. `training.yaml`, `probes/safety_benign.jsonl`) -> its edited text."""
+
+    replace_all: bool = False
+    """True: the files are a whole policy directory; False: they replace their namesakes only."""
+
+    shown_as: str = "<upload>"
+    """The operator's path, used in error messages."""
 
 
 class RegisterRequest(BaseModel):
@@ -138,6 +161,28 @@ def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
                 status_code=503, detail=f"serving process metrics unavailable: {exc}"
             ) from exc
         return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    def policies() -> PolicyControl:
+        if daemon.policies is None:
+            raise HTTPException(status_code=409, detail="the policy engine is not running yet")
+        return daemon.policies
+
+    @app.get("/policies", dependencies=[Depends(require_token)])
+    def policy_status() -> dict[str, Any]:
+        return policies().status()
+
+    @app.post("/policies/reload", dependencies=[Depends(require_token)])
+    def policy_reload() -> dict[str, Any]:
+        control = policies()
+        outcome = control.reload()
+        return {"outcome": outcome, **control.status()}
+
+    @app.post("/policies/dry-run", dependencies=[Depends(require_token)])
+    def policy_dry_run(body: DryRunRequest) -> dict[str, Any]:
+        try:
+            return policies().dry_run(body.files, body.replace_all, body.shown_as)
+        except ConfigError as exc:
+            raise HTTPException(status_code=422, detail={"errors": [str(e) for e in exc.errors]}) from exc
 
     @app.post("/rollback", dependencies=[Depends(require_token)])
     def rollback() -> dict[str, Any]:

@@ -21,9 +21,11 @@ from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from evolvd.connectors.kafka_source import KafkaSource, KafkaUnavailableError, ensure_topic
 from evolvd.ingest import IngestLoop
-from evolvd.metrics import BufferCollector, IngestMetrics, ServingMetrics, new_registry
+from evolvd.metrics import BufferCollector, IngestMetrics, PolicyMetrics, ServingMetrics, new_registry
 
 if TYPE_CHECKING:
+    from evolvd.policies.engine import PolicyEngine
+    from evolvd.policies.store import PolicyStore
     from evolvd.serving.service import ServingService
 
 logger = logging.getLogger("evolvd.daemon")
@@ -68,6 +70,9 @@ class Daemon:
         self._ingest_restarts = 0
         self._buffer_collector: BufferCollector | None = None
         self._serving: ServingService | None = None
+        self._policy_store: PolicyStore | None = None
+        self._policy_engine: PolicyEngine | None = None
+        self._policy_thread: threading.Thread | None = None
         self._state = "starting"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -93,6 +98,7 @@ class Daemon:
         self._buffer_collector = BufferCollector(self._buffer.table_counts, self._buffer.backlog)
         self.registry.register(self._buffer_collector)
 
+        self._start_policies()
         self._start_kafka()
         self._ingest = self._new_ingest_loop()
 
@@ -106,6 +112,7 @@ class Daemon:
         self._start_ingest_thread()
         if cfg.serving.enabled:
             self._start_serving()
+        self._start_policy_jobs()
         self._state = "running"
         logger.info(
             "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
@@ -115,6 +122,53 @@ class Daemon:
             cfg.kafka.topic,
             cfg.buffer_path,
         )
+
+    def _start_policies(self) -> None:
+        from evolvd.config_file import ConfigError
+        from evolvd.embeddings import embed
+        from evolvd.policies.engine import PolicyEngine
+        from evolvd.policies.store import PolicyStore
+
+        assert self._buffer is not None
+        engine_box: list[PolicyEngine] = []
+        try:
+            self._policy_store = PolicyStore(
+                self.config.policies.dir,
+                PolicyMetrics.create(self.registry),
+                lambda decisions: engine_box[0].record_decisions(decisions) if engine_box else None,
+            )
+        except ConfigError as exc:
+            # Refuse to start on a policy set that does not validate: running on defaults instead
+            # would silently drop the operator's gates.
+            raise StartupError(
+                f"policies rejected: {exc.errors[0]}"
+                + (f" (+{len(exc.errors) - 1} more)" if len(exc.errors) > 1 else "")
+            ) from exc
+        self._policy_engine = PolicyEngine(
+            self._buffer, self._policy_store, self._policy_store.metrics, embed
+        )
+        engine_box.append(self._policy_engine)
+
+    def _start_policy_jobs(self) -> None:
+        assert self._policy_store is not None
+        if self.config.policies.watch:
+            self._policy_store.start_watching()
+        self._policy_thread = threading.Thread(
+            target=self._run_policy_jobs, name="evolvd-policy-jobs", daemon=True
+        )
+        self._policy_thread.start()
+
+    def _run_policy_jobs(self) -> None:
+        # Replaced by the scheduler in the loop issue; until then a plain interval.
+        assert self._policy_engine is not None
+        interval = self.config.policies.evaluate_interval_s
+        while not self._stop.is_set():
+            self._policy_engine.tick()
+            self._stop.wait(interval)
+
+    @property
+    def policies(self) -> PolicyEngine | None:
+        return self._policy_engine
 
     def _start_serving(self) -> None:
         from evolvd.serving.service import ServingService
@@ -207,6 +261,10 @@ class Daemon:
         self.request_stop()
         if self._serving is not None:
             self._serving.stop()
+        if self._policy_store is not None:
+            self._policy_store.stop()
+        if self._policy_thread is not None:
+            self._policy_thread.join(timeout=timeout_s)
         if self._ingest_thread is not None:
             self._ingest_thread.join(timeout=timeout_s)
             if self._ingest_thread.is_alive():
@@ -286,6 +344,7 @@ class Daemon:
             },
             "dead_letters": {"total": sum(dead.values()), "by_reason": dead},
             "serving": self._serving.status() if self._serving is not None else {"state": "disabled"},
+            "policies": self._policy_engine.status() if self._policy_engine is not None else None,
             "config": as_dict(self.config),
         }
 

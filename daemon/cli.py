@@ -126,6 +126,10 @@ def admin_request(
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
+        if isinstance(detail, dict) and "errors" in detail:  # a file the daemon found invalid
+            for line in detail["errors"]:
+                click.echo(f"error: {line}", err=True)
+            sys.exit(EXIT_INVALID)
         click.echo(f"error: {detail}", err=True)
         sys.exit(EXIT_FAILED)
     result: dict[str, Any] = response.json()
@@ -177,6 +181,7 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
             f"  {serving['public_model_name']!r} -> {serving['live']}  (rollback to {rollback_to})"
             f"{canary}  gateway {serving['gateway_url']}/v1"
         )
+    _echo_policies(body.get("policies"))
     click.echo(f"buffer   {buf['path']} (schema v{buf['schema_version']})")
     rows = "  ".join(f"{k}={v}" for k, v in buf["tables"].items() if v)
     click.echo(f"  {rows or 'empty'}")
@@ -188,6 +193,38 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
             else ""
         )
     )
+
+
+def _echo_policies(policies: dict[str, Any] | None) -> None:
+    if policies is None:
+        return
+    hashes = "  ".join(
+        f"{name}={p['hash']}{'*' if p['source'] != '<default>' else ''}"
+        for name, p in policies["in_force"].items()
+    )
+    click.echo(f"policies {policies['directory'] or 'shipped defaults'}  {hashes}  (* = operator's file)")
+    for line in policies["rejected"]:
+        click.echo(f"  REJECTED EDIT (previous policy in force): {line}")
+    drift = policies["drift"]
+    report = drift["report"]
+    if report is None:
+        click.echo(f"  drift: {drift['note']}")
+    else:
+        mmd = report["mmd"]
+        state = (
+            "GUARD TRIPPED"
+            if report["guard_tripped"]
+            else ("trigger fired" if report["trigger_fired"] else "no significant drift")
+        )
+        click.echo(
+            f"  drift: {state} (MMD^2 {mmd['mmd2']:.4f}, p={mmd['p_value']:.4f}"
+            f" vs {report['reference_kind']})"
+        )
+    gate = policies["training_gate"]
+    if gate is not None:
+        click.echo(f"  training gate: {gate['outcome']}")
+        for reason in gate["reasons"]:
+            click.echo(f"    - {reason}")
 
 
 # -- model and adapters -----------------------------------------------------------------------
@@ -319,6 +356,107 @@ def config_show(config_path: Path | None) -> None:
     from evolvd.config import as_dict
 
     click.echo(yaml.safe_dump(as_dict(_load_config(config_path)), sort_keys=False), nl=False)
+
+
+# -- policies ---------------------------------------------------------------------------------
+
+
+@main.group()
+def policy() -> None:
+    """Check, dry-run and reload the policy files operators edit."""
+
+
+def _check_policies(path: Path) -> Any:
+    from evolvd.config_file import ConfigError
+    from evolvd.policies.loader import check_policy_path
+
+    try:
+        return check_policy_path(path)
+    except ConfigError as exc:
+        for err in exc.errors:
+            click.echo(f"error: {err}", err=True)
+        sys.exit(EXIT_INVALID)
+
+
+@policy.command("check")
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+def policy_check(path: Path) -> None:
+    """Validate a policy directory or one policy file, without a daemon."""
+    policies = _check_policies(path)
+    for name, described in policies.describe().items():
+        click.echo(f"{name}: ok  hash {described['hash']}  ({described['source']})")
+
+
+@policy.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+def policy_init(directory: Path) -> None:
+    """Write a copy of the shipped default policies into DIRECTORY, to edit and point policies.dir at."""
+    import shutil
+
+    from evolvd.policies.loader import defaults_dir
+
+    if directory.exists() and any(directory.iterdir()):
+        click.echo(f"error: {directory} is not empty; not overwriting anything", err=True)
+        sys.exit(EXIT_FAILED)
+    shutil.copytree(defaults_dir(), directory, dirs_exist_ok=True)
+    click.echo(f"wrote the default policies to {directory}; set policies.dir: {directory} in the config")
+
+
+@policy.command("dry-run")
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@URL_OPTION
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def policy_dry_run(path: Path, url: str | None, config_path: Path | None, as_json: bool) -> None:
+    """Evaluate an edited policy file (or directory) on the running daemon's buffer; applies nothing."""
+    _check_policies(path)
+    if path.is_dir():
+        files = {
+            str(p.relative_to(path)): p.read_text(encoding="utf-8")
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+        }
+    else:
+        files = {path.name: path.read_text(encoding="utf-8")}
+    body = admin_request(
+        url,
+        config_path,
+        "/policies/dry-run",
+        "POST",
+        {"files": files, "replace_all": path.is_dir(), "shown_as": str(path)},
+    )
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    changed = body["policies_changed"]
+    click.echo(
+        "changed policies: " + (", ".join(f"{n} -> {h}" for n, h in changed.items()) or "none (same values)")
+    )
+    examples = body["examples"]
+    moves = ", ".join(f"{k}: {v}" for k, v in examples["transitions"].items()) or "none"
+    click.echo(f"examples whose safety outcome would change: {moves}")
+    if examples["newly_quarantined"]:
+        click.echo(f"  newly quarantined (first ids): {examples['newly_quarantined'][:20]}")
+    gate = body["training_gate"]
+    for which in ("current", "candidate"):
+        decision = gate[which]
+        click.echo(f"training gate, {which} policy: {decision['outcome']}")
+        for reason in decision["reasons"]:
+            click.echo(f"  - {reason}")
+    click.echo("nothing was applied")
+
+
+@policy.command("reload")
+@URL_OPTION
+@CONFIG_OPTION
+def policy_reload(url: str | None, config_path: Path | None) -> None:
+    """Ask the daemon to re-read its policy directory now (it also watches it)."""
+    body = admin_request(url, config_path, "/policies/reload", "POST")
+    click.echo(f"reload: {body['outcome']}")
+    for line in body["rejected"]:
+        click.echo(f"error: {line}", err=True)
+    if body["rejected"]:
+        sys.exit(EXIT_INVALID)
 
 
 # -- produce ----------------------------------------------------------------------------------

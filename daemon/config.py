@@ -203,6 +203,22 @@ class GatewayConfig(_Section):
     """Retry-After sent with 503 while the serving process is restarting."""
 
 
+class PoliciesConfig(_Section):
+    dir: Path | None = None
+    """The operator's policy directory (safety.yaml, drift.yaml, training.yaml, promotion.yaml,
+    probes/*.jsonl), merged over the shipped defaults; unset: the shipped defaults alone.
+    `evolvd policy init DIR` writes a copy of the defaults to start from."""
+
+    watch: bool = True
+    """Apply edits to the policy directory as soon as they are saved."""
+
+    evaluate_interval_s: float = Field(30.0, ge=1.0, le=86_400)
+    """How often the safety screen, drift test and training gate run."""
+
+    screen_batch: int = Field(500, ge=1, le=100_000)
+    """Examples screened per transaction."""
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -228,6 +244,7 @@ class EvolvdConfig(BaseSettings):
     admin: AdminConfig = AdminConfig()
     serving: ServingConfig = ServingConfig()
     gateway: GatewayConfig = GatewayConfig()
+    policies: PoliciesConfig = PoliciesConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @classmethod

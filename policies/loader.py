@@ -1,0 +1,220 @@
+"""Read the policy files: shipped defaults, with an operator's policy directory merged over them.
+
+Each file is validated against its schema (policies.models); every problem comes back as a
+FieldError naming the file, the line and the field, in the same shape as config errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from evolvd.config_file import ConfigError, FieldError, errors_from_validation, read_yaml
+from evolvd.policies.models import (
+    POLICY_MODELS,
+    DriftPolicy,
+    PromotionPolicy,
+    SafetyPolicy,
+    TrainingPolicy,
+)
+
+PolicyT = TypeVar("PolicyT", bound=BaseModel)
+PROBE_SETS = ("safety_harmful", "safety_benign", "output_drift")
+
+
+def defaults_dir() -> Path:
+    """The shipped default policy files (inside the installed package)."""
+    return Path(str(resources.files("evolvd.policies") / "defaults"))
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    """One loaded policy: its validated model, where it came from and its content hash."""
+
+    name: str
+    policy: BaseModel
+    source: str
+    """The operator's file, or `<default>` when the shipped default is in force unchanged."""
+
+    content_hash: str
+    """sha256 of the effective policy (defaults merged with the operator's edits), 16 hex chars.
+    Formatting and comment edits do not change it; any value change does."""
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """The four policies in force together."""
+
+    files: dict[str, PolicyFile]
+    directory: Path | None = None
+    loaded_from: tuple[str, ...] = field(default=())
+
+    def _get(self, name: str, kind: type[PolicyT]) -> PolicyT:
+        policy = self.files[name].policy
+        assert isinstance(policy, kind)
+        return policy
+
+    @property
+    def safety(self) -> SafetyPolicy:
+        return self._get("safety", SafetyPolicy)
+
+    @property
+    def drift(self) -> DriftPolicy:
+        return self._get("drift", DriftPolicy)
+
+    @property
+    def training(self) -> TrainingPolicy:
+        return self._get("training", TrainingPolicy)
+
+    @property
+    def promotion(self) -> PromotionPolicy:
+        return self._get("promotion", PromotionPolicy)
+
+    def hash_of(self, name: str) -> str:
+        return self.files[name].content_hash
+
+    def describe(self) -> dict[str, Any]:
+        return {name: {"source": f.source, "hash": f.content_hash} for name, f in self.files.items()}
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; any other value (lists included) replaces the default."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def content_hash(policy: BaseModel) -> str:
+    canonical = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_policy_file(name: str, path: Path | None) -> PolicyFile:
+    """Validate one policy: the default for `name`, with `path` (if given) merged over it."""
+    default_path = defaults_dir() / f"{name}.yaml"
+    data, lines = read_yaml(default_path)
+    source = default_path
+    if path is not None:
+        edits, lines = read_yaml(path)
+        data, source = _merge(data, edits), path
+    try:
+        policy = POLICY_MODELS[name](**data)
+    except ValidationError as exc:
+        # A field the operator did not touch can fail a cross-field rule with one they did:
+        # errors_from_validation walks up to the nearest line their file has, where they act.
+        raise ConfigError(errors_from_validation(exc, str(source), lines)) from exc
+    shown = "<default>" if path is None else str(path)
+    return PolicyFile(name, policy, shown, content_hash(policy))
+
+
+def policy_files_in(directory: Path) -> dict[str, Path]:
+    """The operator's policy files in `directory`; an unknown YAML file there is an error."""
+    found: dict[str, Path] = {}
+    errors: list[FieldError] = []
+    for path in sorted(directory.glob("*.y*ml")):
+        if path.stem in POLICY_MODELS:
+            if path.stem in found:
+                errors.append(FieldError(str(path), None, "", f"{path.stem} is defined twice"))
+            found[path.stem] = path
+        else:
+            known = ", ".join(f"{n}.yaml" for n in POLICY_MODELS)
+            errors.append(FieldError(str(path), None, "", f"not a policy file (expected one of {known})"))
+    if errors:
+        raise ConfigError(errors)
+    return found
+
+
+def load_policies(directory: Path | None) -> PolicySet:
+    """Every policy in force: defaults, overridden by the files in `directory`.
+
+    Raises ConfigError listing the problems of every file, not just the first bad one.
+    """
+    operator_files: dict[str, Path] = {}
+    if directory is not None:
+        if not directory.is_dir():
+            raise ConfigError([FieldError(str(directory), None, "", "policy directory does not exist")])
+        operator_files = policy_files_in(directory)
+    files: dict[str, PolicyFile] = {}
+    errors: list[FieldError] = []
+    for name in POLICY_MODELS:
+        try:
+            files[name] = load_policy_file(name, operator_files.get(name))
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ConfigError(errors)
+    return PolicySet(files, directory, tuple(str(p) for p in operator_files.values()))
+
+
+def check_policy_path(path: Path) -> PolicySet:
+    """Validate a policy directory, or a single policy file (named by its stem), without a daemon."""
+    if path.is_dir():
+        return load_policies(path)
+    if path.stem not in POLICY_MODELS:
+        known = ", ".join(f"{n}.yaml" for n in POLICY_MODELS)
+        raise ConfigError([FieldError(str(path), None, "", f"not a policy file (expected one of {known})")])
+    if not path.exists():
+        raise ConfigError([FieldError(str(path), None, "", "file does not exist")])
+    one = load_policy_file(path.stem, path)
+    files = {name: load_policy_file(name, None) for name in POLICY_MODELS if name != path.stem}
+    files[path.stem] = one
+    return PolicySet({name: files[name] for name in POLICY_MODELS}, None, (str(path),))
+
+
+def probe_prompts(name: str, directory: Path | None) -> list[str]:
+    """A probe set's prompts: `probes/<name>.jsonl` in the operator's directory, else the default."""
+    if name not in PROBE_SETS:
+        raise KeyError(f"unknown probe set {name!r}")
+    path = defaults_dir() / "probes" / f"{name}.jsonl"
+    if directory is not None and (directory / "probes" / f"{name}.jsonl").exists():
+        path = directory / "probes" / f"{name}.jsonl"
+    prompts: list[str] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompts.append(str(row["prompt"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError([FieldError(str(path), number, "prompt", f"bad probe line: {exc}")]) from exc
+    return prompts
+
+
+def load_candidate(
+    current_dir: Path | None, files: Mapping[str, str], replace_all: bool, shown_as: str
+) -> PolicySet:
+    """A policy set built from uploaded file texts, for a dry run on the daemon's machine.
+
+    The uploaded files replace their namesakes in the daemon's policy directory (or, with
+    `replace_all`, the directory as a whole). Errors name `shown_as`, the operator's own path.
+    """
+    with tempfile.TemporaryDirectory(prefix="evolvd-dry-run-") as tmp:
+        staged = Path(tmp)
+        if current_dir is not None and current_dir.is_dir() and not replace_all:
+            shutil.copytree(current_dir, staged, dirs_exist_ok=True)
+        for name, text in files.items():
+            target = staged / Path(name).name  # never a path outside the staging folder
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        try:
+            return load_policies(staged)
+        except ConfigError as exc:
+            raise ConfigError(
+                [
+                    FieldError(e.source.replace(str(staged), shown_as), e.line, e.path, e.message)
+                    for e in exc.errors
+                ]
+            ) from exc
