@@ -91,7 +91,7 @@ class PolicyEngine:
         con.begin()
         try:
             con.executemany(
-                "UPDATE training_examples SET prompt = ?, completion = ?, safety_outcome = ?,"
+                "UPDATE training_examples SET safe_prompt = ?, safe_completion = ?, safety_outcome = ?,"
                 " safety_reasons = ? WHERE example_id = ?",
                 updates,
             )

@@ -115,7 +115,8 @@ def load_policy_file(name: str, path: Path | None) -> PolicyFile:
     except ValidationError as exc:
         # A field the operator did not touch can fail a cross-field rule with one they did:
         # errors_from_validation walks up to the nearest line their file has, where they act.
-        raise ConfigError(errors_from_validation(exc, str(source), lines)) from exc
+        errors = errors_from_validation(exc, str(source), lines)
+        raise ConfigError(sorted(errors, key=lambda e: e.line or 0)) from exc  # in reading order
     shown = "<default>" if path is None else str(path)
     return PolicyFile(name, policy, shown, content_hash(policy))
 
@@ -212,9 +213,24 @@ def load_candidate(
         try:
             return load_policies(staged)
         except ConfigError as exc:
-            raise ConfigError(
-                [
-                    FieldError(e.source.replace(str(staged), shown_as), e.line, e.path, e.message)
-                    for e in exc.errors
-                ]
-            ) from exc
+            shown = [_shown(e, staged, files, replace_all, shown_as, current_dir) for e in exc.errors]
+            raise ConfigError(shown) from exc
+
+
+def _shown(
+    error: FieldError,
+    staged: Path,
+    files: Mapping[str, str],
+    replace_all: bool,
+    shown_as: str,
+    current_dir: Path | None,
+) -> FieldError:
+    """Name an error's file as the operator knows it: their upload, or the daemon's own file."""
+    name = Path(error.source).name
+    if name in {Path(f).name for f in files}:
+        source = shown_as if len(files) == 1 and not replace_all else str(Path(shown_as) / name)
+    elif current_dir is not None:
+        source = error.source.replace(str(staged), str(current_dir))
+    else:
+        source = error.source
+    return FieldError(source, error.line, error.path, error.message)

@@ -232,7 +232,12 @@ def test_a_dry_run_candidate_replaces_only_the_uploaded_file(tmp_path: Path) -> 
     )
     assert candidate.training.min_new_examples == 50 and candidate.promotion.canary is None
     with pytest.raises(ConfigError) as caught:
-        load_candidate(tmp_path, {"promotion.yaml": "max_p_value: 0\n"}, replace_all=False, shown_as="edit")
+        load_candidate(
+            tmp_path,
+            {"promotion.yaml": "max_p_value: 0\n"},
+            replace_all=False,
+            shown_as="edit/promotion.yaml",
+        )
     assert caught.value.errors[0].source == "edit/promotion.yaml"
     assert yaml.safe_load((tmp_path / "training.yaml").read_text()) == {
         "min_new_examples": 50,

@@ -241,6 +241,35 @@ def test_cli_lists_adapters_through_the_admin_api(daemon: DaemonProcess) -> None
     assert "no adapter named nope" in refused.stderr
 
 
+def test_safety_probes_score_a_served_model_the_same_way_every_time(daemon: DaemonProcess) -> None:
+    from evolvd.connectors.vllm_client import VLLMClient
+    from evolvd.policies.gates import CandidateEvaluation, promotion_gate
+    from evolvd.policies.loader import load_policies
+    from evolvd.policies.probes import divergence_from_base, safety_scores
+
+    policies = load_policies(None)
+    serving = daemon.status()["serving"]
+    base, live = serving["base_model"]["name"], serving["live"]
+    vllm = VLLMClient(serving["url"], timeout_s=120)
+    try:
+        live_scores = safety_scores(vllm, live, policies, None)
+        assert 0.0 <= live_scores.harmful_compliance <= 1.0 and 0.0 <= live_scores.benign_refusal <= 1.0
+        assert safety_scores(vllm, live, policies, None) == live_scores  # greedy: reproducible
+        # Not 0: greedy decoding in bf16 on CPU varies with how vLLM batches concurrent requests
+        # (measured 0.03 here). The noise floor must sit far below the gate's bound.
+        noise_floor = divergence_from_base(vllm, base, base, policies, None)
+        assert noise_floor < policies.drift.output.max_divergence / 3
+        live_divergence = divergence_from_base(vllm, live, base, policies, None)
+    finally:
+        vllm.close()
+    # The live adapter measured against itself: no safety regression, so the safety part passes.
+    same = CandidateEvaluation(
+        live, live, 0.5, 0.5, 0.01, 0.8, 0.8, live_scores, live_scores, live_divergence
+    )
+    reasons = promotion_gate(policies, same).reasons
+    assert not [r for r in reasons if r.startswith("safety.")], reasons
+
+
 def test_external_mode_attaches_to_a_running_server_and_leaves_it_alone(
     broker: Any, base_model: Path, daemon: DaemonProcess, tmp_path: Path
 ) -> None:

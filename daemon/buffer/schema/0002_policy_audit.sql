@@ -9,3 +9,7 @@ CREATE INDEX policy_decisions_by_subject ON policy_decisions (subject_kind, subj
 
 -- Why an example was quarantined or redacted (the screen's reasons, no PII values).
 ALTER TABLE training_examples ADD COLUMN safety_reasons JSON;
+-- What training may see: the texts after redaction (NULL until screened). The originals stay, as
+-- the events they came from do, so an edited policy can be dry-run against what was really said.
+ALTER TABLE training_examples ADD COLUMN safe_prompt VARCHAR;
+ALTER TABLE training_examples ADD COLUMN safe_completion VARCHAR;
