@@ -162,8 +162,8 @@ def _add_examples(data_dir: Path) -> None:
             ]
         ):
             con.execute(
-                "INSERT INTO training_examples (event_id, format, prompt, completion, confidence, model_version,"
-                " labeler_version) VALUES (?, 'direct', ?, ?, 0.9, 'base', 'test')",
+                "INSERT INTO training_examples (event_id, format, prompt, completion, confidence,"
+                " model_version, labeler_version) VALUES (?, 'direct', ?, ?, 0.9, 'base', 'test')",
                 [f"msg-{i:06d}", prompt, completion],
             )
     finally:
