@@ -19,6 +19,7 @@ from types import ModuleType
 import phonenumbers
 from detect_secrets.core.scan import scan_line
 from detect_secrets.settings import transient_settings
+from phonenumbers import Leniency
 from stdnum import luhn
 
 from evolvd.policies.models import PiiKind, PiiPolicy
@@ -36,6 +37,10 @@ _ID_CONTEXT = re.compile(
     r"dni|nir|bsn|codice fiscale|tax id)\b[^\n]{0,20}$",
     re.IGNORECASE,
 )
+
+# A national number written without spaces or a leading + is at most 12 digits in practice
+# (E.164 allows 15 with the country code); longer bare runs are order, card or account numbers.
+_MAX_UNGROUPED_PHONE_DIGITS = 12
 
 # detect-secrets sees one line at a time; a PEM private key is a block, redacted whole.
 _PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL)
@@ -123,8 +128,13 @@ class PiiDetector:
                 yield PiiFinding("ip", match.start(), match.end(), "ipaddress")
 
     def _phones(self, text: str) -> Iterator[PiiFinding]:
+        # STRICT_GROUPING: the digits must be grouped as that region writes numbers, which drops
+        # dotted quads like 930.24.28.116 that VALID leniency reads as Indian numbers.
         for region in self._regions:
-            for match in phonenumbers.PhoneNumberMatcher(text, region):
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=Leniency.STRICT_GROUPING):
+                raw = match.raw_string
+                if raw.isdigit() and len(raw) > _MAX_UNGROUPED_PHONE_DIGITS:
+                    continue  # an order or card-length number, not a phone anyone writes unspaced
                 yield PiiFinding("phone", match.start, match.end, f"libphonenumber:{region}")
 
     def _national_ids(self, text: str) -> Iterator[PiiFinding]:
