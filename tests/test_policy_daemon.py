@@ -217,3 +217,46 @@ def test_dry_run_reports_the_effect_of_an_edit_and_applies_nothing(
     assert server_side.json()["detail"]["errors"] == [
         "ops/safety.yaml:1: max_unsafe_share: Input should be less than or equal to 1"
     ]
+
+
+def test_the_daemon_detects_a_topic_shift_in_its_stream_and_the_guard_blocks_training(
+    broker: Any, topic: str, tmp_path: Path
+) -> None:
+    from conftest import SHARED_DATA
+
+    from evolvd.workload import generate
+
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    (policy_dir / "drift.yaml").write_text(
+        "window: 40\nreference: first_window\nfeatures:\n  topic_clusters: 4\n"
+    )
+    daemon = DaemonProcess(tmp_path / "data", _policy_env(broker, topic, policy_dir)).start()
+    human = [
+        json.loads(line)["instruction"]
+        for line in (SHARED_DATA / "seed_tasks.jsonl").read_text().splitlines()
+    ]
+    first = [json.dumps({"id": f"h-{i}", "prompt": p}).encode() for i, p in enumerate(human[:40])]
+    produce(broker.bootstrap_servers, topic, first, partition=0)
+    _wait_for(lambda: daemon.status()["buffer"]["tables"]["events"] == 40, "the first window")
+    time.sleep(1.5)  # ingested_at orders the windows: keep the two apart
+    shifted = [
+        json.dumps({"id": f"a-{i}", "prompt": t.prompt}).encode()
+        for i, t in enumerate(generate("arithmetic", 40))
+    ]
+    produce(broker.bootstrap_servers, topic, shifted, partition=0)
+    policies = _wait_for(
+        lambda: (p := daemon.get("/policies"))["drift"]["report"] is not None and p,
+        "a drift report",
+        timeout_s=120,
+    )
+    report = policies["drift"]["report"]
+    assert report["reference_kind"] == "first_window" and report["n_recent"] == 40
+    assert report["significant"] and report["trigger_fired"] and report["guard_tripped"]
+    assert report["features"]["topic"]["drifted"]
+    gate = _wait_for(
+        lambda: (g := daemon.get("/policies")["training_gate"]) and g["reasons"] and g, "the gate"
+    )
+    assert any(r.startswith("drift.guard: MMD^2") for r in gate["reasons"])
+    assert _metric(daemon, "evolvd_drift_guard_tripped ") == 1
+    assert "GUARD TRIPPED" in run_cli("status", "--url", daemon.url, env=os.environ).stdout
