@@ -42,7 +42,9 @@ def live_training_prompts(con: duckdb.DuckDBPyConnection, window: int) -> list[s
     if row is None:
         return None
     rows = con.execute(
-        "SELECT prompt FROM read_parquet(?) USING SAMPLE reservoir(? ROWS) REPEATABLE (7)", [row[0], window]
+        # A fixed pseudo-random sample (by hash) when the data set is larger than the window.
+        "SELECT prompt FROM read_parquet(?) ORDER BY hash(prompt) LIMIT ?",
+        [row[0], window],
     ).fetchall()
     return [str(r[0]) for r in rows]
 

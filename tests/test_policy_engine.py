@@ -303,3 +303,39 @@ def test_a_dry_run_reports_what_would_change_and_writes_nothing(buffer: DuckDBBu
         True,
     )
     assert _snapshot(buffer) == before and store.current.describe() == in_force
+
+
+def test_drift_compares_with_the_live_adapters_training_data_when_there_is_one(
+    buffer: DuckDBBuffer, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    con = buffer.cursor()
+    for i in range(3):
+        con.execute(
+            "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash)"
+            " VALUES (?, 't', 0, ?, ?, 'h')",
+            [f"ev{i}", i, f"recent prompt {i}"],
+        )
+    engine = PolicyEngine(buffer, PolicyStore(None), None, _fake_embed)
+    assert engine.drift_inputs(DEFAULTS) == "waiting for 400 prompts (first window + recent window), have 3"
+
+    snapshot = tmp_path / "dataset.parquet"
+    pq.write_table(pa.table({"prompt": [f"trained prompt {i}" for i in range(5)]}), snapshot)
+    con.execute("INSERT INTO datasets VALUES ('ds1', ?, 5, 0, 'q', now())", [str(snapshot)])
+    con.execute(
+        "INSERT INTO runs (run_id, dataset_id, kind, status, config)"
+        " VALUES ('r1', 'ds1', 'sft', 'succeeded', '{}')"
+    )
+    con.execute(
+        "INSERT INTO adapters (name, version, run_id, status, path, manifest)"
+        " VALUES ('a1', 1, 'r1', 'live', 'p', '{}')"
+    )
+    inputs = engine.drift_inputs(DEFAULTS)
+    assert not isinstance(inputs, str)
+    assert inputs.reference_kind == "live_training_data"
+    assert sorted(inputs.reference) == [f"trained prompt {i}" for i in range(5)]
+    assert inputs.recent == [f"recent prompt {i}" for i in range(3)]
+    first_window = load_candidate(None, {"drift.yaml": "reference: first_window\n"}, False, "edit")
+    assert isinstance(engine.drift_inputs(first_window), str)  # the operator chose the first window
