@@ -1,0 +1,1 @@
+"""The self-labeler: self-consistency, self-critique, self-refinement and preference pairs."""
