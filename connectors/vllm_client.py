@@ -103,7 +103,13 @@ class VLLMClient:
         return ProbeResult(model, data["choices"][0].get("text", ""), response.elapsed.total_seconds())
 
     def chat(
-        self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0, n: int = 1
+        self,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        temperature: float = 0.0,
+        n: int = 1,
+        top_p: float = 1.0,
     ) -> list[str]:
         """The answers of `model` to one user prompt through the chat template (n samples)."""
         body: dict[str, Any] = {
@@ -111,6 +117,7 @@ class VLLMClient:
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
             "temperature": temperature,
+            "top_p": top_p,
             "n": n,
         }
         try:

@@ -232,3 +232,60 @@ class PolicyMetrics:
                 registry=registry,
             ),
         )
+
+
+@dataclass(frozen=True)
+class LabelMetrics:
+    labels: Counter
+    samples: Counter
+    confidence: Histogram
+    extraction_failures: Counter
+    critique_scores: Counter
+    refinements: Counter
+    pairs: Counter
+    examples: Counter
+    errors: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> LabelMetrics:
+        return cls(
+            labels=Counter(
+                "evolvd_labels_total", "Events labeled (their rate is labels per second)", registry=registry
+            ),
+            samples=Counter(
+                "evolvd_label_samples_total", "Answers sampled for self-consistency votes", registry=registry
+            ),
+            confidence=Histogram(
+                "evolvd_label_confidence",
+                "Winning vote share of each label",
+                buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+                registry=registry,
+            ),
+            extraction_failures=Counter(
+                "evolvd_label_extraction_failures_total",
+                "Sampled answers with no readable final answer, by answer kind",
+                ["kind"],
+                registry=registry,
+            ),
+            critique_scores=Counter(
+                "evolvd_critique_scores_total",
+                "Self-critique scores, by parse status (ok, malformed, missing)",
+                ["status"],
+                registry=registry,
+            ),
+            refinements=Counter(
+                "evolvd_refinements_total",
+                "Self-refinements, by outcome (accepted, rejected)",
+                ["outcome"],
+                registry=registry,
+            ),
+            pairs=Counter(
+                "evolvd_preference_pairs_total", "Self-generated preference pairs kept", registry=registry
+            ),
+            examples=Counter(
+                "evolvd_training_examples_total", "Training examples written", registry=registry
+            ),
+            errors=Counter(
+                "evolvd_label_errors_total", "Events whose labeling failed (retried)", registry=registry
+            ),
+        )

@@ -22,6 +22,7 @@ from evolvd.config_file import ConfigError, FieldError, errors_from_validation, 
 from evolvd.policies.models import (
     POLICY_MODELS,
     DriftPolicy,
+    LabelingPolicy,
     PromotionPolicy,
     SafetyPolicy,
     TrainingPolicy,
@@ -78,6 +79,10 @@ class PolicySet:
     @property
     def promotion(self) -> PromotionPolicy:
         return self._get("promotion", PromotionPolicy)
+
+    @property
+    def labeling(self) -> LabelingPolicy:
+        return self._get("labeling", LabelingPolicy)
 
     def hash_of(self, name: str) -> str:
         return self.files[name].content_hash

@@ -299,10 +299,49 @@ class PromotionPolicy(_Policy):
     """When a canary or a freshly promoted adapter is rolled back automatically."""
 
 
+# --- labeling ------------------------------------------------------------------------------------
+
+
+class LabelingPolicy(_Policy):
+    samples: int = Field(ge=1, le=32)
+    """Chain-of-thought answers sampled per prompt (vLLM's `n`) for the self-consistency vote."""
+
+    temperature: float = Field(ge=0.0, le=2.0)
+    """Sampling temperature; this small model loses accuracy fast above about 0.8."""
+
+    top_p: float = Field(gt=0.0, le=1.0)
+    """Nucleus sampling bound used with the temperature."""
+
+    max_tokens: int = Field(ge=16, le=4096)
+    """Longest sampled answer (reasoning included)."""
+
+    critique: bool
+    """Ask the model to critique and score its selected answer (needed for refinement and pairs)."""
+
+    refine: bool
+    """Ask the model to refine its answer from the critique; kept only when it scores higher."""
+
+    critique_max_tokens: int = Field(ge=16, le=2048)
+    """Longest critique."""
+
+    pair_min_margin: float = Field(ge=0.0, le=9.0)
+    """A preference pair is kept only when chosen and rejected scores differ by at least this."""
+
+    cot_examples_per_prompt: int = Field(ge=0, le=32)
+    """Winning reasoning paths kept as training examples per prompt (besides the direct answer)."""
+
+    @model_validator(mode="after")
+    def _refine_needs_critique(self) -> LabelingPolicy:
+        if self.refine and not self.critique:
+            raise ValueError("refine needs critique: the refinement is written from the critique")
+        return self
+
+
 POLICY_MODELS: dict[str, type[_Policy]] = {
     "safety": SafetyPolicy,
     "drift": DriftPolicy,
     "training": TrainingPolicy,
     "promotion": PromotionPolicy,
+    "labeling": LabelingPolicy,
 }
 """File stem -> schema. The order is the order they are loaded and shown."""

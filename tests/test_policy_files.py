@@ -143,6 +143,11 @@ BAD_VALUES = [
     ),
     ("promotion", "require_safety_probes: sometimes\n", "require_safety_probes", "valid boolean"),
     ("promotion", "min_improvement: 2\n", "min_improvement", "less than or equal to 1"),
+    ("labeling", "samples: 0\n", "samples", "greater than or equal to 1"),
+    ("labeling", "temperature: 3\n", "temperature", "less than or equal to 2"),
+    ("labeling", "top_p: 0\n", "top_p", "greater than 0"),
+    ("labeling", "critique: false\nrefine: true\n", "", "refine needs critique"),
+    ("labeling", "pair_min_margin: 12\n", "pair_min_margin", "less than or equal to 9"),
 ]
 
 

@@ -1,0 +1,238 @@
+"""The labeling job: take pending events from the buffer, label them with the live model, and write
+every row of one event (samples, vote, critiques, refinement, pair, examples, the event's new state)
+in one transaction, so a crash mid-batch loses nothing and labels nothing twice."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from evolvd.buffer import DuckDBBuffer
+from evolvd.connectors.vllm_client import VLLMError
+from evolvd.labeling.pipeline import LABELER_VERSION, ChatModel, LabelResult, label_prompt
+from evolvd.metrics import LabelMetrics
+from evolvd.policies.loader import PolicySet
+
+logger = logging.getLogger("evolvd.labeler")
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    event_id: str
+    prompt: str
+
+
+def pending_events(con: duckdb.DuckDBPyConnection, limit: int) -> list[PendingEvent]:
+    rows = con.execute(
+        "SELECT id, prompt, CAST(messages AS VARCHAR) FROM events WHERE state = 'pending'"
+        " ORDER BY ingested_at, kafka_partition, kafka_offset LIMIT ?",
+        [limit],
+    ).fetchall()
+    return [PendingEvent(str(r[0]), r[1] if r[1] is not None else _last_user_message(r[2])) for r in rows]
+
+
+def _last_user_message(messages_json: str | None) -> str:
+    """A chat event is labeled on its last user turn (what the model was asked to answer)."""
+    messages = json.loads(messages_json or "[]")
+    users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return str(users[-1]) if users else ""
+
+
+_INSERT_SAMPLE = (
+    "INSERT INTO samples (event_id, model_version, labeler_version, params, text, answer, answer_kind)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING sample_id"
+)
+_INSERT_LABEL = (
+    "INSERT INTO labels (event_id, answer, confidence, n_samples, votes, model_version, labeler_version)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_CRITIQUE = (
+    "INSERT INTO critiques (event_id, sample_id, refinement_id, text, score, score_status, principles_hash,"
+    " model_version, labeler_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING critique_id"
+)
+_INSERT_REFINEMENT = (
+    "INSERT INTO refinements (event_id, source_sample_id, critique_id, text, answer, accepted, reason,"
+    " model_version, labeler_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING refinement_id"
+)
+_INSERT_PAIR = (
+    "INSERT INTO preference_pairs (event_id, prompt, chosen, rejected, chosen_score, rejected_score,"
+    " margin, model_version, labeler_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EXAMPLE = (
+    "INSERT INTO training_examples (event_id, format, prompt, completion, confidence, model_version,"
+    " labeler_version) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def write_result(con: duckdb.DuckDBPyConnection, result: LabelResult) -> bool:
+    """Every row of one labeled event and its state, in one transaction. False if already labeled."""
+    con.begin()
+    try:
+        state = con.execute("SELECT state FROM events WHERE id = ?", [result.event_id]).fetchone()
+        if state is None or state[0] != "pending":
+            con.rollback()
+            return False
+        _write_rows(con, result)
+        con.execute("UPDATE events SET state = 'labeled' WHERE id = ?", [result.event_id])
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return True
+
+
+def _write_rows(con: duckdb.DuckDBPyConnection, r: LabelResult) -> None:
+    lineage = [r.model, LABELER_VERSION]
+    params = json.dumps(r.params)
+    ids = [
+        _returning(con, _INSERT_SAMPLE, [r.event_id, *lineage, params, s.text, s.answer, r.kind])
+        for s in r.samples
+    ]
+    vote = r.vote
+    votes = {
+        "counts": vote.counts,
+        "winners": [ids[i] for i in vote.winners],
+        "failures": vote.extraction_failures,
+    }
+    con.execute(
+        _INSERT_LABEL, [r.event_id, vote.answer, vote.confidence, len(ids), json.dumps(votes), *lineage]
+    )
+    phash = str(r.params["principles_hash"])
+    critique_ids = []
+    for c in r.critiques:
+        sample_id = ids[c.sample_index] if c.sample_index is not None else None
+        row = [r.event_id, sample_id, None, c.text, c.score.value, c.score.status, phash, *lineage]
+        critique_ids.append(_returning(con, _INSERT_CRITIQUE, row))
+    refinement, rescore = r.refinement, r.refinement_critique
+    if refinement is not None and rescore is not None:
+        source = ids[r.critiques[0].sample_index or 0]
+        row = [r.event_id, source, critique_ids[0], refinement.text, refinement.answer, refinement.accepted,
+               refinement.reason, *lineage]  # fmt: skip
+        refinement_id = _returning(con, _INSERT_REFINEMENT, row)
+        rescore_row = [
+            r.event_id,
+            None,
+            refinement_id,
+            rescore.text,
+            rescore.score.value,
+            rescore.score.status,
+        ]
+        _returning(con, _INSERT_CRITIQUE, [*rescore_row, phash, *lineage])
+    if r.pair is not None:
+        p = r.pair
+        scores = [p.chosen_score, p.rejected_score, p.margin]
+        con.execute(_INSERT_PAIR, [r.event_id, r.prompt, p.chosen, p.rejected, *scores, *lineage])
+    for fmt, completion in r.examples:
+        con.execute(_INSERT_EXAMPLE, [r.event_id, fmt, r.prompt, completion, vote.confidence, *lineage])
+
+
+def _returning(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object]) -> int:
+    row = con.execute(sql, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def mark_skipped(con: duckdb.DuckDBPyConnection, event_id: str) -> None:
+    con.execute("UPDATE events SET state = 'skipped' WHERE id = ? AND state = 'pending'", [event_id])
+
+
+class Labeler:
+    """Labels pending events in batches, `concurrency` prompts in flight so vLLM batches them."""
+
+    def __init__(
+        self,
+        buffer: DuckDBBuffer,
+        policies: Callable[[], PolicySet],
+        model: Callable[[], tuple[ChatModel, str] | None],
+        embed: Callable[[Sequence[str]], np.ndarray],
+        metrics: LabelMetrics | None,
+        batch_size: int,
+        concurrency: int,
+    ) -> None:
+        self._buffer = buffer
+        self._policies = policies
+        self._model = model
+        self._embed = embed
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._concurrency = concurrency
+
+    def run_once(self) -> int:
+        """Label one batch; returns how many events were labeled (0: nothing pending or no model)."""
+        served = self._model()
+        if served is None:
+            return 0
+        chat, model = served
+        events = pending_events(self._buffer.cursor(), self._batch_size)
+        if not events:
+            return 0
+        policies = self._policies()
+        labeled = 0
+        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="evolvd-label") as pool:
+            futures = {
+                pool.submit(label_prompt, chat, model, e.event_id, e.prompt, policies.labeling,
+                            policies.safety.principles, self._embed): e
+                for e in events
+            }  # fmt: skip
+            for future in as_completed(futures):
+                event = futures[future]
+                try:
+                    result = future.result()
+                except VLLMError as exc:
+                    self._failed(event, exc)
+                    continue
+                if write_result(self._buffer.cursor(), result):
+                    labeled += 1
+                    self._count(result)
+        return labeled
+
+    def _failed(self, event: PendingEvent, exc: VLLMError) -> None:
+        if self._metrics is not None:
+            self._metrics.errors.inc()
+        if 400 <= exc.status < 500:  # the model refuses this prompt (too long, ...): retrying cannot help
+            logger.error("event %s skipped: %s", event.event_id, exc)
+            mark_skipped(self._buffer.cursor(), event.event_id)
+        else:
+            logger.warning("labeling event %s failed, it stays pending: %s", event.event_id, exc)
+
+    def _count(self, result: LabelResult) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        m.labels.inc()
+        m.confidence.observe(result.vote.confidence)
+        m.samples.inc(len(result.samples))
+        m.extraction_failures.labels(result.kind).inc(result.vote.extraction_failures)
+        for critique in [
+            *result.critiques,
+            *([result.refinement_critique] if result.refinement_critique else []),
+        ]:
+            m.critique_scores.labels(critique.score.status).inc()
+        if result.refinement is not None:
+            m.refinements.labels("accepted" if result.refinement.accepted else "rejected").inc()
+        if result.pair is not None:
+            m.pairs.inc()
+        m.examples.inc(len(result.examples))
+
+    def run(self, stop: threading.Event, idle_wait_s: float = 2.0) -> None:
+        while not stop.is_set():
+            try:
+                labeled = self.run_once()
+            except Exception:
+                logger.exception("labeling batch failed; retrying")
+                labeled = 0
+                if self._metrics is not None:
+                    self._metrics.errors.inc()
+            if labeled == 0:
+                stop.wait(idle_wait_s)
+            else:
+                logger.info("labeled %d events", labeled)
+                time.sleep(0)  # let the other threads in between batches

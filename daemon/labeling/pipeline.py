@@ -1,0 +1,218 @@
+"""One prompt through the self-labeling stages, with the live model: sample k answers and vote
+(LMSI), critique the winner against the principles, refine it (SELF), build a preference pair and
+the training examples. Pure of storage: the result is written by labeling.writer in one go."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from evolvd.labeling.answers import AnswerKind, Vote, answer_kind, extract, majority_vote, semantic_vote
+from evolvd.labeling.prompts import (
+    Score,
+    critique_prompt,
+    direct_completion,
+    parse_score,
+    refine_prompt,
+    sample_prompt,
+)
+from evolvd.policies.models import LabelingPolicy
+
+LABELER_VERSION = "evolvd-labeler/1"
+
+
+class ChatModel(Protocol):
+    """What the labeler needs from the serving process (VLLMClient has it)."""
+
+    def chat(
+        self,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        temperature: float = 0.0,
+        n: int = 1,
+        top_p: float = 1.0,
+    ) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    answer: str | None
+
+
+@dataclass(frozen=True)
+class Critique:
+    text: str
+    score: Score
+    sample_index: int | None
+    """The critiqued sample, or None when the refinement was critiqued."""
+
+
+@dataclass(frozen=True)
+class Refinement:
+    text: str
+    answer: str | None
+    accepted: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    chosen: str
+    rejected: str
+    chosen_score: float
+    rejected_score: float
+
+    @property
+    def margin(self) -> float:
+        return self.chosen_score - self.rejected_score
+
+
+@dataclass
+class LabelResult:
+    event_id: str
+    prompt: str
+    model: str
+    kind: AnswerKind
+    params: dict[str, Any]
+    samples: list[Sample]
+    vote: Vote
+    critiques: list[Critique] = field(default_factory=list)
+    refinement: Refinement | None = None
+    refinement_critique: Critique | None = None
+    pair: Pair | None = None
+    examples: list[tuple[str, str]] = field(default_factory=list)
+    """(format, completion): cot, direct, refined."""
+
+
+def principles_hash(principles: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(principles).encode()).hexdigest()[:16]
+
+
+def label_prompt(
+    chat: ChatModel,
+    model: str,
+    event_id: str,
+    prompt: str,
+    policy: LabelingPolicy,
+    principles: Sequence[str],
+    embed: Callable[[Sequence[str]], np.ndarray],
+) -> LabelResult:
+    kind = answer_kind(prompt)
+    params = {
+        "samples": policy.samples,
+        "temperature": policy.temperature,
+        "top_p": policy.top_p,
+        "max_tokens": policy.max_tokens,
+        "kind": kind,
+        "principles_hash": principles_hash(principles),
+    }
+    texts = chat.chat(
+        model,
+        sample_prompt(prompt, kind),
+        policy.max_tokens,
+        policy.temperature,
+        policy.samples,
+        policy.top_p,
+    )
+    samples = [Sample(t, extract(t, kind)) for t in texts]
+    vote = majority_vote([s.answer for s in samples])
+    if vote.answer is None and kind in ("span", "free_form"):
+        vote = semantic_vote(texts, embed)  # no short answer to count: vote on meaning
+    result = LabelResult(event_id, prompt, model, kind, params, samples, vote)
+    if vote.answer is None:
+        return result  # nothing to learn from: the label row records the failed vote
+    # The answer trained on: the medoid for a semantic vote, else the first path that won.
+    best = next((i for i in vote.winners if samples[i].text == vote.answer), vote.winners[0])
+    if policy.critique:
+        _critique_and_refine(chat, model, result, best, policy, principles)
+    _examples(result, best, policy)
+    return result
+
+
+def _critique(
+    chat: ChatModel,
+    model: str,
+    prompt: str,
+    answer: str,
+    policy: LabelingPolicy,
+    principles: Sequence[str],
+    index: int | None,
+) -> Critique:
+    text = chat.chat(model, critique_prompt(prompt, answer, principles), policy.critique_max_tokens)[0]
+    return Critique(text, parse_score(text), index)
+
+
+def _critique_and_refine(
+    chat: ChatModel,
+    model: str,
+    result: LabelResult,
+    best: int,
+    policy: LabelingPolicy,
+    principles: Sequence[str],
+) -> None:
+    winner = result.samples[best]
+    first = _critique(chat, model, result.prompt, winner.text, policy, principles, best)
+    result.critiques.append(first)
+    minority = [i for i, s in enumerate(result.samples) if i not in result.vote.winners]
+    if minority:  # a pair needs a scored minority answer to reject
+        result.critiques.append(
+            _critique(
+                chat, model, result.prompt, result.samples[minority[0]].text, policy, principles, minority[0]
+            )
+        )
+    chosen_text, chosen_score = winner.text, first.score.value
+    if policy.refine and first.score.status == "ok":
+        refined_text = chat.chat(
+            model, refine_prompt(result.prompt, winner.text, first.text, result.kind), policy.max_tokens
+        )[0]
+        rescored = _critique(chat, model, result.prompt, refined_text, policy, principles, None)
+        result.refinement_critique = rescored
+        refined_answer = extract(refined_text, result.kind)
+        accepted, reason = _judge_refinement(first.score, rescored.score, refined_answer, result)
+        result.refinement = Refinement(refined_text, refined_answer, accepted, reason)
+        if accepted:
+            chosen_text, chosen_score = refined_text, rescored.score.value
+    if len(result.critiques) == 2 and chosen_score is not None:
+        rejected = result.critiques[1]
+        if rejected.score.value is not None and chosen_score - rejected.score.value >= policy.pair_min_margin:
+            assert rejected.sample_index is not None
+            result.pair = Pair(
+                chosen_text, result.samples[rejected.sample_index].text, chosen_score, rejected.score.value
+            )
+
+
+def _judge_refinement(
+    before: Score, after: Score, answer: str | None, result: LabelResult
+) -> tuple[bool, str]:
+    if after.value is None:
+        return False, f"the refinement's score is {after.status}"
+    assert before.value is not None
+    if after.value <= before.value:
+        return False, f"re-score {after.value:g} is not above {before.value:g}"
+    extractable = (
+        result.kind not in ("free_form",)
+        and result.vote.answer is not None
+        and result.samples[result.vote.winners[0]].answer is not None
+    )
+    if extractable and answer != result.vote.answer:
+        return False, f"the refined answer {answer!r} disagrees with the majority {result.vote.answer!r}"
+    return True, f"re-score {after.value:g} > {before.value:g}"
+
+
+def _examples(result: LabelResult, best: int, policy: LabelingPolicy) -> None:
+    """Mixed formats, as LMSI trains on: reasoning paths, the direct answer, the refinement."""
+    if result.kind == "free_form" or result.samples[best].answer is None:
+        result.examples.append(("direct", result.samples[best].text))
+    else:
+        for index in result.vote.winners[: policy.cot_examples_per_prompt]:
+            result.examples.append(("cot", result.samples[index].text))
+        assert result.vote.answer is not None
+        result.examples.append(("direct", direct_completion(result.vote.answer)))
+    if result.refinement is not None and result.refinement.accepted:
+        result.examples.append(("refined", result.refinement.text))

@@ -1,0 +1,185 @@
+"""The labeling pipeline with a scripted model (each stage's logic), and its rows in a real DuckDB
+file (one transaction per event, nothing labeled twice)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evolvd.buffer import DuckDBBuffer
+from evolvd.labeling.labeler import pending_events, write_result
+from evolvd.labeling.pipeline import label_prompt
+from evolvd.labeling.prompts import parse_score
+from evolvd.policies.loader import load_candidate, load_policies
+
+POLICIES = load_policies(None)
+PRINCIPLES = POLICIES.safety.principles
+
+
+class ScriptedModel:
+    """Answers by the kind of request: samples, critiques (scores by what is judged), refinements."""
+
+    def __init__(self, samples: list[str], scores: dict[str, str], refinement: str = "") -> None:
+        self.samples, self.scores, self.refinement = samples, scores, refinement
+        self.calls: list[tuple[str, int]] = []
+
+    def chat(
+        self,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        temperature: float = 0.0,
+        n: int = 1,
+        top_p: float = 1.0,
+    ) -> list[str]:
+        self.calls.append((prompt[:40], n))
+        if prompt.startswith("Review the answer"):
+            judged = prompt.split("<answer>\n", 1)[1].split("\n</answer>", 1)[0]
+            return [f"A critique.\n{self.scores.get(judged, '')}"]
+        if prompt.startswith("Question:"):
+            return [self.refinement]
+        assert n == POLICIES.labeling.samples
+        return self.samples[:n]
+
+
+def _no_embed(texts: Sequence[str]) -> np.ndarray:
+    raise AssertionError("extractable answers must not need embeddings")
+
+
+SAMPLES = [
+    "7 + 5 = 12. The answer is 12.",
+    "Seven plus five is twelve. The answer is 12.",
+    "7 + 5 = 13. The answer is 13.",
+    "I think 7 and 5 make 12. The answer is 12.",
+    "Not sure.",
+]
+
+
+def test_vote_critique_refine_pair_and_examples() -> None:
+    refined = "7 + 5: 7 + 3 = 10, 10 + 2 = 12. The answer is 12."
+    model = ScriptedModel(
+        SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2/10", refined: "Score: 9"}, refined
+    )
+    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    assert result.kind == "number"
+    assert (result.vote.answer, result.vote.confidence, result.vote.winners) == ("12", 0.6, (0, 1, 3))
+    assert result.vote.extraction_failures == 1
+    assert [(c.sample_index, c.score.value) for c in result.critiques] == [(0, 6.0), (2, 2.0)]
+    assert result.refinement is not None and result.refinement.accepted and result.refinement.answer == "12"
+    assert result.pair is not None and (result.pair.chosen, result.pair.rejected) == (refined, SAMPLES[2])
+    assert result.pair.margin == 7.0
+    assert result.examples == [
+        ("cot", SAMPLES[0]),
+        ("cot", SAMPLES[1]),
+        ("direct", "The answer is 12."),
+        ("refined", refined),
+    ]
+    assert result.params["principles_hash"] and result.params["temperature"] == POLICIES.labeling.temperature
+
+
+def test_a_refinement_that_leaves_the_majority_is_rejected_even_when_it_scores_higher() -> None:
+    wrong = "On reflection the answer is 11."
+    model = ScriptedModel(
+        SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 5", wrong: "Score: 10"}, wrong
+    )
+    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    assert result.refinement is not None and not result.refinement.accepted
+    assert "disagrees with the majority '12'" in result.refinement.reason
+    assert result.pair is None  # 6 - 5 is below the 2.0 margin
+    assert ("refined", wrong) not in result.examples
+
+
+def test_a_malformed_critique_score_is_recorded_and_stops_refinement() -> None:
+    model = ScriptedModel(SAMPLES, {SAMPLES[0]: "Score: 11", SAMPLES[2]: "Score: 3"})
+    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    assert result.critiques[0].score.status == "malformed" and result.critiques[0].score.value is None
+    assert result.refinement is None and result.pair is None
+
+
+def test_without_critique_only_the_vote_and_examples_are_made() -> None:
+    policies = load_candidate(None, {"labeling.yaml": "critique: false\nrefine: false\n"}, False, "edit")
+    model = ScriptedModel(SAMPLES, {})
+    result = label_prompt(model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed)
+    assert result.critiques == [] and len(model.calls) == 1
+    assert [f for f, _ in result.examples] == ["cot", "cot", "direct"]
+
+
+def test_no_readable_answer_gives_a_zero_confidence_label_and_nothing_to_train_on() -> None:
+    model = ScriptedModel(["hmm"] * 5, {})
+    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    assert (result.vote.answer, result.vote.confidence, result.examples) == (None, 0.0, [])
+
+
+@pytest.mark.parametrize(
+    ("critique", "value", "status"),
+    [
+        ("Accurate and concise.\nScore: 8", 8.0, "ok"),
+        ("**Score:** 7/10", 7.0, "ok"),
+        ("Score = 9.5", 9.5, "ok"),
+        ("Score: 8\nScore: 8", 8.0, "ok"),
+        ("The answer says 'Score: 10'.\nScore: 4", 4.0, "ok"),  # a quoted score is not a score line
+        ("Score: 10\nActually it is wrong.\nScore: 4", None, "malformed"),  # an echoed injection: ambiguous
+        ("Score: 12", None, "malformed"),
+        ("Score: 0", None, "malformed"),
+        ("I would score it highly.", None, "malformed"),
+        ("Good answer, 8 out of 10", None, "missing"),
+        ("", None, "missing"),
+    ],
+)
+def test_scores_are_parsed_robustly_never_guessed(critique: str, value: float | None, status: str) -> None:
+    score = parse_score(critique)
+    assert (score.value, score.status) == (value, status)
+
+
+@pytest.fixture
+def buffer(tmp_path: Path) -> Iterator[DuckDBBuffer]:
+    buf = DuckDBBuffer(tmp_path / "buffer.duckdb")
+    for i, prompt in enumerate(["What is 7 + 5?", None]):
+        buf.cursor().execute(
+            "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, messages, prompt_hash)"
+            " VALUES (?, 't', 0, ?, ?, ?, 'h')",
+            [f"e{i}", i, prompt, None if prompt else '[{"role": "user", "content": "Is 9 odd?"}]'],
+        )
+    yield buf
+    buf.close()
+
+
+def test_one_transaction_per_event_and_nothing_is_labeled_twice(buffer: DuckDBBuffer) -> None:
+    events = pending_events(buffer.cursor(), 10)
+    assert [(e.event_id, e.prompt) for e in events] == [("e0", "What is 7 + 5?"), ("e1", "Is 9 odd?")]
+    refined = "7 + 5 = 12 for sure. The answer is 12."
+    model = ScriptedModel(
+        SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2", refined: "Score: 8"}, refined
+    )
+    result = label_prompt(model, "base", "e0", events[0].prompt, POLICIES.labeling, PRINCIPLES, _no_embed)
+    assert write_result(buffer.cursor(), result) is True
+    assert write_result(buffer.cursor(), result) is False  # already labeled: nothing written twice
+    counts = buffer.table_counts()
+    expected = {"samples": 5, "labels": 1, "critiques": 3, "refinements": 1, "preference_pairs": 1}
+    assert {t: counts[t] for t in expected} == expected and counts["training_examples"] == 4
+    con = buffer.cursor()
+    assert con.execute("SELECT state FROM events ORDER BY id").fetchall() == [("labeled",), ("pending",)]
+    winners = con.execute("SELECT votes->'winners' FROM labels").fetchone()
+    sample_ids = [r[0] for r in con.execute("SELECT sample_id FROM samples ORDER BY sample_id").fetchall()]
+    assert winners is not None and [int(x) for x in __import__("json").loads(winners[0])] == [
+        sample_ids[i] for i in (0, 1, 3)
+    ]
+    rescore = con.execute(
+        "SELECT refinement_id IS NOT NULL, score FROM critiques WHERE sample_id IS NULL"
+    ).fetchall()
+    assert rescore == [(True, 8.0)]
+    assert [e.event_id for e in pending_events(con, 10)] == ["e1"]
+
+
+def test_a_failed_write_leaves_no_rows_and_the_event_pending(buffer: DuckDBBuffer) -> None:
+    model = ScriptedModel(SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2"})
+    result = label_prompt(model, "base", "e0", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    result.examples.append(("cot", None))  # type: ignore[arg-type]  # violates NOT NULL at the last insert
+    with pytest.raises(Exception, match="NOT NULL"):
+        write_result(buffer.cursor(), result)
+    counts = buffer.table_counts()
+    assert counts["samples"] == counts["labels"] == counts["training_examples"] == 0
+    assert [e.event_id for e in pending_events(buffer.cursor(), 10)] == ["e0", "e1"]
