@@ -73,6 +73,7 @@ class Daemon:
         self._policy_store: PolicyStore | None = None
         self._policy_engine: PolicyEngine | None = None
         self._policy_thread: threading.Thread | None = None
+        self._labeler_thread: threading.Thread | None = None
         self._state = "starting"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -113,6 +114,8 @@ class Daemon:
         if cfg.serving.enabled:
             self._start_serving()
         self._start_policy_jobs()
+        if self._serving is not None and cfg.labeling.enabled:
+            self._start_labeler()
         self._state = "running"
         logger.info(
             "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
@@ -165,6 +168,40 @@ class Daemon:
         while not self._stop.is_set():
             self._policy_engine.tick()
             self._stop.wait(interval)
+
+    def _start_labeler(self) -> None:
+        from evolvd.connectors.vllm_client import VLLMClient
+        from evolvd.embeddings import embed
+        from evolvd.labeling.labeler import Labeler
+        from evolvd.metrics import LabelMetrics
+
+        assert self._buffer is not None and self._policy_store is not None and self._serving is not None
+        serving, store, timeout = self._serving, self._policy_store, self.config.labeling.request_timeout_s
+        clients: dict[str, VLLMClient] = {}
+
+        def live_model() -> tuple[VLLMClient, str] | None:
+            served = serving.live_model()
+            if served is None:
+                return None
+            url, name = served
+            if url not in clients:
+                clients[url] = VLLMClient(url, timeout_s=timeout)
+            return clients[url], name
+
+        labeling = self.config.labeling
+        labeler = Labeler(
+            self._buffer,
+            lambda: store.current,
+            live_model,
+            embed,
+            LabelMetrics.create(self.registry),
+            labeling.batch_size,
+            labeling.concurrency,
+        )
+        self._labeler_thread = threading.Thread(
+            target=labeler.run, args=(self._stop, labeling.idle_wait_s), name="evolvd-labeler", daemon=True
+        )
+        self._labeler_thread.start()
 
     @property
     def policies(self) -> PolicyEngine | None:
@@ -265,6 +302,8 @@ class Daemon:
             self._policy_store.stop()
         if self._policy_thread is not None:
             self._policy_thread.join(timeout=timeout_s)
+        if self._labeler_thread is not None:
+            self._labeler_thread.join(timeout=timeout_s)
         if self._ingest_thread is not None:
             self._ingest_thread.join(timeout=timeout_s)
             if self._ingest_thread.is_alive():

@@ -203,6 +203,24 @@ class GatewayConfig(_Section):
     """Retry-After sent with 503 while the serving process is restarting."""
 
 
+class LabelingConfig(_Section):
+    enabled: bool = True
+    """Label pending events with the live model (needs serving); sampling settings are in the
+    labeling policy file."""
+
+    batch_size: int = Field(16, ge=1, le=10_000)
+    """Pending events taken per round."""
+
+    concurrency: int = Field(8, ge=1, le=256)
+    """Prompts in flight at once, so vLLM batches them (throughput vs the gateway's latency)."""
+
+    request_timeout_s: float = Field(300.0, gt=0)
+    """Longest wait for one generation request (sampling k answers on CPU is slow)."""
+
+    idle_wait_s: float = Field(2.0, gt=0, le=600)
+    """Pause when nothing is pending or serving is not ready."""
+
+
 class PoliciesConfig(_Section):
     dir: Path | None = None
     """The operator's policy directory (safety.yaml, drift.yaml, training.yaml, promotion.yaml,
@@ -244,6 +262,7 @@ class EvolvdConfig(BaseSettings):
     admin: AdminConfig = AdminConfig()
     serving: ServingConfig = ServingConfig()
     gateway: GatewayConfig = GatewayConfig()
+    labeling: LabelingConfig = LabelingConfig()
     policies: PoliciesConfig = PoliciesConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -170,6 +170,13 @@ class ServingService:
         assert self.swapper is not None
         return self.swapper.rollback("manual rollback (admin API)")
 
+    def live_model(self) -> tuple[str, str] | None:
+        """(vLLM URL, the live model's served name) while serving is ready, else None."""
+        sup, router = self.supervisor, self.router
+        if sup is None or router is None or not sup.is_ready():
+            return None
+        return sup.url, router.routing.live_or_base
+
     def status(self) -> dict[str, Any]:
         sup, routing = self.supervisor, self.router.routing if self.router else None
         return {
