@@ -63,8 +63,8 @@ test: lint typecheck unit
 
 bench: $(PROJECT_STAMP)
 	$(BIN)/python bench/ingest.py; ingest=$$?; $(BIN)/python bench/serving.py; serving=$$?; \
-	$(BIN)/python bench/policies.py; policies=$$?; \
-	test $$ingest -eq 0 -a $$serving -eq 0 -a $$policies -eq 0
+	$(BIN)/python bench/policies.py; policies=$$?; $(BIN)/python bench/labels.py; labels=$$?; \
+	test $$ingest -eq 0 -a $$serving -eq 0 -a $$policies -eq 0 -a $$labels -eq 0
 
 clean:
 	rm -rf build *.egg-info var/evolvd-test

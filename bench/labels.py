@@ -1,0 +1,233 @@
+"""Self-labeling quality and speed on verifiable tasks, against the plain baselines in one run.
+
+One run starts a real daemon (managed vLLM on the bundled model; its own labeler off), then on the
+task families evolvd generates (gold answers used only for scoring here):
+1. base greedy accuracy: one greedy chain-of-thought answer per prompt;
+2. plain vLLM throughput: the labeler's sampling requests (k answers each) sent straight to vLLM at
+   `--concurrency`, generated tokens per second read from vLLM's own counter;
+3. the labeler: the full pipeline (vote, critique, refine, pairs, examples) into a real DuckDB file
+   at the same concurrency, tokens per second the same way; then the vote's accuracy, and the
+   accuracy of the labels the training policy would accept (confidence >= min_confidence and a
+   safety screen that does not quarantine).
+
+    python bench/labels.py [--per-family 24] [--concurrency 8]
+
+Exits 1 when the labeler keeps vLLM less busy than the plain client (ratio < 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from daemon_process import DaemonProcess
+
+from evolvd.buffer import DuckDBBuffer
+from evolvd.connectors.model_bootstrap import ensure_bundled_model
+from evolvd.connectors.vllm_client import VLLMClient
+from evolvd.embeddings import embed
+from evolvd.labeling.answers import answer_kind, extract
+from evolvd.labeling.labeler import Labeler
+from evolvd.labeling.prompts import direct_completion, sample_prompt
+from evolvd.policies.loader import PolicySet, load_policies
+from evolvd.policies.screen import SafetyScreen
+from evolvd.workload import Task, generate
+
+RESULTS = Path(__file__).parent / "results" / "labels.json"
+MODEL_CACHE = Path(__file__).resolve().parents[1] / "var" / "test-cache" / "models"
+FAMILIES = ("arithmetic", "comparison", "unit_conversion", "parity")
+TARGET_RATIO = 0.9
+
+
+def generated_tokens(client: VLLMClient) -> float:
+    total = 0.0
+    for line in client.metrics_text().splitlines():
+        if line.startswith("vllm:generation_tokens_total"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def timed_tokens(client: VLLMClient, work: Callable[[], None]) -> tuple[float, float]:
+    """(generated tokens per second, seconds) of `work`, from vLLM's own counter."""
+    before, started = generated_tokens(client), time.perf_counter()
+    work()
+    seconds = time.perf_counter() - started
+    return (generated_tokens(client) - before) / seconds, seconds
+
+
+def greedy_answers(
+    client: VLLMClient, model: str, tasks: list[Task], policies: PolicySet, concurrency: int
+) -> list[str | None]:
+    max_tokens = policies.labeling.max_tokens
+
+    def one(task: Task) -> str | None:
+        kind = answer_kind(task.prompt)
+        return extract(client.chat(model, sample_prompt(task.prompt, kind), max_tokens)[0], kind)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, tasks))
+
+
+def plain_sampling(
+    client: VLLMClient, model: str, tasks: list[Task], policies: PolicySet, concurrency: int
+) -> None:
+    lp = policies.labeling
+
+    def one(task: Task) -> None:
+        prompt = sample_prompt(task.prompt, answer_kind(task.prompt))
+        client.chat(model, prompt, lp.max_tokens, lp.temperature, lp.samples, lp.top_p)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, tasks))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-family", type=int, default=24)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    policies = load_policies(None)
+    tasks = [t for family in FAMILIES for t in generate(family, args.per_family, seed=11)]
+    base = ensure_bundled_model(MODEL_CACHE)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="evolvd-bench-labels-") as tmp:
+        env = {
+            "EVOLVD_SERVING__ENABLED": "true",
+            "EVOLVD_SERVING__MODEL_PATH": str(base.path),
+            "EVOLVD_GATEWAY__PORT": "0",
+            "EVOLVD_LABELING__ENABLED": "false",
+        }
+        daemon = DaemonProcess(Path(tmp) / "data", env).start(timeout_s=600)
+        try:
+            serving = daemon.status()["serving"]
+            client = VLLMClient(serving["url"], timeout_s=600)
+            model = serving["live"]
+            greedy: list[str | None] = []
+            greedy_tps, greedy_s = timed_tokens(
+                client,
+                lambda: greedy.extend(greedy_answers(client, model, tasks, policies, args.concurrency)),
+            )
+            plain_tps, plain_s = timed_tokens(
+                client, lambda: plain_sampling(client, model, tasks, policies, args.concurrency)
+            )
+            buffer = DuckDBBuffer(Path(tmp) / "labels.duckdb")
+            for i, task in enumerate(tasks):
+                buffer.cursor().execute(
+                    "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash)"
+                    " VALUES (?, 'bench', 0, ?, ?, 'h')",
+                    [f"t{i}", i, task.prompt],
+                )
+            labeler = Labeler(
+                buffer, lambda: policies, lambda: (client, model), embed, None, len(tasks), args.concurrency
+            )
+            labeled: list[int] = []
+            labeler_tps, labeler_s = timed_tokens(client, lambda: labeled.append(labeler.run_once()))
+            labels = dict(buffer.cursor().execute("SELECT event_id, answer FROM labels").fetchall())
+            confidence = dict(buffer.cursor().execute("SELECT event_id, confidence FROM labels").fetchall())
+            counts = buffer.table_counts()
+            refinements = (
+                buffer.cursor().execute("SELECT accepted, count(*) FROM refinements GROUP BY ALL").fetchall()
+            )
+            scores = (
+                buffer.cursor()
+                .execute("SELECT score_status, count(*) FROM critiques GROUP BY ALL")
+                .fetchall()
+            )
+            buffer.close()
+            client.close()
+        finally:
+            daemon.stop(timeout_s=120)
+    screen = SafetyScreen(policies.safety)
+    per_task: dict[str, Any] = {}
+    for family in FAMILIES:
+        idx = [i for i, t in enumerate(tasks) if t.family == family]
+        accepted = [
+            i
+            for i in idx
+            if labels.get(f"t{i}") is not None
+            and confidence[f"t{i}"] >= policies.training.min_confidence
+            and screen.screen(tasks[i].prompt, direct_completion(str(labels[f"t{i}"]))).outcome
+            != "quarantine"
+        ]
+        row: dict[str, Any] = {
+            "n": len(idx),
+            "greedy_acc": sum(greedy[i] == tasks[i].gold for i in idx) / len(idx),
+            "vote_acc": sum(labels.get(f"t{i}") == tasks[i].gold for i in idx) / len(idx),
+            "accepted": len(accepted),
+            "accepted_acc": (sum(labels[f"t{i}"] == tasks[i].gold for i in accepted) / len(accepted))
+            if accepted
+            else None,
+        }
+        if row["accepted_acc"] is None or row["accepted_acc"] <= row["greedy_acc"]:
+            row["note"] = "accepted labels are not more accurate than greedy answers here: " + (
+                "no label reached min_confidence"
+                if not accepted
+                else "the model's majority is confidently wrong on this family"
+            )
+        per_task[family] = row
+        print(
+            f"{family:16s} n={row['n']} greedy={row['greedy_acc']:.2f} vote={row['vote_acc']:.2f}"
+            f" accepted={row['accepted']} accepted_acc={row['accepted_acc']}",
+            flush=True,
+        )
+    ratio = labeler_tps / plain_tps if plain_tps else 0.0
+    result = {
+        "benchmark": "labels",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "config": {
+            "per_family": args.per_family,
+            "concurrency": args.concurrency,
+            **policies.labeling.model_dump(),
+        },
+        "labeler_vs_vllm_throughput_ratio": round(ratio, 3),
+        "throughput": {
+            "plain_vllm_tokens_per_s": round(plain_tps, 1),
+            "plain_vllm_seconds": round(plain_s, 1),
+            "labeler_tokens_per_s": round(labeler_tps, 1),
+            "labeler_seconds": round(labeler_s, 1),
+            "labeler_prompts_per_s": round(labeled[0] / labeler_s, 3),
+            "greedy_tokens_per_s": round(greedy_tps, 1),
+            "greedy_seconds": round(greedy_s, 1),
+        },
+        "tasks": per_task,
+        "rows": {
+            t: counts[t]
+            for t in (
+                "samples",
+                "labels",
+                "critiques",
+                "refinements",
+                "preference_pairs",
+                "training_examples",
+            )
+        },
+        "refinements": {str(k): v for k, v in refinements},
+        "critique_scores": {str(k): v for k, v in scores},
+        "min_confidence": policies.training.min_confidence,
+        "target_ratio": TARGET_RATIO,
+        "seconds": round(time.time() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        json.dumps(
+            {k: result[k] for k in ("labeler_vs_vllm_throughput_ratio", "throughput", "rows")}, indent=2
+        )
+    )
+    return 0 if ratio >= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
