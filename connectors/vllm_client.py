@@ -102,6 +102,23 @@ class VLLMClient:
             raise VLLMError(f"probe of {model} was answered by {data.get('model')!r} with no choices")
         return ProbeResult(model, data["choices"][0].get("text", ""), response.elapsed.total_seconds())
 
+    def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str:
+        """The model's greedy pick among `choices` (vLLM structured outputs constrain the decoding)."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": max(len(c) for c in choices) + 4,
+            "temperature": 0,
+            "structured_outputs": {"choice": choices},
+        }
+        try:
+            response = self._http.post("/v1/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise VLLMError(f"choice from {model} got no answer: {exc}") from exc
+        if response.status_code != 200:
+            raise VLLMError(f"choice from {model} failed: {_error_text(response)}", response.status_code)
+        return str(response.json()["choices"][0]["message"].get("content") or "")
+
     def chat(
         self,
         model: str,

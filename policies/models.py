@@ -324,6 +324,9 @@ class LabelingPolicy(_Policy):
     critique_max_tokens: int = Field(ge=16, le=2048)
     """Longest critique."""
 
+    constrained_score: bool
+    """When a critique has no readable score, ask for one with decoding constrained to 1..10."""
+
     pair_min_margin: float = Field(ge=0.0, le=9.0)
     """A preference pair is kept only when chosen and rejected scores differ by at least this."""
 

@@ -22,9 +22,21 @@ PRINCIPLES = POLICIES.safety.principles
 class ScriptedModel:
     """Answers by the kind of request: samples, critiques (scores by what is judged), refinements."""
 
-    def __init__(self, samples: list[str], scores: dict[str, str], refinement: str = "") -> None:
-        self.samples, self.scores, self.refinement = samples, scores, refinement
+    def __init__(
+        self, samples: list[str], scores: dict[str, str], refinement: str = "", constrained: str = ""
+    ) -> None:
+        self.samples, self.scores, self.refinement, self.constrained = (
+            samples,
+            scores,
+            refinement,
+            constrained,
+        )
         self.calls: list[tuple[str, int]] = []
+
+    def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str:
+        assert choices == [str(n) for n in range(1, 11)] and messages[-1]["role"] == "user"
+        self.calls.append(("choose", 1))
+        return self.constrained
 
     def chat(
         self,
@@ -97,6 +109,20 @@ def test_a_malformed_critique_score_is_recorded_and_stops_refinement() -> None:
     result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
     assert result.critiques[0].score.status == "malformed" and result.critiques[0].score.value is None
     assert result.refinement is None and result.pair is None
+
+
+def test_a_missing_score_is_asked_again_with_constrained_decoding_and_marked_so() -> None:
+    refined = "Carefully: 7 + 5 = 12. The answer is 12."
+    model = ScriptedModel(SAMPLES, {SAMPLES[2]: "Score: 1", refined: "Score: 9"}, refined, constrained="6")
+    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    assert (result.critiques[0].score.value, result.critiques[0].score.status) == (6.0, "constrained")
+    assert result.critiques[1].score.status == "ok"
+    assert result.refinement is not None and result.refinement.accepted
+    assert result.pair is not None and result.pair.margin == 8.0
+    off = load_candidate(None, {"labeling.yaml": "constrained_score: false\n"}, False, "edit").labeling
+    model = ScriptedModel(SAMPLES, {SAMPLES[2]: "Score: 1"}, refined, constrained="6")
+    result = label_prompt(model, "base", "e1", "What is 7 + 5?", off, PRINCIPLES, _no_embed)
+    assert result.critiques[0].score.status == "missing" and ("choose", 1) not in model.calls
 
 
 def test_without_critique_only_the_vote_and_examples_are_made() -> None:

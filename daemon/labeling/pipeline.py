@@ -13,6 +13,8 @@ import numpy as np
 
 from evolvd.labeling.answers import AnswerKind, Vote, answer_kind, extract, majority_vote, semantic_vote
 from evolvd.labeling.prompts import (
+    SCORE_CHOICES,
+    SCORE_QUESTION,
     Score,
     critique_prompt,
     direct_completion,
@@ -37,6 +39,8 @@ class ChatModel(Protocol):
         n: int = 1,
         top_p: float = 1.0,
     ) -> list[str]: ...
+
+    def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,20 @@ def _critique(
     principles: Sequence[str],
     index: int | None,
 ) -> Critique:
-    text = chat.chat(model, critique_prompt(prompt, answer, principles), policy.critique_max_tokens)[0]
-    return Critique(text, parse_score(text), index)
+    request = critique_prompt(prompt, answer, principles)
+    text = chat.chat(model, request, policy.critique_max_tokens)[0]
+    score = parse_score(text)
+    if score.status != "ok" and policy.constrained_score:
+        # Small models rarely end with a readable score line. Ask once more with the decoding
+        # constrained to 1..10: the model still judges, and the row says the score was constrained.
+        follow_up = [
+            {"role": "user", "content": request},
+            {"role": "assistant", "content": text},
+            {"role": "user", "content": SCORE_QUESTION},
+        ]
+        picked = chat.choose(model, follow_up, SCORE_CHOICES)
+        score = Score(float(picked), "constrained") if picked in SCORE_CHOICES else score
+    return Critique(text, score, index)
 
 
 def _critique_and_refine(
@@ -167,7 +183,7 @@ def _critique_and_refine(
             )
         )
     chosen_text, chosen_score = winner.text, first.score.value
-    if policy.refine and first.score.status == "ok":
+    if policy.refine and first.score.value is not None:
         refined_text = chat.chat(
             model, refine_prompt(result.prompt, winner.text, first.text, result.kind), policy.max_tokens
         )[0]

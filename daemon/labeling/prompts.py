@@ -43,7 +43,12 @@ def refine_prompt(prompt: str, answer: str, critique: str, kind: AnswerKind) -> 
     )
 
 
-ScoreStatus = Literal["ok", "malformed", "missing"]
+ScoreStatus = Literal["ok", "constrained", "malformed", "missing"]
+"""ok: read from the critique's own score line; constrained: the model's pick in a follow-up whose
+decoding was limited to 1..10 (after a malformed or missing score); malformed/missing: no score."""
+
+SCORE_QUESTION = "Your score for the answer, from 1 (bad) to 10 (excellent)?"
+SCORE_CHOICES = [str(n) for n in range(1, 11)]
 _SCORE_LINE = re.compile(
     r"^[\s*#_]*score[\s*_]*[:=][\s*_]*(-?\d+(?:\.\d+)?)\s*(?:/\s*10)?[\s*_.]*$", re.IGNORECASE
 )
