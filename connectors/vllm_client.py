@@ -88,15 +88,20 @@ class VLLMClient:
             raise VLLMError(f"vLLM /metrics failed: {_error_text(response)}", response.status_code)
         return response.text
 
+    def _generate(self, path: str, body: dict[str, Any], what: str) -> httpx.Response:
+        """POST a generation request; no answer or a non-200 becomes a VLLMError naming `what`."""
+        try:
+            response = self._http.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise VLLMError(f"{what} got no answer: {exc}") from exc
+        if response.status_code != 200:
+            raise VLLMError(f"{what} failed: {_error_text(response)}", response.status_code)
+        return response
+
     def probe(self, model: str, prompt: str, max_tokens: int = 1) -> ProbeResult:
         """One greedy completion through `model`: proves it is loaded and produces text."""
         body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
-        try:
-            response = self._http.post("/v1/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise VLLMError(f"probe of {model} got no answer: {exc}") from exc
-        if response.status_code != 200:
-            raise VLLMError(f"probe of {model} failed: {_error_text(response)}", response.status_code)
+        response = self._generate("/v1/completions", body, f"probe of {model}")
         data = response.json()
         if data.get("model") != model or not data.get("choices"):
             raise VLLMError(f"probe of {model} was answered by {data.get('model')!r} with no choices")
@@ -111,12 +116,7 @@ class VLLMClient:
             "temperature": 0,
             "structured_outputs": {"choice": choices},
         }
-        try:
-            response = self._http.post("/v1/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise VLLMError(f"choice from {model} got no answer: {exc}") from exc
-        if response.status_code != 200:
-            raise VLLMError(f"choice from {model} failed: {_error_text(response)}", response.status_code)
+        response = self._generate("/v1/chat/completions", body, f"choice from {model}")
         return str(response.json()["choices"][0]["message"].get("content") or "")
 
     def chat(
@@ -137,10 +137,5 @@ class VLLMClient:
             "top_p": top_p,
             "n": n,
         }
-        try:
-            response = self._http.post("/v1/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise VLLMError(f"chat with {model} got no answer: {exc}") from exc
-        if response.status_code != 200:
-            raise VLLMError(f"chat with {model} failed: {_error_text(response)}", response.status_code)
+        response = self._generate("/v1/chat/completions", body, f"chat with {model}")
         return [choice["message"].get("content") or "" for choice in response.json()["choices"]]

@@ -133,13 +133,8 @@ class Daemon:
         from evolvd.policies.store import PolicyStore
 
         assert self._buffer is not None
-        engine_box: list[PolicyEngine] = []
         try:
-            self._policy_store = PolicyStore(
-                self.config.policies.dir,
-                PolicyMetrics.create(self.registry),
-                lambda decisions: engine_box[0].record_decisions(decisions) if engine_box else None,
-            )
+            self._policy_store = PolicyStore(self.config.policies.dir, PolicyMetrics.create(self.registry))
         except ConfigError as exc:
             # Refuse to start on a policy set that does not validate: running on defaults instead
             # would silently drop the operator's gates.
@@ -150,7 +145,8 @@ class Daemon:
         self._policy_engine = PolicyEngine(
             self._buffer, self._policy_store, self._policy_store.metrics, embed
         )
-        engine_box.append(self._policy_engine)
+        # Reloads go to the same audit trail (the constructor's first load emits no decisions).
+        self._policy_store.on_decisions = self._policy_engine.record_decisions
 
     def _start_policy_jobs(self) -> None:
         assert self._policy_store is not None

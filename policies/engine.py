@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import DuckDBBuffer, transaction
 from evolvd.metrics import PolicyMetrics
 from evolvd.policies import views
 from evolvd.policies.audit import Decision, count, record
@@ -88,18 +88,13 @@ class PolicyEngine:
             outcomes[result.outcome] += 1
         if not rows:
             return outcomes
-        con.begin()
-        try:
+        with transaction(con):
             con.executemany(
                 "UPDATE training_examples SET safe_prompt = ?, safe_completion = ?, safety_outcome = ?,"
                 " safety_reasons = ? WHERE example_id = ?",
                 updates,
             )
             record(con, decisions)
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
         count(decisions, self._metrics)
         logger.info("safety screen: %s", dict(outcomes))
         return outcomes
@@ -155,7 +150,7 @@ class PolicyEngine:
                 "features": {n: t.p_value for n, t in report.features.items()},
             },
         )
-        self._write([decision])
+        self.record_decisions([decision])
         if self._metrics is not None:
             self._metrics.drift_mmd.set(report.mmd.mmd2)
             self._metrics.drift_p_value.set(report.mmd.p_value)
@@ -199,23 +194,14 @@ class PolicyEngine:
                 self.last_gate.outcome,
                 self.last_gate.reasons,
             ):
-                self._write([decision])  # a row when the verdict changes, not one per tick
+                self.record_decisions([decision])  # a row when the verdict changes, not one per tick
             self.last_gate = decision
 
-    def _write(self, decisions: list[Decision]) -> None:
-        con = self._buffer.cursor()
-        con.begin()
-        try:
-            record(con, decisions)
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
-        count(decisions, self._metrics)
-
     def record_decisions(self, decisions: list[Decision]) -> None:
-        """For the policy store: reloads and rejections go to the same audit trail."""
-        self._write(decisions)
+        """Write decisions to the audit trail, then count them (also the store's reload hook)."""
+        with transaction(self._buffer.cursor()) as con:
+            record(con, decisions)
+        count(decisions, self._metrics)
 
     def status(self) -> dict[str, Any]:
         drift = self.last_drift

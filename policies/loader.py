@@ -126,6 +126,11 @@ def load_policy_file(name: str, path: Path | None) -> PolicyFile:
     return PolicyFile(name, policy, shown, content_hash(policy))
 
 
+def _not_a_policy_file(path: Path) -> FieldError:
+    known = ", ".join(f"{n}.yaml" for n in POLICY_MODELS)
+    return FieldError(str(path), None, "", f"not a policy file (expected one of {known})")
+
+
 def policy_files_in(directory: Path) -> dict[str, Path]:
     """The operator's policy files in `directory`; an unknown YAML file there is an error."""
     found: dict[str, Path] = {}
@@ -136,8 +141,7 @@ def policy_files_in(directory: Path) -> dict[str, Path]:
                 errors.append(FieldError(str(path), None, "", f"{path.stem} is defined twice"))
             found[path.stem] = path
         else:
-            known = ", ".join(f"{n}.yaml" for n in POLICY_MODELS)
-            errors.append(FieldError(str(path), None, "", f"not a policy file (expected one of {known})"))
+            errors.append(_not_a_policy_file(path))
     if errors:
         raise ConfigError(errors)
     return found
@@ -170,8 +174,7 @@ def check_policy_path(path: Path) -> PolicySet:
     if path.is_dir():
         return load_policies(path)
     if path.stem not in POLICY_MODELS:
-        known = ", ".join(f"{n}.yaml" for n in POLICY_MODELS)
-        raise ConfigError([FieldError(str(path), None, "", f"not a policy file (expected one of {known})")])
+        raise ConfigError([_not_a_policy_file(path)])
     if not path.exists():
         raise ConfigError([FieldError(str(path), None, "", "file does not exist")])
     one = load_policy_file(path.stem, path)

@@ -64,7 +64,8 @@ class PolicyStore:
     ) -> None:
         self.directory = directory
         self.metrics = metrics
-        self._on_decisions = on_decisions
+        self.on_decisions = on_decisions
+        """Receives the decisions of each reload (applied files, rejected edits) for the audit trail."""
         self._lock = threading.Lock()
         self._fingerprint = _fingerprint(directory)
         self._current = load_policies(directory)  # a bad set at startup is a startup error
@@ -187,9 +188,9 @@ class PolicyStore:
             self.metrics.reloads.labels(outcome).inc()
 
     def _emit(self, decisions: list[Decision]) -> None:
-        if self._on_decisions is not None and decisions:
+        if self.on_decisions is not None and decisions:
             try:
-                self._on_decisions(decisions)
+                self.on_decisions(decisions)
             except Exception:
                 logger.exception("could not record the policy reload in the audit trail")
 

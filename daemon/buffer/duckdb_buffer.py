@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -13,6 +15,19 @@ from evolvd.abc import IngestBatch, IngestResult, IngestSink
 from evolvd.buffer.migrations import migrate
 
 logger = logging.getLogger("evolvd.buffer")
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Commit what the block wrote, or roll all of it back if the block raises (a kill too)."""
+    con.begin()
+    try:
+        yield con
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+
 
 # Tables whose row counts /status and the metrics report.
 COUNTED_TABLES = (
@@ -88,9 +103,7 @@ class DuckDBBuffer(IngestSink):
 
     def write_ingest_batch(self, batch: IngestBatch) -> IngestResult:
         """Events, feedback, dead letters and the new partition offsets, all in one transaction."""
-        con = self.cursor()
-        con.begin()
-        try:
+        with transaction(self.cursor()) as con:
             inserted = self._insert_events(con, batch) if batch.event_tables else 0
             if batch.feedback:
                 self._insert_feedback(con, batch)
@@ -103,10 +116,6 @@ class DuckDBBuffer(IngestSink):
                     "next_offset = excluded.next_offset, updated_at = now()",
                     [[t, p, o] for (t, p), o in batch.next_offsets.items()],
                 )
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
         return IngestResult(inserted=inserted, duplicates=batch.event_count - inserted)
 
     @staticmethod

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import DuckDBBuffer, transaction
 from evolvd.connectors.vllm_client import VLLMError
 from evolvd.labeling.pipeline import LABELER_VERSION, ChatModel, LabelResult, label_prompt
 from evolvd.metrics import LabelMetrics
@@ -74,18 +74,12 @@ _INSERT_EXAMPLE = (
 
 def write_result(con: duckdb.DuckDBPyConnection, result: LabelResult) -> bool:
     """Every row of one labeled event and its state, in one transaction. False if already labeled."""
-    con.begin()
-    try:
+    with transaction(con):
         state = con.execute("SELECT state FROM events WHERE id = ?", [result.event_id]).fetchone()
         if state is None or state[0] != "pending":
-            con.rollback()
             return False
         _write_rows(con, result)
         con.execute("UPDATE events SET state = 'labeled' WHERE id = ?", [result.event_id])
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
     return True
 
 

@@ -211,11 +211,8 @@ def _judge_refinement(
     assert before.value is not None
     if after.value <= before.value:
         return False, f"re-score {after.value:g} is not above {before.value:g}"
-    extractable = (
-        result.kind not in ("free_form",)
-        and result.vote.answer is not None
-        and result.samples[result.vote.winners[0]].answer is not None
-    )
+    # The winner had an extractable answer exactly when the vote counted answers (not meanings).
+    extractable = result.samples[result.vote.winners[0]].answer is not None
     if extractable and answer != result.vote.answer:
         return False, f"the refined answer {answer!r} disagrees with the majority {result.vote.answer!r}"
     return True, f"re-score {after.value:g} > {before.value:g}"
