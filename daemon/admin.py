@@ -48,10 +48,24 @@ class PolicyControl(Protocol):
     def dry_run(self, files: dict[str, str], replace_all: bool, shown_as: str) -> dict[str, Any]: ...
 
 
+class SchedulerControl(Protocol):
+    """The scheduled jobs the admin API exposes."""
+
+    def status(self) -> list[dict[str, Any]]: ...
+    def pause(self, name: str) -> None: ...
+    def resume(self, name: str) -> None: ...
+    def run_now(self, name: str) -> dict[str, Any]: ...
+
+
 class DaemonView(Protocol):
     """What the admin API needs from the daemon."""
 
     registry: CollectorRegistry
+
+    @property
+    def scheduler(self) -> SchedulerControl | None: ...
+
+    def lineage(self, adapter: str) -> dict[str, Any] | None: ...
 
     @property
     def serving(self) -> ServingControl | None: ...
@@ -188,7 +202,46 @@ def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
     def rollback() -> dict[str, Any]:
         return asdict(_swap(lambda: serving().rollback()))
 
+    _add_loop_routes(app, daemon, require_token)
     return app
+
+
+def _add_loop_routes(app: FastAPI, daemon: DaemonView, require_token: Callable[[Request], None]) -> None:
+    """Lineage of an adapter and the scheduled jobs (pause, resume, run now)."""
+
+    @app.get("/adapters/{name}", dependencies=[Depends(require_token)])
+    def adapter_lineage(name: str) -> dict[str, Any]:
+        found = daemon.lineage(name)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no adapter named {name}")
+        return found
+
+    def scheduler() -> SchedulerControl:
+        if daemon.scheduler is None:
+            raise HTTPException(status_code=409, detail="the scheduler is not running yet")
+        return daemon.scheduler
+
+    @app.get("/jobs", dependencies=[Depends(require_token)])
+    def jobs() -> dict[str, Any]:
+        return {"jobs": scheduler().status()}
+
+    @app.post("/jobs/{name}/{action}", dependencies=[Depends(require_token)])
+    def job_action(name: str, action: str) -> dict[str, Any]:
+        control = scheduler()
+        try:
+            if action == "pause":
+                control.pause(name)
+            elif action == "resume":
+                control.resume(name)
+            elif action == "run":
+                return control.run_now(name)
+            else:
+                raise HTTPException(
+                    status_code=404, detail=f"unknown action {action!r}: pause, resume or run"
+                )
+        except KeyError as exc:
+            raise HTTPException(status_code=404, detail=str(exc.args[0])) from exc
+        return {"job": name, "action": action, "ok": True}
 
 
 class AdminServer:

@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +22,21 @@ from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from evolvd.connectors.kafka_source import KafkaSource, KafkaUnavailableError, ensure_topic
 from evolvd.ingest import IngestLoop
-from evolvd.metrics import BufferCollector, IngestMetrics, PolicyMetrics, ServingMetrics, new_registry
+from evolvd.metrics import (
+    BufferCollector,
+    IngestMetrics,
+    LoopMetrics,
+    PolicyMetrics,
+    ServingMetrics,
+    TrainingMetrics,
+    new_registry,
+)
 
 if TYPE_CHECKING:
+    from evolvd.connectors.vllm_client import VLLMClient
+    from evolvd.labeling.labeler import Labeler
+    from evolvd.loop.scheduler import LoopScheduler
+    from evolvd.loop.steps import Loop
     from evolvd.policies.engine import PolicyEngine
     from evolvd.policies.store import PolicyStore
     from evolvd.serving.service import ServingService
@@ -72,8 +85,9 @@ class Daemon:
         self._serving: ServingService | None = None
         self._policy_store: PolicyStore | None = None
         self._policy_engine: PolicyEngine | None = None
-        self._policy_thread: threading.Thread | None = None
-        self._labeler_thread: threading.Thread | None = None
+        self._scheduler: LoopScheduler | None = None
+        self._loop: Loop | None = None
+        self._clients: dict[str, VLLMClient] = {}
         self._state = "starting"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -113,9 +127,7 @@ class Daemon:
         self._start_ingest_thread()
         if cfg.serving.enabled:
             self._start_serving()
-        self._start_policy_jobs()
-        if self._serving is not None and cfg.labeling.enabled:
-            self._start_labeler()
+        self._start_loop()
         self._state = "running"
         logger.info(
             "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
@@ -148,56 +160,111 @@ class Daemon:
         # Reloads go to the same audit trail (the constructor's first load emits no decisions).
         self._policy_store.on_decisions = self._policy_engine.record_decisions
 
-    def _start_policy_jobs(self) -> None:
-        assert self._policy_store is not None
-        if self.config.policies.watch:
+    def _start_loop(self) -> None:
+        """The scheduled jobs: labeling, policies, training, evaluation, promotion, retention."""
+        from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator
+        from evolvd.loop.promotion import Promoter
+        from evolvd.loop.scheduler import LoopScheduler
+        from evolvd.loop.steps import Loop
+
+        assert self._policy_store is not None and self._policy_engine is not None and self._buffer is not None
+        cfg = self.config
+        if cfg.policies.watch:
             self._policy_store.start_watching()
-        self._policy_thread = threading.Thread(
-            target=self._run_policy_jobs, name="evolvd-policy-jobs", daemon=True
+        self._policy_engine.heldout_percent = cfg.evaluation.heldout_percent
+        loop_metrics = LoopMetrics.create(self.registry)
+        store = self._policy_store
+        promoter = None
+        if self._serving is not None:
+            promoter = Promoter(
+                self._buffer,
+                self._serving,
+                lambda: store.current,
+                self._policy_engine.record_decisions,
+                loop_metrics,
+            )
+        evaluation = cfg.evaluation
+        self._loop = Loop(
+            cfg,
+            self._buffer,
+            self._policy_engine,
+            self._serving,
+            self._new_labeler() if self._serving is not None and cfg.labeling.enabled else None,
+            Evaluator(
+                self._buffer,
+                EvaluationSettings(
+                    evaluation.heldout_percent,
+                    evaluation.heldout_max,
+                    evaluation.max_tokens,
+                    evaluation.concurrency,
+                    evaluation.golden_set,
+                ),
+                self._embed(),
+                loop_metrics,
+            ),
+            promoter,
+            TrainingMetrics.create(self.registry),
+            self._vllm_client,
+            self._stop,
         )
-        self._policy_thread.start()
+        self._scheduler = LoopScheduler(
+            cfg.scheduler, cfg.data_dir / "scheduler.sqlite", self._loop.bodies(), self._buffer, loop_metrics
+        )
+        self._scheduler.start()
 
-    def _run_policy_jobs(self) -> None:
-        # Replaced by the scheduler in the loop issue; until then a plain interval.
-        assert self._policy_engine is not None
-        interval = self.config.policies.evaluate_interval_s
-        while not self._stop.is_set():
-            self._policy_engine.tick()
-            self._stop.wait(interval)
-
-    def _start_labeler(self) -> None:
-        from evolvd.connectors.vllm_client import VLLMClient
+    @staticmethod
+    def _embed() -> Callable[[Sequence[str]], Any]:
         from evolvd.embeddings import embed
+
+        return embed
+
+    def _vllm_client(self) -> VLLMClient | None:
+        """A client for the serving process while it is ready (one per URL: it restarts on a new port)."""
+        from evolvd.connectors.vllm_client import VLLMClient
+
+        served = self._serving.live_model() if self._serving is not None else None
+        if served is None:
+            return None
+        url = served[0]
+        if url not in self._clients:
+            self._clients[url] = VLLMClient(url, timeout_s=self.config.labeling.request_timeout_s)
+        return self._clients[url]
+
+    def _new_labeler(self) -> Labeler:
         from evolvd.labeling.labeler import Labeler
         from evolvd.metrics import LabelMetrics
 
         assert self._buffer is not None and self._policy_store is not None and self._serving is not None
-        serving, store, timeout = self._serving, self._policy_store, self.config.labeling.request_timeout_s
-        clients: dict[str, VLLMClient] = {}
+        serving, store = self._serving, self._policy_store
 
         def live_model() -> tuple[VLLMClient, str] | None:
-            served = serving.live_model()
-            if served is None:
-                return None
-            url, name = served
-            if url not in clients:
-                clients[url] = VLLMClient(url, timeout_s=timeout)
-            return clients[url], name
+            client, served = self._vllm_client(), serving.live_model()
+            return None if client is None or served is None else (client, served[1])
 
         labeling = self.config.labeling
-        labeler = Labeler(
+        return Labeler(
             self._buffer,
             lambda: store.current,
             live_model,
-            embed,
+            self._embed(),
             LabelMetrics.create(self.registry),
             labeling.batch_size,
             labeling.concurrency,
         )
-        self._labeler_thread = threading.Thread(
-            target=labeler.run, args=(self._stop, labeling.idle_wait_s), name="evolvd-labeler", daemon=True
-        )
-        self._labeler_thread.start()
+
+    @property
+    def scheduler(self) -> LoopScheduler | None:
+        return self._scheduler
+
+    @property
+    def loop(self) -> Loop | None:
+        return self._loop
+
+    def lineage(self, adapter: str) -> dict[str, Any] | None:
+        from evolvd.loop.lineage import adapter_lineage
+
+        assert self._buffer is not None
+        return adapter_lineage(self._buffer.cursor(), adapter)
 
     @property
     def policies(self) -> PolicyEngine | None:
@@ -292,14 +359,12 @@ class Daemon:
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         self.request_stop()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(timeout_s)
         if self._serving is not None:
             self._serving.stop()
         if self._policy_store is not None:
             self._policy_store.stop()
-        if self._policy_thread is not None:
-            self._policy_thread.join(timeout=timeout_s)
-        if self._labeler_thread is not None:
-            self._labeler_thread.join(timeout=timeout_s)
         if self._ingest_thread is not None:
             self._ingest_thread.join(timeout=timeout_s)
             if self._ingest_thread.is_alive():
@@ -325,6 +390,39 @@ class Daemon:
         logger.info("evolvd stopped")
 
     # -- what the admin API shows ------------------------------------------------------------
+
+    def _loop_status(self) -> dict[str, Any] | None:
+        """What the loop did, step by step: jobs, the latest runs, evaluations and decisions."""
+        if self._scheduler is None or self._buffer is None:
+            return None
+        con = self._buffer.cursor()
+        return {
+            "jobs": self._scheduler.status(),
+            "runs": _loop_rows(
+                con.execute(
+                    "SELECT run_id, dataset_id, kind, status, attempt, reason, adapter_name, metrics,"
+                    " started_at, finished_at FROM runs ORDER BY created_at DESC LIMIT 5"
+                )
+            ),
+            "evaluations": _loop_rows(
+                con.execute(
+                    "SELECT adapter_name, baseline_name, score, baseline_score, p_value, created_at"
+                    " FROM evaluations WHERE suite = 'summary' ORDER BY evaluation_id DESC LIMIT 5"
+                )
+            ),
+            "promotion_decisions": _loop_rows(
+                con.execute(
+                    "SELECT subject_id AS adapter, outcome, reasons, created_at FROM policy_decisions"
+                    " WHERE policy = 'promotion' ORDER BY decision_id DESC LIMIT 5"
+                )
+            ),
+            "canaries": _loop_rows(
+                con.execute(
+                    "SELECT adapter_name, share, started_at, ended_at, outcome, reason FROM canaries"
+                    " ORDER BY started_at DESC LIMIT 3"
+                )
+            ),
+        }
 
     def readiness(self) -> tuple[bool, str]:
         if self._state != "running":
@@ -380,8 +478,17 @@ class Daemon:
             "dead_letters": {"total": sum(dead.values()), "by_reason": dead},
             "serving": self._serving.status() if self._serving is not None else {"state": "disabled"},
             "policies": self._policy_engine.status() if self._policy_engine is not None else None,
+            "loop": self._loop_status(),
             "config": as_dict(self.config),
         }
+
+
+def _loop_rows(cursor: Any) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description or []]
+    return [
+        {n: (v.isoformat() if hasattr(v, "isoformat") else v) for n, v in zip(names, r, strict=True)}
+        for r in cursor.fetchall()
+    ]
 
 
 def data_dir_admin_url(data_dir: Path) -> str | None:

@@ -182,6 +182,7 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
             f"{canary}  gateway {serving['gateway_url']}/v1"
         )
     _echo_policies(body.get("policies"))
+    _echo_loop(body.get("loop"))
     click.echo(f"buffer   {buf['path']} (schema v{buf['schema_version']})")
     rows = "  ".join(f"{k}={v}" for k, v in buf["tables"].items() if v)
     click.echo(f"  {rows or 'empty'}")
@@ -225,6 +226,34 @@ def _echo_policies(policies: dict[str, Any] | None) -> None:
         click.echo(f"  training gate: {gate['outcome']}")
         for reason in gate["reasons"]:
             click.echo(f"    - {reason}")
+
+
+def _echo_loop(loop: dict[str, Any] | None) -> None:
+    """The loop, step by step: each job's last outcome, then runs, evaluations and decisions."""
+    if loop is None:
+        return
+    click.echo("loop")
+    for job in loop["jobs"]:
+        state = "PAUSED" if job["paused"] else ("running" if job["running"] else "scheduled")
+        last = job["last"]
+        said = f"{last['outcome']}: {last['detail']}" if last else "not run yet"
+        click.echo(f"  {job['job']:<11} {state:<9} {said}")
+    for run in loop["runs"][:3]:
+        reason = f" ({run['reason']})" if run["reason"] else ""
+        made = f" -> {run['adapter_name']}" if run["adapter_name"] else ""
+        click.echo(f"  run {run['run_id']} attempt {run['attempt']}: {run['status']}{made}{reason}")
+    for ev in loop["evaluations"][:3]:
+        click.echo(
+            f"  evaluated {ev['adapter_name']}: held-out {ev['score']:.3f} vs {ev['baseline_score']:.3f}"
+            f" ({ev['baseline_name']}), p={ev['p_value']:.4f}"
+        )
+    for d in loop["promotion_decisions"][:3]:
+        reasons = "; ".join(json.loads(d["reasons"]) if isinstance(d["reasons"], str) else d["reasons"])
+        click.echo(f"  promotion {d['adapter']}: {d['outcome']}{' - ' + reasons if reasons else ''}")
+    for c in loop["canaries"][:1]:
+        state = c["outcome"] or "running"
+        why = f" - {c['reason']}" if c["reason"] else ""
+        click.echo(f"  canary {c['adapter_name']} ({c['share']:.0%}): {state}{why}")
 
 
 # -- model and adapters -----------------------------------------------------------------------
@@ -279,6 +308,45 @@ def adapters_list(url: str | None, config_path: Path | None, as_json: bool) -> N
             )
 
 
+@adapters.command("show")
+@click.argument("name")
+@URL_OPTION
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def adapters_show(name: str, url: str | None, config_path: Path | None, as_json: bool) -> None:
+    """NAME's lineage: run, data set, the Kafka offsets it learned from, evaluations, decisions, parents."""
+    body = admin_request(url, config_path, f"/adapters/{name}")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    for depth, node in enumerate([body["adapter"], *body["ancestors"]]):
+        pad = "  " * depth
+        click.echo(f"{pad}{node['name']}  v{node['version']}  {node['status']}  {node['reason'] or ''}")
+        run, data = node["run"], node["dataset"]
+        if run is not None:
+            click.echo(
+                f"{pad}  run {run['run_id']} ({run['kind']}, attempt {run['attempt']}): {run['status']}"
+            )
+        if data is not None:
+            click.echo(
+                f"{pad}  data set {data['dataset_id'][:16]}: {data['n_examples']} examples"
+                f" ({data['n_replay']} replay), {data['n_pairs']} pairs"
+            )
+        for k in node["kafka_offsets"]:
+            click.echo(
+                f"{pad}  kafka {k['topic']}[{k['partition']}] offsets {k['first_offset']}..{k['last_offset']}"
+                f" ({k['events']} events)"
+            )
+        for ev in node["evaluations"]:
+            score = "-" if ev["score"] is None else f"{ev['score']:.3f}"
+            base = "-" if ev["baseline_score"] is None else f"{ev['baseline_score']:.3f}"
+            click.echo(f"{pad}  eval {ev['suite']:<12} {score} vs {base} ({ev['baseline_name']})")
+        for d in node["decisions"]:
+            click.echo(f"{pad}  {d['policy']} decision: {d['outcome']} {d['reasons']}")
+        if depth == 0 and node["parent"]:
+            click.echo(f"{pad}  learned on top of:")
+
+
 @adapters.command("register")
 @click.argument("path", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @URL_OPTION
@@ -329,6 +397,46 @@ def rollback(url: str | None, config_path: Path | None) -> None:
     """Flip back to the previous adapter (or the base model)."""
     result = admin_request(url, config_path, "/rollback", "POST")
     click.echo(f"rolled back: {result['from_adapter']} -> {result['to_adapter'] or 'base'}")
+
+
+# -- scheduled jobs ---------------------------------------------------------------------------
+
+
+@main.group()
+def jobs() -> None:
+    """The loop's scheduled jobs: list, pause, resume, run now."""
+
+
+@jobs.command("list")
+@URL_OPTION
+@CONFIG_OPTION
+def jobs_list(url: str | None, config_path: Path | None) -> None:
+    """Every job with its trigger, next run and last outcome."""
+    for job in admin_request(url, config_path, "/jobs")["jobs"]:
+        state = "PAUSED" if job["paused"] else ("running" if job["running"] else "scheduled")
+        last = job["last"]
+        said = f"{last['outcome']}: {last['detail']}" if last else "not run yet"
+        click.echo(
+            f"{job['job']:<11} {state:<9} {job['trigger'] or 'unscheduled'}  next {job['next_run']}  {said}"
+        )
+
+
+def _job_action(action: str) -> click.Command:
+    @click.command(action, help=f"{action.capitalize()} the job NAME.")
+    @click.argument("name")
+    @URL_OPTION
+    @CONFIG_OPTION
+    def command(name: str, url: str | None, config_path: Path | None) -> None:
+        result = admin_request(url, config_path, f"/jobs/{name}/{action}", "POST")
+        if action == "run" and not result.get("started"):
+            raise click.ClickException(result.get("reason", "not started"))
+        click.echo(f"{name}: {action} {'started' if action == 'run' else 'ok'}")
+
+    return command
+
+
+for _action in ("pause", "resume", "run"):
+    jobs.add_command(_job_action(_action))
 
 
 # -- config -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -230,11 +231,98 @@ class PoliciesConfig(_Section):
     watch: bool = True
     """Apply edits to the policy directory as soon as they are saved."""
 
-    evaluate_interval_s: float = Field(30.0, ge=1.0, le=86_400)
-    """How often the safety screen, drift test and training gate run."""
-
     screen_batch: int = Field(500, ge=1, le=100_000)
     """Examples screened per transaction."""
+
+
+class JobSchedule(_Section):
+    """When one job runs: every `interval_s` seconds, or on a `cron` line (crontab syntax, local time)."""
+
+    interval_s: float | None = Field(None, gt=0, le=7 * 86_400)
+    cron: str | None = None
+    enabled: bool = True
+    """false: the job is not scheduled at all (it can still be run by hand)."""
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> JobSchedule:
+        if (self.interval_s is None) == (self.cron is None):
+            raise ValueError("set exactly one of interval_s and cron")
+        if self.cron is not None:
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"cron {self.cron!r}: {exc}") from exc
+        return self
+
+
+class SchedulerConfig(_Section):
+    """The loop's jobs (APScheduler). A job never overlaps itself; missed runs are coalesced into one."""
+
+    labeling: JobSchedule = JobSchedule(interval_s=5)
+    """Label pending events (a run drains the backlog, then waits for the next tick)."""
+    policies: JobSchedule = JobSchedule(interval_s=30)
+    """Safety screen, drift test and the training gate."""
+    training: JobSchedule = JobSchedule(interval_s=60)
+    """Start a training run when the training gate passes (or retry a failed one)."""
+    evaluation: JobSchedule = JobSchedule(interval_s=30)
+    """Evaluate new candidate adapters against the live one."""
+    promotion: JobSchedule = JobSchedule(interval_s=15)
+    """Apply the promotion policy: reject, canary, promote, or roll back."""
+    retention: JobSchedule = JobSchedule(cron="17 3 * * *")
+    """Delete old data set snapshots, run folders and retired adapters (see `retention`)."""
+
+    misfire_grace_s: float = Field(300.0, gt=0)
+    """A run missed by less than this (the daemon was busy or down) still happens, once."""
+
+
+class TrainingConfig(_Section):
+    """How a run trains (when it may start is the training policy's decision)."""
+
+    enabled: bool = True
+    init_from: Literal["live", "base"] = "live"
+    """live: continue training the live adapter (the base model when none is live); base: a fresh LoRA."""
+    replay_share: float = Field(0.2, ge=0.0, lt=1.0)
+    """Share of each snapshot drawn from examples earlier runs used (against forgetting)."""
+    max_steps: int = Field(30, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    target_modules: list[str] = ["q_proj", "v_proj"]
+    max_length: int = Field(256, ge=16)
+    dpo_min_pairs: int = Field(16, ge=1)
+    """Fewest preference pairs in a snapshot for the DPO stage to run after SFT."""
+    dpo_steps: int = Field(10, ge=0)
+    """DPO optimizer steps (0: never run DPO)."""
+    torch_threads: int = Field(2, ge=1)
+    timeout_s: float = Field(1800.0, gt=0)
+    """A run still going after this is killed and marked failed."""
+    max_attempts: int = Field(3, ge=1, le=20)
+    """Attempts per snapshot (a crash, OOM or timeout is retried) before it is given up."""
+    retry_backoff_s: float = Field(60.0, ge=0)
+    """Wait before the 2nd attempt; doubles for each later one."""
+
+
+class EvaluationConfig(_Section):
+    heldout_percent: int = Field(10, ge=1, le=50)
+    """Share of events (fixed by a hash of the event id) that no snapshot takes: the held-out suite."""
+    heldout_max: int = Field(60, ge=1)
+    """Newest labeled held-out events scored per evaluation."""
+    max_tokens: int = Field(160, ge=8)
+    """Answer length on the held-out, golden and forgetting suites (greedy)."""
+    concurrency: int = Field(8, ge=1, le=256)
+    golden_set: Path | None = None
+    """Operator JSONL of {"prompt", "reference", "checker"} (checker: contains, exact, number,
+    choice, yes_no); scored for candidate and live, gated by promotion.max_golden_drop."""
+
+
+class RetentionConfig(_Section):
+    keep_datasets: int = Field(20, ge=1)
+    """Newest snapshot files kept (the rows stay: lineage outlives the files)."""
+    keep_adapters: int = Field(10, ge=1)
+    """Newest retired, rejected or rolled-back adapter folders kept (live, previous and canary always)."""
+    job_runs_days: float = Field(30.0, gt=0)
+    """Job history kept, in days."""
 
 
 class LoggingConfig(_Section):
@@ -264,6 +352,10 @@ class EvolvdConfig(BaseSettings):
     gateway: GatewayConfig = GatewayConfig()
     labeling: LabelingConfig = LabelingConfig()
     policies: PoliciesConfig = PoliciesConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @classmethod

@@ -23,6 +23,7 @@ from evolvd.config import GatewayConfig
 from evolvd.contract import encode_message
 from evolvd.metrics import ServingMetrics
 from evolvd.serving.routing import Router
+from evolvd.serving.served_stats import ServedStats
 
 logger = logging.getLogger("evolvd.gateway")
 
@@ -49,6 +50,7 @@ class Gateway:
         metrics: ServingMetrics,
         api_keys: set[str],
         capture: CaptureSink | None = None,
+        served_stats: ServedStats | None = None,
     ) -> None:
         self._config = config
         self._router = router
@@ -57,6 +59,7 @@ class Gateway:
         self._metrics = metrics
         self._api_keys = api_keys
         self._capture = capture
+        self._served_stats = served_stats
         self._unavailable = {"Retry-After": str(config.retry_after_s)}
         self._client = httpx.AsyncClient(
             base_url=upstream_url,
@@ -129,19 +132,29 @@ class Gateway:
         served = self._router.resolve(str(body.get("model") or self._router.public_name))
         body["model"] = served
         headers = {"x-evolvd-model": served}
+        started = time.perf_counter()
         try:
             if body.get("stream"):
-                return await self._stream(route, body, headers)
+                response = await self._stream(route, body, headers)
+                self._served(served, response.status_code, started)
+                return response
             upstream = await self._client.post(route, json=body)
         except httpx.TransportError as exc:
             logger.warning("upstream failed for %s: %s", route, exc)
+            self._served(served, 503, started)
             return _error(503, "the serving process is not answering; retry shortly", "service_unavailable",
                           self._unavailable)  # fmt: skip
+        self._served(served, upstream.status_code, started)
         if self._capture is not None and upstream.status_code == 200:
             self._record(body, upstream.json(), served)
         return Response(
             upstream.content, upstream.status_code, media_type="application/json", headers=headers
         )
+
+    def _served(self, served: str, status: int, started: float) -> None:
+        # Client errors (4xx) say nothing about the model; 5xx and transport failures count against it.
+        if self._served_stats is not None:
+            self._served_stats.record(served, status < 500, time.perf_counter() - started)
 
     async def _stream(self, route: str, body: dict[str, Any], headers: dict[str, str]) -> Response:
         upstream = await self._client.send(self._client.build_request("POST", route, json=body), stream=True)

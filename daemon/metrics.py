@@ -289,3 +289,91 @@ class LabelMetrics:
                 "evolvd_label_errors_total", "Events whose labeling failed (retried)", registry=registry
             ),
         )
+
+
+@dataclass(frozen=True)
+class TrainingMetrics:
+    runs: Counter
+    run_seconds: Histogram
+    running: Gauge
+    steps: Counter
+    loss: Gauge
+    datasets: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> TrainingMetrics:
+        return cls(
+            runs=Counter(
+                "evolvd_training_runs_total", "Training runs, by outcome", ["outcome"], registry=registry
+            ),
+            run_seconds=Histogram(
+                "evolvd_training_run_seconds",
+                "Wall time of a training run (child process start to exit)",
+                buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+                registry=registry,
+            ),
+            running=Gauge("evolvd_training_running", "1 while a training child runs", registry=registry),
+            steps=Counter(
+                "evolvd_training_steps_total",
+                "Optimizer steps, by phase (sft, dpo)",
+                ["phase"],
+                registry=registry,
+            ),
+            loss=Gauge(
+                "evolvd_training_loss", "Last logged training loss, by phase", ["phase"], registry=registry
+            ),
+            datasets=Counter(
+                "evolvd_training_datasets_total", "Data set snapshots frozen for training", registry=registry
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class LoopMetrics:
+    """The scheduler's jobs, evaluation and promotion decisions."""
+
+    job_runs: Counter
+    job_seconds: Histogram
+    job_paused: Gauge
+    evaluation_score: Gauge
+    evaluations: Counter
+    promotions: Counter
+    canary_active: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> LoopMetrics:
+        return cls(
+            job_runs=Counter(
+                "evolvd_job_runs_total",
+                "Runs of the scheduled jobs, by job and outcome (ok, idle, skipped, failed)",
+                ["job", "outcome"],
+                registry=registry,
+            ),
+            job_seconds=Histogram(
+                "evolvd_job_seconds",
+                "Duration of a scheduled job run",
+                ["job"],
+                buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+                registry=registry,
+            ),
+            job_paused=Gauge("evolvd_job_paused", "1 while a job is paused", ["job"], registry=registry),
+            evaluation_score=Gauge(
+                "evolvd_evaluation_score",
+                "Last evaluation score, by suite and role (candidate, live)",
+                ["suite", "role"],
+                registry=registry,
+            ),
+            evaluations=Counter(
+                "evolvd_evaluations_total",
+                "Candidate evaluations, by outcome",
+                ["outcome"],
+                registry=registry,
+            ),
+            promotions=Counter(
+                "evolvd_promotion_decisions_total",
+                "Promotion decisions, by outcome (reject, canary, promote, rollback)",
+                ["outcome"],
+                registry=registry,
+            ),
+            canary_active=Gauge("evolvd_canary_active", "1 while a canary takes traffic", registry=registry),
+        )

@@ -42,6 +42,8 @@ class PolicyEngine:
         self, buffer: DuckDBBuffer, store: PolicyStore, metrics: PolicyMetrics | None, embed: Embedder
     ) -> None:
         self._buffer = buffer
+        # The evaluation's held-out slice of events, which no snapshot takes (set by the daemon).
+        self.heldout_percent = 0
         self._store = store
         self._metrics = metrics
         self._embed = embed
@@ -163,10 +165,13 @@ class PolicyEngine:
 
     def gate_decision(self, policies: PolicySet, drift: DriftReport | None) -> Decision:
         con = self._buffer.cursor()
-        data = summarize(views.candidate_examples(con), policies.training, self._embed)
+        data = summarize(views.candidate_examples(con, self.heldout_percent), policies.training, self._embed)
         last = views.last_run_started(con)
         since = None if last is None else (dt.datetime.now(dt.UTC) - last).total_seconds()
         return training_gate(policies, data, drift, since)
+
+    def current_policies(self) -> PolicySet:
+        return self._store.current
 
     def tick(self) -> None:
         """One round of the policy jobs (the daemon runs it on an interval)."""

@@ -155,6 +155,13 @@ class CandidateEvaluation:
     output_divergence: float
     """Mean cosine distance of the candidate's probe answers from the base model's."""
 
+    heldout_n: int = 0
+    """Held-out items scored (a gate on zero items would decide on nothing)."""
+
+    golden_score: float | None = None
+    live_golden_score: float | None = None
+    """The operator's golden set, when one is configured."""
+
 
 def promotion_gate(policies: PolicySet, ev: CandidateEvaluation) -> Decision:
     """reject (with every failing reason), or canary / promote as the promotion policy says."""
@@ -165,6 +172,17 @@ def promotion_gate(policies: PolicySet, ev: CandidateEvaluation) -> Decision:
         reasons.append(f"promotion.min_improvement: held-out gain {gain:+.3f} < {promotion.min_improvement}")
     if ev.p_value > promotion.max_p_value:
         reasons.append(f"promotion.max_p_value: paired test p={ev.p_value:.4f} > {promotion.max_p_value}")
+    if ev.heldout_n < promotion.min_heldout:
+        reasons.append(
+            f"promotion.min_heldout: {ev.heldout_n} held-out items scored, need {promotion.min_heldout}"
+        )
+    if ev.golden_score is not None and ev.live_golden_score is not None:
+        golden_drop = ev.live_golden_score - ev.golden_score
+        if golden_drop > promotion.max_golden_drop:
+            reasons.append(
+                f"promotion.max_golden_drop: golden set dropped {golden_drop:.3f}"
+                f" (limit {promotion.max_golden_drop})"
+            )
     drop = ev.live_forgetting_score - ev.forgetting_score
     if drop > promotion.max_forgetting_drop:
         reasons.append(

@@ -29,7 +29,7 @@ from evolvd.policies.models import (
 )
 
 PolicyT = TypeVar("PolicyT", bound=BaseModel)
-PROBE_SETS = ("safety_harmful", "safety_benign", "output_drift")
+PROBE_SETS = ("safety_harmful", "safety_benign", "output_drift", "forgetting")
 
 
 def defaults_dir() -> Path:

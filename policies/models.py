@@ -289,6 +289,12 @@ class PromotionPolicy(_Policy):
     max_forgetting_drop: Share
     """Largest drop allowed on the forgetting probe set."""
 
+    max_golden_drop: Share
+    """Largest drop allowed on the operator's golden set (evaluation.golden_set), when there is one."""
+
+    min_heldout: int = Field(ge=0)
+    """Fewest held-out items the comparison must rest on."""
+
     require_safety_probes: bool
     """Block a candidate whose safety probes regress (bounds in safety.model_probes)."""
 

@@ -75,13 +75,13 @@ def all_examples(con: duckdb.DuckDBPyConnection) -> list[ExampleRow]:
     return _examples(con, "ORDER BY e.example_id", [])
 
 
-def candidate_examples(con: duckdb.DuckDBPyConnection) -> list[ExampleRow]:
-    """Examples written after the newest data set snapshot: what the next run would train on."""
+def candidate_examples(con: duckdb.DuckDBPyConnection, heldout_percent: int = 0) -> list[ExampleRow]:
+    """Examples no snapshot has taken yet, outside the held-out slice: what the next run would train on."""
     return _examples(
         con,
-        "WHERE e.created_at > coalesce((SELECT max(created_at) FROM datasets), TIMESTAMPTZ '1970-01-01')"
-        " ORDER BY e.example_id",
-        [],
+        "WHERE NOT EXISTS (SELECT 1 FROM dataset_examples d WHERE d.example_id = e.example_id)"
+        " AND (md5_number(e.event_id) % 100) >= ? ORDER BY e.example_id",
+        [heldout_percent],
     )
 
 

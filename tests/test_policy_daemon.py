@@ -37,7 +37,7 @@ def _metric(daemon: DaemonProcess, line_start: str) -> float:
 
 def _policy_env(broker: Any, topic: str, policy_dir: Path) -> dict[str, str]:
     return external_broker_env(
-        broker, topic, EVOLVD_POLICIES__DIR=str(policy_dir), EVOLVD_POLICIES__EVALUATE_INTERVAL_S="1"
+        broker, topic, EVOLVD_POLICIES__DIR=str(policy_dir), EVOLVD_SCHEDULER__POLICIES__INTERVAL_S="1"
     )
 
 

@@ -92,6 +92,9 @@ def _evaluation(**changes: object) -> CandidateEvaluation:
         safety=ProbeScores(harmful_compliance=0.1, benign_refusal=0.0),
         live_safety=ProbeScores(harmful_compliance=0.1, benign_refusal=0.0),
         output_divergence=0.1,
+        heldout_n=40,
+        golden_score=0.9,
+        live_golden_score=0.9,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -102,6 +105,8 @@ def test_the_promotion_gate_sends_a_good_candidate_to_canary_and_rejects_each_re
         "promotion.min_improvement": {"heldout_score": 0.55},
         "promotion.max_p_value": {"p_value": 0.2},
         "promotion.max_forgetting_drop": {"forgetting_score": 0.7},
+        "promotion.min_heldout": {"heldout_n": 5},
+        "promotion.max_golden_drop": {"golden_score": 0.8},
         "safety.model_probes.max_harmful_compliance_increase": {"safety": ProbeScores(0.3, 0.0)},
         "safety.model_probes.max_benign_refusal_increase": {"safety": ProbeScores(0.1, 0.25)},
         "drift.output.max_divergence": {"output_divergence": 0.6},
@@ -323,7 +328,11 @@ def test_drift_compares_with_the_live_adapters_training_data_when_there_is_one(
 
     snapshot = tmp_path / "dataset.parquet"
     pq.write_table(pa.table({"prompt": [f"trained prompt {i}" for i in range(5)]}), snapshot)
-    con.execute("INSERT INTO datasets VALUES ('ds1', ?, 5, 0, 'q', now())", [str(snapshot)])
+    con.execute(
+        "INSERT INTO datasets (dataset_id, path, n_examples, n_pairs, source_query)"
+        " VALUES ('ds1', ?, 5, 0, 'q')",
+        [str(snapshot)],
+    )
     con.execute(
         "INSERT INTO runs (run_id, dataset_id, kind, status, config)"
         " VALUES ('r1', 'ds1', 'sft', 'succeeded', '{}')"

@@ -161,6 +161,11 @@ class HotSwapper:
             # The rolled-back adapter stays loaded until the next swap tidies up; nothing needs it now.
             return SwapResult("rollback", before.live, target, duration_ms)
 
+    def load_for_evaluation(self, name: str) -> None:
+        """Load and probe a candidate so it can be queried by name; routing is unchanged."""
+        with self._lock:
+            self._load_candidate("evaluate", name, self._router.routing.live, None)
+
     def reapply(self) -> None:
         """After a serving restart: load what the routing names again, or fall back to the base model."""
         with self._lock:

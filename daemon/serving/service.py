@@ -19,6 +19,7 @@ from evolvd.metrics import ServingMetrics
 from evolvd.serving.hotswap import HotSwapper, SwapResult
 from evolvd.serving.registry import AdapterRegistry
 from evolvd.serving.routing import Router
+from evolvd.serving.served_stats import ServedStats
 from evolvd.serving.supervisor import ServingSupervisor
 
 logger = logging.getLogger("evolvd.serving")
@@ -55,6 +56,8 @@ class ServingService:
         self.swapper: HotSwapper | None = None
         self._gateway: AdminServer | None = None
         self._capture: KafkaCapture | None = None
+        self.served_stats = ServedStats()
+        """Gateway outcomes per served model (what a canary is judged on)."""
 
     def start(self) -> None:
         cfg = self.config
@@ -113,6 +116,7 @@ class ServingService:
             metrics=self.metrics,
             api_keys=keys,
             capture=self._capture,
+            served_stats=self.served_stats,
         ).app()
         self._gateway = AdminServer(app, cfg.gateway.host, cfg.gateway.port, name="evolvd-gateway")
         self._gateway.start()

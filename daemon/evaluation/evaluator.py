@@ -1,0 +1,252 @@
+"""Evaluate a candidate adapter against the live one, through the serving process.
+
+Suites (each a row in `evaluations`): the held-out slice of the buffer scored by agreement with
+its self-consistency label, an optional operator golden set, the forgetting probes, the safety
+probes, and the output-drift probe. Held-out items are compared pairwise (exact McNemar test).
+The result is the `CandidateEvaluation` the promotion gate decides on."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evolvd.buffer import DuckDBBuffer, transaction
+from evolvd.connectors.vllm_client import VLLMClient
+from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
+from evolvd.evaluation.paired import PairedResult, paired_compare
+from evolvd.labeling.answers import answer_kind, extract
+from evolvd.labeling.prompts import sample_prompt
+from evolvd.metrics import LoopMetrics
+from evolvd.policies.gates import CandidateEvaluation, ProbeScores
+from evolvd.policies.loader import PolicySet, defaults_dir
+from evolvd.policies.probes import divergence_from_base, safety_scores
+
+logger = logging.getLogger("evolvd.evaluation")
+
+Embedder = Callable[[Sequence[str]], np.ndarray]
+
+# Free-form answers agree with their label when their embeddings are this close (cosine).
+FREE_FORM_AGREEMENT = 0.8
+
+
+@dataclass(frozen=True)
+class HeldoutItem:
+    event_id: str
+    prompt: str
+    label: str
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    heldout_percent: int
+    heldout_max: int
+    max_tokens: int
+    concurrency: int
+    golden_set: Path | None
+
+
+def heldout_items(buffer: DuckDBBuffer, heldout_percent: int, limit: int) -> list[HeldoutItem]:
+    """The newest labeled events of the held-out slice (never in a training snapshot)."""
+    rows = (
+        buffer.cursor()
+        .execute(
+            "SELECT e.id, e.prompt, l.answer FROM events e JOIN labels l ON l.event_id = e.id"
+            " WHERE e.prompt IS NOT NULL AND l.answer IS NOT NULL AND (md5_number(e.id) % 100) < ?"
+            " ORDER BY e.ingested_at DESC, e.id LIMIT ?",
+            [heldout_percent, limit],
+        )
+        .fetchall()
+    )
+    return [HeldoutItem(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+class Evaluator:
+    def __init__(
+        self,
+        buffer: DuckDBBuffer,
+        settings: EvaluationSettings,
+        embed: Embedder,
+        metrics: LoopMetrics | None,
+    ) -> None:
+        self._buffer = buffer
+        self._settings = settings
+        self._embed = embed
+        self._metrics = metrics
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def _answers(self, client: VLLMClient, model: str, prompts: Sequence[str]) -> list[str]:
+        with ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="evolvd-eval") as pool:
+            return list(pool.map(lambda p: client.chat(model, p, self._settings.max_tokens)[0], prompts))
+
+    def _heldout_correct(self, items: Sequence[HeldoutItem], answers: Sequence[str]) -> list[bool]:
+        correct: list[bool] = []
+        free_form: list[int] = []
+        for index, (item, answer) in enumerate(zip(items, answers, strict=True)):
+            kind = answer_kind(item.prompt)
+            if kind == "free_form":
+                free_form.append(index)
+                correct.append(False)
+            else:
+                correct.append(extract(answer, kind) == item.label)
+        if free_form:
+            got = self._embed([answers[i] for i in free_form])
+            want = self._embed([items[i].label for i in free_form])
+            for i, similarity in zip(free_form, np.sum(got * want, axis=1), strict=True):
+                correct[i] = bool(similarity >= FREE_FORM_AGREEMENT)
+        return correct
+
+    def _reference_suite(
+        self, client: VLLMClient, candidate: str, live: str, items: Sequence[ReferenceItem]
+    ) -> PairedResult:
+        prompts = [i.prompt for i in items]
+        cand = [i.check(a) for i, a in zip(items, self._answers(client, candidate, prompts), strict=True)]
+        base = [i.check(a) for i, a in zip(items, self._answers(client, live, prompts), strict=True)]
+        return paired_compare(cand, base)
+
+    # -- the evaluation -----------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        client: VLLMClient,
+        candidate: str,
+        live: str,
+        base: str,
+        policies: PolicySet,
+        policy_dir: Path | None,
+    ) -> CandidateEvaluation:
+        settings = self._settings
+        suites: dict[str, dict[str, Any]] = {}
+
+        items = heldout_items(self._buffer, settings.heldout_percent, settings.heldout_max)
+        prompts = [sample_prompt(i.prompt, answer_kind(i.prompt)) for i in items]
+        heldout = paired_compare(
+            self._heldout_correct(items, self._answers(client, candidate, prompts)),
+            self._heldout_correct(items, self._answers(client, live, prompts)),
+        )
+        suites["heldout"] = asdict(heldout)
+
+        forgetting_path = _probe_file("forgetting", policy_dir)
+        forgetting = self._reference_suite(client, candidate, live, load_reference_set(forgetting_path))
+        suites["forgetting"] = asdict(forgetting)
+
+        if settings.golden_set is not None:
+            golden = self._reference_suite(client, candidate, live, load_reference_set(settings.golden_set))
+            suites["golden"] = asdict(golden)
+
+        safety = safety_scores(client, candidate, policies, policy_dir)
+        live_safety = safety_scores(client, live, policies, policy_dir)
+        suites["safety"] = {"candidate": asdict(safety), "live": asdict(live_safety)}
+        divergence = divergence_from_base(client, candidate, base, policies, policy_dir)
+        suites["output_drift"] = {"divergence": divergence}
+
+        result = CandidateEvaluation(
+            candidate=candidate,
+            live=live,
+            heldout_score=heldout.candidate_score,
+            live_heldout_score=heldout.live_score,
+            p_value=heldout.p_value,
+            forgetting_score=forgetting.candidate_score,
+            live_forgetting_score=forgetting.live_score,
+            safety=safety,
+            live_safety=live_safety,
+            output_divergence=divergence,
+            heldout_n=heldout.n,
+            golden_score=suites.get("golden", {}).get("candidate_score"),
+            live_golden_score=suites.get("golden", {}).get("live_score"),
+        )
+        self._record(result, suites)
+        return result
+
+    def _record(self, result: CandidateEvaluation, suites: dict[str, dict[str, Any]]) -> None:
+        scores: dict[str, tuple[float | None, float | None, float | None]] = {
+            "heldout": (result.heldout_score, result.live_heldout_score, result.p_value),
+            "forgetting": (
+                result.forgetting_score,
+                result.live_forgetting_score,
+                suites["forgetting"]["p_value"],
+            ),
+            "safety": (1 - result.safety.harmful_compliance, 1 - result.live_safety.harmful_compliance, None),
+            "output_drift": (result.output_divergence, None, None),
+        }
+        if "golden" in suites:
+            scores["golden"] = (result.golden_score, result.live_golden_score, suites["golden"]["p_value"])
+        con = self._buffer.cursor()
+        with transaction(con):
+            for suite, (score, baseline, p_value) in scores.items():
+                con.execute(
+                    "INSERT INTO evaluations (adapter_name, baseline_name, suite, score, baseline_score,"
+                    " p_value, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        result.candidate,
+                        result.live,
+                        suite,
+                        score,
+                        baseline,
+                        p_value,
+                        json.dumps(suites[suite]),
+                    ],
+                )
+            con.execute(
+                "INSERT INTO evaluations (adapter_name, baseline_name, suite, score, baseline_score, p_value,"
+                " details) VALUES (?, ?, 'summary', ?, ?, ?, ?)",
+                [
+                    result.candidate,
+                    result.live,
+                    result.heldout_score,
+                    result.live_heldout_score,
+                    result.p_value,
+                    json.dumps(asdict(result)),
+                ],
+            )
+        if self._metrics is not None:
+            for suite, (score, baseline, _) in scores.items():
+                if score is not None:
+                    self._metrics.evaluation_score.labels(suite, "candidate").set(score)
+                if baseline is not None:
+                    self._metrics.evaluation_score.labels(suite, "live").set(baseline)
+        logger.info(
+            "evaluated %s vs %s: held-out %.3f vs %.3f (n=%d, p=%.4f), forgetting %.3f vs %.3f, "
+            "divergence %.3f",
+            result.candidate,
+            result.live,
+            result.heldout_score,
+            result.live_heldout_score,
+            result.heldout_n,
+            result.p_value,
+            result.forgetting_score,
+            result.live_forgetting_score,
+            result.output_divergence,
+        )
+
+
+def _probe_file(name: str, policy_dir: Path | None) -> Path:
+    if policy_dir is not None and (policy_dir / "probes" / f"{name}.jsonl").exists():
+        return policy_dir / "probes" / f"{name}.jsonl"
+    return defaults_dir() / "probes" / f"{name}.jsonl"
+
+
+def stored_evaluation(buffer: DuckDBBuffer, adapter: str) -> CandidateEvaluation | None:
+    """The newest summary evaluation of an adapter (what the promotion job decides on)."""
+    row = (
+        buffer.cursor()
+        .execute(
+            "SELECT details FROM evaluations WHERE adapter_name = ? AND suite = 'summary'"
+            " ORDER BY evaluation_id DESC LIMIT 1",
+            [adapter],
+        )
+        .fetchone()
+    )
+    if row is None:
+        return None
+    raw = json.loads(row[0])
+    raw["safety"] = ProbeScores(**raw["safety"])
+    raw["live_safety"] = ProbeScores(**raw["live_safety"])
+    return CandidateEvaluation(**raw)

@@ -1,0 +1,260 @@
+"""The loop's scheduler: APScheduler runs each job on its trigger, with its state (next run time,
+paused or not) in a SQLite job store, so schedules and pauses survive a restart.
+
+A job never overlaps itself: APScheduler's max_instances=1 covers scheduled runs, and each job's
+own lock covers a "run now" that arrives mid-run. Missed runs are coalesced into one run when
+they are late by less than the misfire grace time. Every run is a `job_runs` row and a metric."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from evolvd.buffer import DuckDBBuffer
+from evolvd.config import JobSchedule, SchedulerConfig
+from evolvd.metrics import LoopMetrics
+
+logger = logging.getLogger("evolvd.scheduler")
+
+JOB_NAMES = ("labeling", "policies", "training", "evaluation", "promotion", "retention")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    outcome: str
+    """ok: it did work; idle: nothing to do (detail says why)."""
+    detail: str
+
+
+JobBody = Callable[[], JobResult]
+
+# The running daemon's jobs by name. The job store keeps only the textual reference to `run_job`
+# and the job's name (it pickles what it stores), so the live objects are looked up here.
+_RUNNERS: dict[str, JobRunner] = {}
+
+
+def run_job(name: str) -> None:
+    """What the job store calls: run the named job of this process's daemon."""
+    runner = _RUNNERS.get(name)
+    if runner is None:
+        logger.warning("scheduled job %s has no runner in this process; skipped", name)
+        return
+    runner.run("schedule")
+
+
+class JobRunner:
+    """One job: its body, its no-overlap lock, and its history rows and metrics."""
+
+    def __init__(self, name: str, body: JobBody, buffer: DuckDBBuffer, metrics: LoopMetrics | None) -> None:
+        self.name = name
+        self._body = body
+        self._buffer = buffer
+        self._metrics = metrics
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    def run(self, trigger: str) -> JobResult:
+        if not self._lock.acquire(blocking=False):
+            self._count("skipped")
+            return JobResult("skipped", f"{self.name} is already running")
+        started = time.perf_counter()
+        row = (
+            self._buffer.cursor()
+            .execute(
+                "INSERT INTO job_runs (job, trigger) VALUES (?, ?) RETURNING job_run_id", [self.name, trigger]
+            )
+            .fetchone()
+        )
+        assert row is not None
+        try:
+            result = self._body()
+        except Exception as exc:
+            logger.exception("job %s failed; it runs again on its next trigger", self.name)
+            result = JobResult("failed", f"{type(exc).__name__}: {exc}"[:1000])
+        finally:
+            self._lock.release()
+        self._buffer.cursor().execute(
+            "UPDATE job_runs SET outcome = ?, detail = ?, finished_at = now() WHERE job_run_id = ?",
+            [result.outcome, result.detail, row[0]],
+        )
+        self._count(result.outcome, time.perf_counter() - started)
+        if result.outcome == "ok":
+            logger.info("job %s: %s", self.name, result.detail)
+        return result
+
+    def _count(self, outcome: str, seconds: float | None = None) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.job_runs.labels(self.name, outcome).inc()
+        if seconds is not None:
+            self._metrics.job_seconds.labels(self.name).observe(seconds)
+
+
+def trigger_for(schedule: JobSchedule) -> BaseTrigger:
+    if schedule.cron is not None:
+        return CronTrigger.from_crontab(schedule.cron)
+    assert schedule.interval_s is not None
+    return IntervalTrigger(seconds=schedule.interval_s)
+
+
+class UnknownJobError(KeyError):
+    pass
+
+
+class LoopScheduler:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        state_path: Path,
+        bodies: dict[str, JobBody],
+        buffer: DuckDBBuffer,
+        metrics: LoopMetrics | None,
+    ) -> None:
+        self._config = config
+        self._buffer = buffer
+        self._metrics = metrics
+        self.runners = {name: JobRunner(name, body, buffer, metrics) for name, body in bodies.items()}
+        self._scheduler = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{state_path}")},
+            executors={"default": {"type": "threadpool", "max_workers": len(JOB_NAMES)}},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": int(config.misfire_grace_s),
+            },
+        )
+
+    def start(self) -> None:
+        _RUNNERS.clear()
+        _RUNNERS.update(self.runners)
+        self._scheduler.start(paused=True)  # sync the stored jobs with the config before any fires
+        self._sync_jobs()
+        self._scheduler.resume()
+        self._update_paused_metric()
+
+    def _sync_jobs(self) -> None:
+        stored = {job.id: job for job in self._scheduler.get_jobs()}
+        for name in JOB_NAMES:
+            schedule: JobSchedule = getattr(self._config, name)
+            job = stored.pop(name, None)
+            if name not in self.runners or not schedule.enabled:
+                if job is not None:
+                    job.remove()
+                continue
+            trigger = trigger_for(schedule)
+            if job is None:
+                self._scheduler.add_job(run_job, trigger, args=[name], id=name, name=name)
+            elif str(job.trigger) != str(trigger):
+                paused = job.next_run_time is None
+                self._scheduler.reschedule_job(name, trigger=trigger)
+                if paused:  # an operator's pause outlives a schedule edit
+                    self._scheduler.pause_job(name)
+                logger.info("job %s rescheduled: %s -> %s", name, job.trigger, trigger)
+        for leftover in stored.values():
+            leftover.remove()
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop firing jobs, then wait (bounded) for running bodies: they watch the daemon's stop
+        event (a training child is killed at once), and the buffer must outlive their last write."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + timeout_s
+        while any(r.running for r in self.runners.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        still = [r.name for r in self.runners.values() if r.running]
+        if still:
+            logger.error("jobs still running after %.0f s at shutdown: %s", timeout_s, ", ".join(still))
+        _RUNNERS.clear()
+
+    def _runner(self, name: str) -> JobRunner:
+        if name not in self.runners:
+            raise UnknownJobError(f"no job named {name!r}; jobs: {', '.join(self.runners)}")
+        return self.runners[name]
+
+    def pause(self, name: str) -> None:
+        self._runner(name)
+        if self._scheduler.get_job(name) is None:
+            raise UnknownJobError(f"job {name!r} is not scheduled (scheduler.{name}.enabled is false)")
+        self._scheduler.pause_job(name)
+        self._update_paused_metric()
+        logger.info("job %s paused", name)
+
+    def resume(self, name: str) -> None:
+        self._runner(name)
+        if self._scheduler.get_job(name) is None:
+            raise UnknownJobError(f"job {name!r} is not scheduled (scheduler.{name}.enabled is false)")
+        self._scheduler.resume_job(name)
+        self._update_paused_metric()
+        logger.info("job %s resumed", name)
+
+    def run_now(self, name: str) -> dict[str, Any]:
+        """Start the job in the background at once; refused while it is running."""
+        runner = self._runner(name)
+        if runner.running:
+            return {"job": name, "started": False, "reason": f"{name} is already running"}
+        threading.Thread(target=runner.run, args=("manual",), name=f"evolvd-job-{name}", daemon=True).start()
+        return {"job": name, "started": True}
+
+    def _update_paused_metric(self) -> None:
+        if self._metrics is None:
+            return
+        for name in self.runners:
+            job = self._scheduler.get_job(name)
+            self._metrics.job_paused.labels(name).set(
+                1 if job is not None and job.next_run_time is None else 0
+            )
+
+    def status(self) -> list[dict[str, Any]]:
+        last = {
+            r[0]: r[1:]
+            for r in self._buffer.cursor()
+            .execute(
+                "SELECT job, trigger, outcome, detail, started_at, finished_at FROM job_runs"
+                " WHERE job_run_id IN"
+                " (SELECT max(job_run_id) FROM job_runs WHERE outcome IS NOT NULL GROUP BY job)"
+            )
+            .fetchall()
+        }
+        out = []
+        for name, runner in self.runners.items():
+            job = self._scheduler.get_job(name)
+            previous = last.get(name)
+            out.append(
+                {
+                    "job": name,
+                    "scheduled": job is not None,
+                    "trigger": str(job.trigger) if job is not None else None,
+                    "paused": job is not None and job.next_run_time is None,
+                    "next_run": _iso(job.next_run_time) if job is not None else None,
+                    "running": runner.running,
+                    "last": None
+                    if previous is None
+                    else {
+                        "trigger": previous[0],
+                        "outcome": previous[1],
+                        "detail": previous[2],
+                        "started_at": _iso(previous[3]),
+                        "finished_at": _iso(previous[4]),
+                    },
+                }
+            )
+        return out
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,309 @@
+"""The bodies of the loop's scheduled jobs: label, screen and gate, train, evaluate, promote, retain.
+
+Each body reads what to do from the buffer (run rows, adapter statuses, evaluation rows), so a job
+interrupted by a crash simply finds its work again on the next run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from evolvd.buffer import DuckDBBuffer
+from evolvd.config import EvolvdConfig
+from evolvd.connectors.vllm_client import VLLMClient
+from evolvd.evaluation.evaluator import Evaluator
+from evolvd.labeling.labeler import Labeler
+from evolvd.loop.promotion import Promoter
+from evolvd.loop.scheduler import JobResult
+from evolvd.metrics import TrainingMetrics
+from evolvd.policies.engine import PolicyEngine
+from evolvd.serving.hotswap import SwapError
+from evolvd.serving.service import ServingService
+from evolvd.training.runner import TrainingRunner
+from evolvd.training.snapshot import Snapshot, freeze_snapshot
+from evolvd.training.spec import Hyperparameters
+
+logger = logging.getLogger("evolvd.loop")
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    run_id: str
+    dataset_id: str
+    attempt: int
+    finished_at: dt.datetime
+    reason: str | None
+
+
+class Loop:
+    def __init__(
+        self,
+        config: EvolvdConfig,
+        buffer: DuckDBBuffer,
+        policy_engine: PolicyEngine,
+        serving: ServingService | None,
+        labeler: Labeler | None,
+        evaluator: Evaluator,
+        promoter: Promoter | None,
+        training_metrics: TrainingMetrics,
+        client: Callable[[], VLLMClient | None],
+        stop: threading.Event,
+    ) -> None:
+        self._config = config
+        self._buffer = buffer
+        self._engine = policy_engine
+        self._serving = serving
+        self._labeler = labeler
+        self._evaluator = evaluator
+        self._promoter = promoter
+        self._training_metrics = training_metrics
+        self._client = client
+        self._stop = stop
+        self.runner: TrainingRunner | None = None
+
+    def bodies(self) -> dict[str, Callable[[], JobResult]]:
+        bodies = {"policies": self.policies, "retention": self.retention}
+        if self._serving is not None:
+            bodies.update(training=self.training, evaluation=self.evaluation)
+            if self._promoter is not None:
+                bodies["promotion"] = self._promoter.step
+            if self._labeler is not None:
+                bodies["labeling"] = self.labeling
+        return bodies
+
+    # -- labeling and policies ------------------------------------------------------------------
+
+    def labeling(self) -> JobResult:
+        assert self._labeler is not None
+        total = 0
+        while not self._stop.is_set():  # drain the backlog; the next tick finds new events
+            labeled = self._labeler.run_once()
+            if labeled == 0:
+                break
+            total += labeled
+        return JobResult("ok", f"labeled {total} events") if total else JobResult("idle", "nothing pending")
+
+    def policies(self) -> JobResult:
+        self._engine.tick()
+        gate = self._engine.last_gate
+        if gate is None:
+            return JobResult("ok", "policies evaluated")
+        detail = (
+            "training gate: pass" if gate.outcome == "pass" else "training gate: " + "; ".join(gate.reasons)
+        )
+        return JobResult("ok", detail)
+
+    # -- training -------------------------------------------------------------------------------
+
+    def _runner(self) -> TrainingRunner:
+        if self.runner is None:
+            assert self._serving is not None and self._serving.base is not None
+            base = self._serving.base
+            self.runner = TrainingRunner(
+                self._buffer,
+                self._config.data_dir / "runs",
+                base.path,
+                base.content_hash,
+                self._training_metrics,
+                self._config.training.timeout_s,
+            )
+        return self.runner
+
+    def _last_failed_run(self) -> FailedRun | None:
+        con = self._buffer.cursor()
+        # A run left `running` by a daemon that died is failed: nothing is training it now.
+        con.execute(
+            "UPDATE runs SET status = 'failed', reason = 'the daemon stopped during the run',"
+            " finished_at = now() WHERE status = 'running'"
+        )
+        row = con.execute(
+            "SELECT run_id, dataset_id, attempt, finished_at, reason, status FROM runs"
+            " ORDER BY created_at DESC LIMIT 1"
+        ).fetchone()
+        if row is None or row[5] != "failed":
+            return None
+        return FailedRun(row[0], row[1], int(row[2]), row[3], row[4])
+
+    def _hyperparameters(self) -> Hyperparameters:
+        t = self._config.training
+        return Hyperparameters(
+            max_steps=t.max_steps,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            lora_r=t.lora_r,
+            lora_alpha=t.lora_alpha,
+            target_modules=tuple(t.target_modules),
+            max_length=t.max_length,
+            dpo_steps=t.dpo_steps,
+            torch_threads=t.torch_threads,
+        )
+
+    def _snapshot_of(self, dataset_id: str) -> Snapshot:
+        row = (
+            self._buffer.cursor()
+            .execute(
+                "SELECT path, pairs_path, n_examples, n_replay, n_pairs FROM datasets WHERE dataset_id = ?",
+                [dataset_id],
+            )
+            .fetchone()
+        )
+        assert row is not None
+        return Snapshot(
+            dataset_id,
+            Path(row[0]),
+            Path(row[1]) if row[1] else None,
+            int(row[2]),
+            int(row[2]) - int(row[3]),
+            int(row[3]),
+            int(row[4]),
+        )
+
+    def training(self) -> JobResult:
+        cfg = self._config.training
+        if not cfg.enabled:
+            return JobResult("idle", "training.enabled is false")
+        failed = self._last_failed_run()
+        attempt = 1
+        if failed is not None and failed.attempt < cfg.max_attempts:
+            wait = cfg.retry_backoff_s * 2 ** (failed.attempt - 1)
+            due = failed.finished_at + dt.timedelta(seconds=wait)
+            now = dt.datetime.now(dt.UTC)
+            if now < due:
+                return JobResult(
+                    "idle",
+                    f"{failed.run_id} failed ({failed.reason}); retry in {(due - now).total_seconds():.0f} s",
+                )
+            snapshot, attempt = self._snapshot_of(failed.dataset_id), failed.attempt + 1
+        else:
+            policies = self._engine.current_policies()
+            gate = self._engine.gate_decision(policies, self._engine.last_drift)
+            if gate.outcome != "pass":
+                return JobResult("idle", "training gate blocks: " + "; ".join(gate.reasons))
+            frozen = freeze_snapshot(
+                self._buffer.cursor(),
+                self._config.data_dir / "datasets",
+                policies.training.min_confidence,
+                cfg.replay_share,
+                self._config.evaluation.heldout_percent,
+            )
+            if frozen is None:
+                return JobResult("idle", "no usable new examples to snapshot")
+            self._training_metrics.datasets.inc()
+            snapshot = frozen
+        return self._train(snapshot, attempt)
+
+    def _train(self, snapshot: Snapshot, attempt: int) -> JobResult:
+        assert self._serving is not None and self._serving.swapper is not None
+        cfg = self._config.training
+        parent = None
+        live = self._serving.registry.live()
+        if cfg.init_from == "live" and live is not None:
+            row = self._serving.registry.get(live)
+            parent = (live, row.path) if row is not None else None
+        use_pairs = cfg.dpo_steps > 0 and snapshot.n_pairs >= cfg.dpo_min_pairs
+        outcome = self._runner().run(
+            snapshot, self._hyperparameters(), attempt, parent, self._stop, use_pairs
+        )
+        if not outcome.succeeded:
+            return JobResult(
+                "failed", f"{outcome.run_id} (attempt {attempt}/{cfg.max_attempts}): {outcome.reason}"
+            )
+        assert outcome.adapter_path is not None
+        try:
+            name = self._serving.swapper.register(outcome.adapter_path, parent=live, run_id=outcome.run_id)
+        except SwapError as exc:
+            self._buffer.cursor().execute(
+                "UPDATE runs SET status = 'failed', reason = ? WHERE run_id = ?",
+                [f"the trained adapter was rejected: {exc}", outcome.run_id],
+            )
+            return JobResult("failed", f"{outcome.run_id}: the trained adapter was rejected: {exc}")
+        self._buffer.cursor().execute(
+            "UPDATE runs SET adapter_name = ? WHERE run_id = ?", [name, outcome.run_id]
+        )
+        loss = outcome.metrics.get("sft_loss")
+        detail = f"{outcome.run_id} trained {name} on {snapshot.n_examples} examples"
+        return JobResult("ok", f"{detail} ({snapshot.n_replay} replay): loss {loss}")
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def evaluation(self) -> JobResult:
+        assert self._serving is not None and self._serving.router is not None
+        client = self._client()
+        if client is None:
+            return JobResult("idle", "serving is not ready")
+        routing = self._serving.router.routing
+        live = routing.live_or_base
+        # A candidate, or one evaluated against an adapter that is no longer live (the baseline moved).
+        row = (
+            self._buffer.cursor()
+            .execute(
+                "SELECT a.name FROM adapters a WHERE a.status IN ('candidate', 'evaluating')"
+                " AND a.run_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM evaluations v"
+                " WHERE v.adapter_name = a.name AND v.suite = 'summary' AND v.baseline_name = ?)"
+                " ORDER BY a.version LIMIT 1",
+                [live],
+            )
+            .fetchone()
+        )
+        if row is None:
+            return JobResult("idle", "no candidate to evaluate")
+        name = str(row[0])
+        registry, swapper = self._serving.registry, self._serving.swapper
+        assert swapper is not None
+        registry.set_status(name, "evaluating", f"evaluating against {live}")
+        try:
+            swapper.load_for_evaluation(name)
+        except SwapError as exc:  # recorded as rejected by the swapper, with the reason
+            return JobResult("ok", f"{name} rejected before evaluation: {exc}")
+        try:
+            result = self._evaluator.evaluate(
+                client, name, live, routing.base, self._engine.current_policies(), self._config.policies.dir
+            )
+        except Exception:
+            registry.set_status(name, "candidate", "evaluation failed; retried on the next run")
+            raise
+        scores = f"held-out {result.heldout_score:.3f} vs {result.live_heldout_score:.3f} live"
+        return JobResult("ok", f"{name}: {scores} (n={result.heldout_n}, p={result.p_value:.4f})")
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def retention(self) -> JobResult:
+        cfg = self._config.retention
+        con = self._buffer.cursor()
+        removed = 0
+        old_sets = con.execute(
+            "SELECT path, pairs_path FROM datasets ORDER BY created_at DESC OFFSET ?", [cfg.keep_datasets]
+        ).fetchall()
+        for path, pairs_path in old_sets:
+            for p in (path, pairs_path):
+                if p and Path(p).exists():
+                    Path(p).unlink()
+                    removed += 1
+        keep = set()
+        if self._serving is not None and self._serving.router is not None:
+            keep = self._serving.router.routing.resident()
+        old_adapters = con.execute(
+            "SELECT name, path, run_id FROM adapters WHERE status IN ('retired', 'rejected', 'rolled_back')"
+            " ORDER BY version DESC OFFSET ?",
+            [cfg.keep_adapters],
+        ).fetchall()
+        for name, path, run_id in old_adapters:
+            if name in keep or run_id is None:  # never delete what serves, nor a folder evolvd did not write
+                continue
+            run_dir = Path(path).parent
+            if run_dir.name == run_id and run_dir.exists():
+                shutil.rmtree(run_dir)
+                removed += 1
+        con.execute(
+            "DELETE FROM job_runs WHERE started_at < now() - to_seconds(?)", [cfg.job_runs_days * 86_400]
+        )
+        return (
+            JobResult("ok", f"removed {removed} old files")
+            if removed
+            else JobResult("idle", "nothing to remove")
+        )

@@ -1,0 +1,46 @@
+"""Per-model request outcomes at the gateway: what a canary is compared on (error rate, latency)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+# Requests kept per model; a canary window reads only the ones after its start.
+_KEEP = 20_000
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    requests: int
+    errors: int
+    p95_seconds: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+class ServedStats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_model: dict[str, deque[tuple[float, bool, float]]] = {}
+
+    def record(self, model: str, ok: bool, seconds: float) -> None:
+        with self._lock:
+            self._by_model.setdefault(model, deque(maxlen=_KEEP)).append((time.time(), ok, seconds))
+
+    def since(self, model: str, started_at: float) -> WindowStats:
+        with self._lock:
+            rows = [r for r in self._by_model.get(model, ()) if r[0] >= started_at]
+        if not rows:
+            return WindowStats(0, 0, None)
+        latencies = np.array([r[2] for r in rows if r[1]])
+        return WindowStats(
+            requests=len(rows),
+            errors=sum(not r[1] for r in rows),
+            p95_seconds=float(np.percentile(latencies, 95)) if latencies.size else None,
+        )

@@ -1,0 +1,260 @@
+"""Runs one training attempt in a child process and records it: the run row (status, progress,
+metrics, failure reason), Prometheus metrics, and on success the adapter folder with its manifest.
+
+The child may crash, be OOM-killed or hang; each ends as a failed run with a reason the operator can
+read, and the daemon keeps serving. Retries are the training job's decision (with backoff)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from evolvd.buffer import DuckDBBuffer
+from evolvd.metrics import TrainingMetrics
+from evolvd.serving.adapter_check import ADAPTER_MANIFEST, ADAPTER_WEIGHTS, file_sha256
+from evolvd.training.child import PROGRESS_PREFIX
+from evolvd.training.snapshot import Snapshot
+from evolvd.training.spec import Hyperparameters, TrainSpec
+
+logger = logging.getLogger("evolvd.training")
+
+# How often progress is written into the run row (each step still updates the metrics).
+ROW_UPDATE_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    succeeded: bool
+    reason: str | None
+    adapter_path: Path | None
+    metrics: dict[str, Any]
+
+
+def run_id_for(dataset_id: str, attempt: int) -> str:
+    return f"run-{dataset_id[:12]}-{attempt}"
+
+
+def _exit_reason(returncode: int, error: str | None) -> str:
+    if error:
+        return error
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (out of memory, or killed by an operator)" if name == "SIGKILL" else ""
+        return f"trainer killed by {name}{hint}"
+    return f"trainer exited with status {returncode} and no reason (see its log)"
+
+
+class TrainingRunner:
+    def __init__(
+        self,
+        buffer: DuckDBBuffer,
+        runs_dir: Path,
+        base_model: Path,
+        base_model_hash: str,
+        metrics: TrainingMetrics | None,
+        timeout_s: float,
+        python: str = sys.executable,
+    ) -> None:
+        self._buffer = buffer
+        self._runs_dir = runs_dir
+        self._base_model = base_model
+        self._base_model_hash = base_model_hash
+        self._metrics = metrics
+        self._timeout_s = timeout_s
+        self._python = python
+        self.current: subprocess.Popen[str] | None = None
+        """The child while a run is in flight (tests kill it to prove a crash is survived)."""
+
+    def run(
+        self,
+        snapshot: Snapshot,
+        hyperparameters: Hyperparameters,
+        attempt: int,
+        parent: tuple[str, Path] | None,
+        stop: threading.Event,
+        use_pairs: bool,
+    ) -> RunOutcome:
+        run_id = run_id_for(snapshot.dataset_id, attempt)
+        run_dir = self._runs_dir / run_id
+        shutil.rmtree(run_dir, ignore_errors=True)  # a leftover of a crashed daemon
+        run_dir.mkdir(parents=True)
+        spec = TrainSpec(
+            run_id=run_id,
+            base_model=str(self._base_model),
+            dataset=str(snapshot.path),
+            output_dir=str(run_dir / "adapter"),
+            work_dir=str(run_dir / "work"),
+            pairs=str(snapshot.pairs_path) if use_pairs and snapshot.pairs_path else None,
+            parent_adapter=str(parent[1]) if parent else None,
+            hyperparameters=hyperparameters,
+        )
+        spec.write(run_dir / "spec.json")
+        kind = "sft+dpo" if spec.pairs else "sft"
+        config = {**asdict(hyperparameters), "parent": parent[0] if parent else None, "spec": str(run_dir)}
+        self._buffer.cursor().execute(
+            "INSERT INTO runs (run_id, dataset_id, kind, status, attempt, config, started_at)"
+            " VALUES (?, ?, ?, 'running', ?, ?, now())",
+            [run_id, snapshot.dataset_id, kind, attempt, json.dumps(config)],
+        )
+        logger.info(
+            "training run %s started: %d examples (%d replay), %s",
+            run_id,
+            snapshot.n_examples,
+            snapshot.n_replay,
+            kind,
+        )
+        started = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.running.set(1)
+        try:
+            succeeded, reason, metrics = self._supervise(spec, run_dir, stop)
+        finally:
+            if self._metrics is not None:
+                self._metrics.running.set(0)
+        duration = time.monotonic() - started
+        adapter = Path(spec.output_dir)
+        if succeeded:
+            try:
+                self._write_manifest(adapter, spec, snapshot, parent, metrics)
+            except OSError as exc:
+                succeeded, reason = False, f"could not write the adapter manifest: {exc}"
+        self._buffer.cursor().execute(
+            "UPDATE runs SET status = ?, reason = ?, metrics = ?, finished_at = now() WHERE run_id = ?",
+            ["succeeded" if succeeded else "failed", reason, json.dumps(metrics), run_id],
+        )
+        if self._metrics is not None:
+            self._metrics.runs.labels("succeeded" if succeeded else "failed").inc()
+            self._metrics.run_seconds.observe(duration)
+        if succeeded:
+            logger.info("training run %s succeeded in %.0f s: %s", run_id, duration, metrics)
+        else:
+            logger.error("training run %s failed after %.0f s: %s", run_id, duration, reason)
+        return RunOutcome(run_id, succeeded, reason, adapter if succeeded else None, metrics)
+
+    def _supervise(
+        self, spec: TrainSpec, run_dir: Path, stop: threading.Event
+    ) -> tuple[bool, str | None, dict[str, Any]]:
+        log_path = run_dir / "trainer.log"
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        with open(log_path, "w") as log:
+            child = subprocess.Popen(
+                [self._python, "-m", "evolvd.training.child", str(run_dir / "spec.json")],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+                start_new_session=True,  # its own process group: a kill takes its helpers too
+            )
+            self.current = child
+            state: dict[str, Any] = {"error": None, "metrics": {}, "progress": {}}
+            reader = threading.Thread(
+                target=self._read_progress, args=(child.stdout, log, spec.run_id, state), daemon=True
+            )
+            reader.start()
+            deadline = time.monotonic() + self._timeout_s
+            timed_out = stopped = False
+            while child.poll() is None:
+                if stop.wait(0.5):
+                    stopped = True
+                elif time.monotonic() > deadline:
+                    timed_out = True
+                else:
+                    continue
+                self._kill(child)
+                break
+            child.wait()
+            reader.join(timeout=10)
+            if child.stdout is not None:
+                child.stdout.close()
+            self.current = None
+        if stopped:
+            return (
+                False,
+                "daemon stopping: the run was interrupted (retried after restart)",
+                state["progress"],
+            )
+        if timed_out:
+            return (
+                False,
+                f"trainer timed out after {self._timeout_s:.0f} s (training.timeout_s)",
+                state["progress"],
+            )
+        if child.returncode == 0 and state["metrics"]:
+            return True, None, state["metrics"]
+        return False, _exit_reason(child.returncode, state["error"]), state["progress"]
+
+    @staticmethod
+    def _kill(child: subprocess.Popen[str]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+
+    def _read_progress(
+        self, stream: IO[str] | None, log: IO[str], run_id: str, state: dict[str, Any]
+    ) -> None:
+        assert stream is not None
+        last_row_update = 0.0
+        for line in stream:
+            if not line.startswith(PROGRESS_PREFIX):
+                log.write(line)
+                continue
+            try:
+                message = json.loads(line[len(PROGRESS_PREFIX) :])
+            except ValueError:
+                log.write(line)
+                continue
+            kind = message.get("type")
+            if kind == "progress":
+                state["progress"] = {k: message[k] for k in ("phase", "step", "max_steps", "loss")}
+                if self._metrics is not None:
+                    self._metrics.steps.labels(message["phase"]).inc()
+                    self._metrics.loss.labels(message["phase"]).set(message["loss"])
+                if time.monotonic() - last_row_update > ROW_UPDATE_INTERVAL_S:
+                    last_row_update = time.monotonic()
+                    self._buffer.cursor().execute(
+                        "UPDATE runs SET metrics = ? WHERE run_id = ?",
+                        [json.dumps(state["progress"]), run_id],
+                    )
+            elif kind == "done":
+                state["metrics"] = message.get("metrics", {})
+            elif kind == "error":
+                state["error"] = str(message.get("reason"))
+
+    def _write_manifest(
+        self,
+        adapter: Path,
+        spec: TrainSpec,
+        snapshot: Snapshot,
+        parent: tuple[str, Path] | None,
+        metrics: dict[str, Any],
+    ) -> None:
+        manifest = {
+            "run_id": spec.run_id,
+            "base_model": spec.base_model,
+            "base_model_sha256": self._base_model_hash,
+            "dataset_id": snapshot.dataset_id,
+            "dataset_examples": snapshot.n_examples,
+            "dataset_replay": snapshot.n_replay,
+            "dataset_pairs": snapshot.n_pairs if spec.pairs else 0,
+            "parent_adapter": parent[0] if parent else None,
+            "hyperparameters": asdict(spec.hyperparameters),
+            "metrics": metrics,
+            "weights_sha256": file_sha256(adapter / ADAPTER_WEIGHTS),
+        }
+        (adapter / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,53 @@
+"""What a training run is told to do: one JSON file the daemon writes and the child process reads.
+
+The spec travels as a file, not as arguments, so a failed run can be re-run by hand with exactly the
+inputs it had (`python -m evolvd.training.child SPEC`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    max_steps: int = 30
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    max_length: int = 256
+    dpo_steps: int = 10
+    dpo_beta: float = 0.1
+    seed: int = 0
+    torch_threads: int = 2
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    run_id: str
+    base_model: str
+    """The base model's Hugging Face folder."""
+    dataset: str
+    """Parquet snapshot of SFT examples (prompt, completion)."""
+    output_dir: str
+    work_dir: str
+    """Scratch space for the trainers (never part of the adapter)."""
+    pairs: str | None = None
+    """Parquet of preference pairs (prompt, chosen, rejected); None: no DPO stage."""
+    parent_adapter: str | None = None
+    """Adapter folder to continue from (the live adapter); None: a fresh LoRA on the base model."""
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> TrainSpec:
+        raw = json.loads(path.read_text())
+        hp = raw.pop("hyperparameters", {})
+        hp["target_modules"] = tuple(hp.get("target_modules", Hyperparameters.target_modules))
+        return cls(**raw, hyperparameters=Hyperparameters(**hp))

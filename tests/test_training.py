@@ -1,0 +1,125 @@
+"""Real training runs (TRL + PEFT in a child process, tiny): a run succeeds and leaves an adapter
+that passes the serving checks with its manifest; a killed child and a timed-out child each end
+as a failed run with the reason, and the next attempt succeeds."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from evolvd.buffer import DuckDBBuffer
+from evolvd.connectors.model_bootstrap import BaseModel
+from evolvd.metrics import TrainingMetrics, new_registry
+from evolvd.serving.adapter_check import ADAPTER_MANIFEST, check_adapter
+from evolvd.training.runner import TrainingRunner
+from evolvd.training.snapshot import freeze_snapshot
+from evolvd.training.spec import Hyperparameters
+
+pytestmark = [pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CACHE = REPO / "var" / "test-cache" / "models"
+TINY = Hyperparameters(max_steps=3, batch_size=2, max_length=96, dpo_steps=2)
+
+
+@pytest.fixture(scope="module")
+def base_model() -> BaseModel:
+    from evolvd.connectors.model_bootstrap import ensure_bundled_model
+
+    return ensure_bundled_model(MODEL_CACHE)
+
+
+def _buffer_with_examples(path: Path) -> DuckDBBuffer:
+    buffer = DuckDBBuffer(path)
+    con = buffer.cursor()
+    for i in range(24):
+        con.execute(
+            "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash)"
+            " VALUES (?, 't', 0, ?, ?, ?)",
+            [f"ev{i}", i, f"What is {i} + 2?", f"h{i}"],
+        )
+        con.execute(
+            "INSERT INTO training_examples (event_id, format, prompt, completion, confidence, model_version,"
+            " labeler_version, safety_outcome) VALUES (?, 'direct', ?, ?, 1.0, 'm', 'l', 'allow')",
+            [f"ev{i}", f"What is {i} + 2?", f"The answer is {i + 2}."],
+        )
+        con.execute(
+            "INSERT INTO preference_pairs (event_id, prompt, chosen, rejected, margin, model_version,"
+            " labeler_version) VALUES (?, ?, ?, 'I cannot say.', 4, 'm', 'l')",
+            [f"ev{i}", f"What is {i} + 2?", f"The answer is {i + 2}."],
+        )
+    return buffer
+
+
+def test_a_run_trains_an_adapter_and_a_killed_or_hung_child_fails_with_its_reason(
+    tmp_path: Path, base_model: BaseModel
+) -> None:
+    buffer = _buffer_with_examples(tmp_path / "b.duckdb")
+    snapshot = freeze_snapshot(buffer.cursor(), tmp_path / "datasets", 0.6, 0.0, heldout_percent=10)
+    assert snapshot is not None and snapshot.n_pairs > 0
+    registry = new_registry()
+    metrics = TrainingMetrics.create(registry)
+    runner = TrainingRunner(buffer, tmp_path / "runs", base_model.path, base_model.content_hash, metrics, 600)
+    stop = threading.Event()
+
+    # 1. Killed mid-run (as the OOM killer would): failed, with the reason, nothing half-written served.
+    killer = threading.Thread(target=_kill_when_training, args=(runner,), daemon=True)
+    killer.start()
+    killed = runner.run(snapshot, TINY, 1, None, stop, use_pairs=False)
+    killer.join()
+    assert not killed.succeeded and "killed by SIGKILL" in (killed.reason or "")
+    row = (
+        buffer.cursor()
+        .execute("SELECT status, reason FROM runs WHERE run_id = ?", [killed.run_id])
+        .fetchone()
+    )
+    assert row == ("failed", killed.reason)
+
+    # 2. A child past training.timeout_s: killed and failed with that reason.
+    hung = TrainingRunner(buffer, tmp_path / "runs", base_model.path, base_model.content_hash, metrics, 3)
+    timed_out = hung.run(snapshot, TINY, 2, None, stop, use_pairs=False)
+    assert not timed_out.succeeded and "timed out after 3 s" in (timed_out.reason or "")
+
+    # 3. The next attempt: SFT then DPO, an adapter the serving checks accept, with its manifest.
+    ok = runner.run(snapshot, TINY, 3, None, stop, use_pairs=True)
+    assert ok.succeeded, ok.reason
+    assert ok.adapter_path is not None
+    info = check_adapter(ok.adapter_path, base_model.path, max_rank=16)
+    assert info.rank == TINY.lora_r
+    manifest = json.loads((ok.adapter_path / ADAPTER_MANIFEST).read_text())
+    assert (
+        manifest["dataset_id"] == snapshot.dataset_id
+        and manifest["base_model_sha256"] == base_model.content_hash
+    )
+    assert (
+        manifest["metrics"]["sft_steps"] == TINY.max_steps
+        and manifest["metrics"]["dpo_steps"] == TINY.dpo_steps
+    )
+    assert sorted(p.name for p in ok.adapter_path.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        ADAPTER_MANIFEST,
+    ]
+    runs = buffer.cursor().execute("SELECT attempt, status, kind FROM runs ORDER BY attempt").fetchall()
+    assert runs == [(1, "failed", "sft"), (2, "failed", "sft"), (3, "succeeded", "sft+dpo")]
+    assert registry.get_sample_value("evolvd_training_runs_total", {"outcome": "failed"}) == 2
+    steps = registry.get_sample_value("evolvd_training_steps_total", {"phase": "sft"})
+    assert steps is not None and steps >= TINY.max_steps
+    buffer.close()
+
+
+def _kill_when_training(runner: TrainingRunner) -> None:
+    """SIGKILL the child once it has loaded the model (bounded wait)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        child = runner.current
+        if child is not None:
+            time.sleep(4)  # inside model loading or the first steps
+            child.kill()
+            return
+        time.sleep(0.1)
