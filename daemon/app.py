@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from evolvd import __version__
 from evolvd.admin import AdminServer, create_app
-from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError
+from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError, rows_as_dicts
 from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from evolvd.connectors.kafka_source import KafkaSource, KafkaUnavailableError, ensure_topic
@@ -155,7 +155,11 @@ class Daemon:
                 + (f" (+{len(exc.errors) - 1} more)" if len(exc.errors) > 1 else "")
             ) from exc
         self._policy_engine = PolicyEngine(
-            self._buffer, self._policy_store, self._policy_store.metrics, embed
+            self._buffer,
+            self._policy_store,
+            self._policy_store.metrics,
+            embed,
+            heldout_percent=self.config.evaluation.heldout_percent,
         )
         # Reloads go to the same audit trail (the constructor's first load emits no decisions).
         self._policy_store.on_decisions = self._policy_engine.record_decisions
@@ -171,15 +175,13 @@ class Daemon:
         cfg = self.config
         if cfg.policies.watch:
             self._policy_store.start_watching()
-        self._policy_engine.heldout_percent = cfg.evaluation.heldout_percent
         loop_metrics = LoopMetrics.create(self.registry)
-        store = self._policy_store
         promoter = None
         if self._serving is not None:
             promoter = Promoter(
                 self._buffer,
                 self._serving,
-                lambda: store.current,
+                self._policy_engine.current_policies,
                 self._policy_engine.record_decisions,
                 loop_metrics,
             )
@@ -398,25 +400,25 @@ class Daemon:
         con = self._buffer.cursor()
         return {
             "jobs": self._scheduler.status(),
-            "runs": _loop_rows(
+            "runs": rows_as_dicts(
                 con.execute(
                     "SELECT run_id, dataset_id, kind, status, attempt, reason, adapter_name, metrics,"
                     " started_at, finished_at FROM runs ORDER BY created_at DESC LIMIT 5"
                 )
             ),
-            "evaluations": _loop_rows(
+            "evaluations": rows_as_dicts(
                 con.execute(
                     "SELECT adapter_name, baseline_name, score, baseline_score, p_value, created_at"
                     " FROM evaluations WHERE suite = 'summary' ORDER BY evaluation_id DESC LIMIT 5"
                 )
             ),
-            "promotion_decisions": _loop_rows(
+            "promotion_decisions": rows_as_dicts(
                 con.execute(
                     "SELECT subject_id AS adapter, outcome, reasons, created_at FROM policy_decisions"
                     " WHERE policy = 'promotion' ORDER BY decision_id DESC LIMIT 5"
                 )
             ),
-            "canaries": _loop_rows(
+            "canaries": rows_as_dicts(
                 con.execute(
                     "SELECT adapter_name, share, started_at, ended_at, outcome, reason FROM canaries"
                     " ORDER BY started_at DESC LIMIT 3"
@@ -481,14 +483,6 @@ class Daemon:
             "loop": self._loop_status(),
             "config": as_dict(self.config),
         }
-
-
-def _loop_rows(cursor: Any) -> list[dict[str, Any]]:
-    names = [d[0] for d in cursor.description or []]
-    return [
-        {n: (v.isoformat() if hasattr(v, "isoformat") else v) for n, v in zip(names, r, strict=True)}
-        for r in cursor.fetchall()
-    ]
 
 
 def data_dir_admin_url(data_dir: Path) -> str | None:

@@ -218,9 +218,6 @@ class LabelingConfig(_Section):
     request_timeout_s: float = Field(300.0, gt=0)
     """Longest wait for one generation request (sampling k answers on CPU is slow)."""
 
-    idle_wait_s: float = Field(2.0, gt=0, le=600)
-    """Pause when nothing is pending or serving is not ready."""
-
 
 class PoliciesConfig(_Section):
     dir: Path | None = None

@@ -39,11 +39,17 @@ class DriftInputs:
 
 class PolicyEngine:
     def __init__(
-        self, buffer: DuckDBBuffer, store: PolicyStore, metrics: PolicyMetrics | None, embed: Embedder
+        self,
+        buffer: DuckDBBuffer,
+        store: PolicyStore,
+        metrics: PolicyMetrics | None,
+        embed: Embedder,
+        heldout_percent: int = 0,
     ) -> None:
         self._buffer = buffer
-        # The evaluation's held-out slice of events, which no snapshot takes (set by the daemon).
-        self.heldout_percent = 0
+        # The evaluation's held-out slice of events (evaluation.heldout_percent): no snapshot takes
+        # them, so the training gate does not count them either.
+        self.heldout_percent = heldout_percent
         self._store = store
         self._metrics = metrics
         self._embed = embed
@@ -174,7 +180,7 @@ class PolicyEngine:
         return self._store.current
 
     def tick(self) -> None:
-        """One round of the policy jobs (the daemon runs it on an interval)."""
+        """One round of the policy jobs (the scheduler's `policies` job runs it)."""
         with self._lock:
             self._store.poll()
             policies = self._store.current

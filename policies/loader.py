@@ -183,13 +183,18 @@ def check_policy_path(path: Path) -> PolicySet:
     return PolicySet({name: files[name] for name in POLICY_MODELS}, None, (str(path),))
 
 
-def probe_prompts(name: str, directory: Path | None) -> list[str]:
-    """A probe set's prompts: `probes/<name>.jsonl` in the operator's directory, else the default."""
+def probe_path(name: str, directory: Path | None) -> Path:
+    """`probes/<name>.jsonl` in the operator's directory when it is there, else the shipped default."""
     if name not in PROBE_SETS:
         raise KeyError(f"unknown probe set {name!r}")
-    path = defaults_dir() / "probes" / f"{name}.jsonl"
     if directory is not None and (directory / "probes" / f"{name}.jsonl").exists():
-        path = directory / "probes" / f"{name}.jsonl"
+        return directory / "probes" / f"{name}.jsonl"
+    return defaults_dir() / "probes" / f"{name}.jsonl"
+
+
+def probe_prompts(name: str, directory: Path | None) -> list[str]:
+    """A probe set's prompts (see probe_path for which file)."""
+    path = probe_path(name, directory)
     prompts: list[str] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

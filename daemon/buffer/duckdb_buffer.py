@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -27,6 +28,15 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     except BaseException:
         con.rollback()
         raise
+
+
+def rows_as_dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The result of an executed query as JSON-able rows (timestamps as ISO strings)."""
+    names = [d[0] for d in cursor.description or []]
+    return [
+        {n: (v.isoformat() if hasattr(v, "isoformat") else v) for n, v in zip(names, row, strict=True)}
+        for row in cursor.fetchall()
+    ]
 
 
 # Tables whose row counts /status and the metrics report.

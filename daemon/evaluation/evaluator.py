@@ -25,7 +25,7 @@ from evolvd.labeling.answers import answer_kind, extract
 from evolvd.labeling.prompts import sample_prompt
 from evolvd.metrics import LoopMetrics
 from evolvd.policies.gates import CandidateEvaluation, ProbeScores
-from evolvd.policies.loader import PolicySet, defaults_dir
+from evolvd.policies.loader import PolicySet, probe_path
 from evolvd.policies.probes import divergence_from_base, safety_scores
 
 logger = logging.getLogger("evolvd.evaluation")
@@ -133,7 +133,7 @@ class Evaluator:
         )
         suites["heldout"] = asdict(heldout)
 
-        forgetting_path = _probe_file("forgetting", policy_dir)
+        forgetting_path = probe_path("forgetting", policy_dir)
         forgetting = self._reference_suite(client, candidate, live, load_reference_set(forgetting_path))
         suites["forgetting"] = asdict(forgetting)
 
@@ -225,12 +225,6 @@ class Evaluator:
             result.live_forgetting_score,
             result.output_divergence,
         )
-
-
-def _probe_file(name: str, policy_dir: Path | None) -> Path:
-    if policy_dir is not None and (policy_dir / "probes" / f"{name}.jsonl").exists():
-        return policy_dir / "probes" / f"{name}.jsonl"
-    return defaults_dir() / "probes" / f"{name}.jsonl"
 
 
 def stored_evaluation(buffer: DuckDBBuffer, adapter: str) -> CandidateEvaluation | None:

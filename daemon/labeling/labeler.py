@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -215,18 +213,3 @@ class Labeler:
         if result.pair is not None:
             m.pairs.inc()
         m.examples.inc(len(result.examples))
-
-    def run(self, stop: threading.Event, idle_wait_s: float = 2.0) -> None:
-        while not stop.is_set():
-            try:
-                labeled = self.run_once()
-            except Exception:
-                logger.exception("labeling batch failed; retrying")
-                labeled = 0
-                if self._metrics is not None:
-                    self._metrics.errors.inc()
-            if labeled == 0:
-                stop.wait(idle_wait_s)
-            else:
-                logger.info("labeled %d events", labeled)
-                time.sleep(0)  # let the other threads in between batches

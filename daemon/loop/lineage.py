@@ -9,14 +9,7 @@ from typing import Any
 
 import duckdb
 
-
-def _iso(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
-
-
-def _dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    names = [d[0] for d in cursor.description or []]
-    return [{n: _iso(v) for n, v in zip(names, row, strict=True)} for row in cursor.fetchall()]
+from evolvd.buffer import rows_as_dicts
 
 
 def adapter_lineage(con: duckdb.DuckDBPyConnection, name: str, max_depth: int = 20) -> dict[str, Any] | None:
@@ -32,7 +25,7 @@ def adapter_lineage(con: duckdb.DuckDBPyConnection, name: str, max_depth: int = 
 
 
 def _one(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any] | None:
-    adapters = _dicts(
+    adapters = rows_as_dicts(
         con.execute(
             "SELECT name, version, status, parent, reason, path, run_id, manifest, created_at, updated_at"
             " FROM adapters WHERE name = ?",
@@ -43,12 +36,12 @@ def _one(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any] | None:
         return None
     node = adapters[0]
     node["manifest"] = json.loads(node["manifest"])
-    run = _dicts(con.execute("SELECT * FROM runs WHERE run_id = ?", [node["run_id"]]))
+    run = rows_as_dicts(con.execute("SELECT * FROM runs WHERE run_id = ?", [node["run_id"]]))
     node["run"] = run[0] if run else None
     dataset_id = node["run"]["dataset_id"] if node["run"] else None
-    dataset = _dicts(con.execute("SELECT * FROM datasets WHERE dataset_id = ?", [dataset_id]))
+    dataset = rows_as_dicts(con.execute("SELECT * FROM datasets WHERE dataset_id = ?", [dataset_id]))
     node["dataset"] = dataset[0] if dataset else None
-    node["kafka_offsets"] = _dicts(
+    node["kafka_offsets"] = rows_as_dicts(
         con.execute(
             "SELECT ev.topic, ev.kafka_partition AS partition, count(DISTINCT ev.id) AS events,"
             " min(ev.kafka_offset) AS first_offset, max(ev.kafka_offset) AS last_offset,"
@@ -59,21 +52,21 @@ def _one(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any] | None:
             [dataset_id],
         )
     )
-    node["evaluations"] = _dicts(
+    node["evaluations"] = rows_as_dicts(
         con.execute(
             "SELECT suite, baseline_name, score, baseline_score, p_value, created_at FROM evaluations"
             " WHERE adapter_name = ? ORDER BY evaluation_id",
             [name],
         )
     )
-    node["decisions"] = _dicts(
+    node["decisions"] = rows_as_dicts(
         con.execute(
             "SELECT policy, outcome, reasons, created_at FROM policy_decisions"
             " WHERE subject_kind = 'adapter' AND subject_id = ? ORDER BY decision_id",
             [name],
         )
     )
-    node["swaps"] = _dicts(
+    node["swaps"] = rows_as_dicts(
         con.execute(
             "SELECT action, outcome, from_adapter, to_adapter, reason, created_at FROM swaps"
             " WHERE from_adapter = ? OR to_adapter = ? ORDER BY swap_id",
