@@ -421,7 +421,7 @@ def test_kill_9_mid_labeling_then_restart_leaves_no_duplicates(
         "EVOLVD_GATEWAY__PORT": "0",
         "EVOLVD_LABELING__BATCH_SIZE": "2",
         "EVOLVD_LABELING__CONCURRENCY": "2",
-        "EVOLVD_LABELING__IDLE_WAIT_S": "0.2",
+        "EVOLVD_SCHEDULER__LABELING__INTERVAL_S": "0.2",  # pick up new events at once
     }
     data = tmp_path / "data"
     labeler = DaemonProcess(data, env).start(timeout_s=120)
