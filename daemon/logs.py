@@ -34,3 +34,5 @@ def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None
     logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.ERROR))
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check otherwise
+    # Two lines per job run every few seconds otherwise; evolvd logs each job that did work itself.
+    logging.getLogger("apscheduler.executors").setLevel(max(logging.getLevelName(level), logging.WARNING))
