@@ -7,6 +7,7 @@ EXTRA  ?= cpu
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= evolvd.yaml
+DEMO   ?= 1
 
 # The stack is installed once (stamp); the project itself is re-linked whenever a source file
 # appears, because a strict editable install links files one by one (that is what lets mypy see
@@ -21,7 +22,7 @@ export TRANSFORMERS_OFFLINE := 1
 .PHONY: run test lint typecheck unit setup bench clean help
 
 help:
-	@echo "make run   - set up .venv and run the daemon on embedded defaults ($(CONFIG))"
+	@echo "make run   - set up .venv and run the daemon on embedded defaults ($(CONFIG)) and the demo workload (DEMO=0: none)"
 	@echo "make test  - set up .venv, lint, type-check and run the test suite"
 	@echo "make bench - run the benchmarks into bench/results/"
 
@@ -45,8 +46,10 @@ $(PROJECT_STAMP): $(STACK_STAMP) $(SOURCES)
 	$(BIN)/pip install -q --no-deps -e . --config-settings editable_mode=strict
 	touch $@
 
+# DEMO=1 (the default) feeds the built-in demo workload so the whole loop shows; DEMO=0 runs the
+# daemon alone, waiting for traffic on its topic.
 run: $(PROJECT_STAMP)
-	$(BIN)/evolvd run --config $(CONFIG)
+	$(BIN)/evolvd run --config $(CONFIG) $(if $(filter 1,$(DEMO)),--demo)
 
 lint: $(PROJECT_STAMP)
 	$(BIN)/ruff check .

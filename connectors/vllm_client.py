@@ -24,6 +24,10 @@ _retry_connect = retry(
 )
 
 
+# vLLM's answer to loading a name it already holds (vllm/entrypoints/openai/models/serving.py).
+ALREADY_LOADED = "has already been loaded"
+
+
 class VLLMError(RuntimeError):
     """vLLM answered with an error; `status` is its HTTP status (0: no answer)."""
 
@@ -73,8 +77,16 @@ class VLLMClient:
     @_retry_connect
     def load_adapter(self, name: str, path: str) -> None:
         response = self._http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
-        if response.status_code != 200:
-            raise VLLMError(f"vLLM refused adapter {name}: {_error_text(response)}", response.status_code)
+        if response.status_code == 200:
+            return
+        message = _error_text(response)
+        # evolvd names are unique per content (<base>-v<N>-<weights hash>), so a name vLLM already
+        # holds is these very weights: loaded by this daemon before it restarted (external mode keeps
+        # the server), or a load whose answer was lost. Either way the adapter is there.
+        if ALREADY_LOADED in message:
+            logger.info("vLLM already holds adapter %s", name)
+            return
+        raise VLLMError(f"vLLM refused adapter {name}: {message}", response.status_code)
 
     @_retry_connect
     def unload_adapter(self, name: str) -> None:

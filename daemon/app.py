@@ -34,6 +34,7 @@ from evolvd.metrics import (
 
 if TYPE_CHECKING:
     from evolvd.connectors.vllm_client import VLLMClient
+    from evolvd.demo import DemoWorkload
     from evolvd.labeling.labeler import Labeler
     from evolvd.loop.scheduler import LoopScheduler
     from evolvd.loop.steps import Loop
@@ -87,6 +88,7 @@ class Daemon:
         self._policy_engine: PolicyEngine | None = None
         self._scheduler: LoopScheduler | None = None
         self._loop: Loop | None = None
+        self._demo: DemoWorkload | None = None
         self._clients: dict[str, VLLMClient] = {}
         self._state = "starting"
 
@@ -128,6 +130,8 @@ class Daemon:
         if cfg.serving.enabled:
             self._start_serving()
         self._start_loop()
+        if cfg.demo.enabled:
+            self._start_demo()
         self._state = "running"
         logger.info(
             "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
@@ -163,6 +167,15 @@ class Daemon:
         )
         # Reloads go to the same audit trail (the constructor's first load emits no decisions).
         self._policy_store.on_decisions = self._policy_engine.record_decisions
+
+    def _start_demo(self) -> None:
+        from evolvd.demo import DemoWorkload
+
+        serving = self._serving
+        self._demo = DemoWorkload(
+            self.config, self._bootstrap_servers, lambda: serving.gateway_url if serving is not None else None
+        )
+        self._demo.start()
 
     def _start_loop(self) -> None:
         """The scheduled jobs: labeling, policies, training, evaluation, promotion, retention."""
@@ -361,6 +374,8 @@ class Daemon:
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         self.request_stop()
+        if self._demo is not None:
+            self._demo.stop()
         if self._scheduler is not None:
             self._scheduler.shutdown(timeout_s)
         if self._serving is not None:
@@ -398,8 +413,10 @@ class Daemon:
         if self._scheduler is None or self._buffer is None:
             return None
         con = self._buffer.cursor()
+        runner = self._loop.runner if self._loop is not None else None
         return {
             "jobs": self._scheduler.status(),
+            "training_now": runner.active() if runner is not None else None,
             "runs": rows_as_dicts(
                 con.execute(
                     "SELECT run_id, dataset_id, kind, status, attempt, reason, adapter_name, metrics,"

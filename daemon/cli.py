@@ -56,9 +56,27 @@ def main() -> None:
 
 @main.command()
 @CONFIG_OPTION
-def run(config_path: Path | None) -> None:
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Feed the built-in demo workload (demo.*) and, unless policies.dir is set, use the "
+    "demo-sized policies, so the whole loop runs on one machine within minutes.",
+)
+def run(config_path: Path | None, demo: bool) -> None:
     """Run the daemon until SIGTERM or Ctrl-C (a second Ctrl-C forces the exit)."""
     config = _load_config(config_path)
+    if demo:
+        from evolvd.policies.loader import demo_dir
+
+        policies = (
+            config.policies
+            if config.policies.dir is not None
+            else config.policies.model_copy(
+                update={"dir": demo_dir(), "watch": False}  # the shipped files do not change
+            )
+        )
+        demo_on = config.demo.model_copy(update={"enabled": True})
+        config = config.model_copy(update={"demo": demo_on, "policies": policies})
     from evolvd.app import Daemon, StartupError
     from evolvd.logs import configure_logging
 

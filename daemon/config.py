@@ -216,6 +216,10 @@ class LabelingConfig(_Section):
     """Prompts in flight at once, so vLLM batches them (throughput vs the gateway's latency)."""
 
     request_timeout_s: float = Field(300.0, gt=0)
+    yield_to_loop: bool = True
+    """Labeling waits while a run trains or a candidate is evaluated. On one machine they compete for
+    the same cores (measured here: 3 training steps took 8 s alone, 212 s beside labeling); turn off
+    when training and serving have accelerators of their own."""
     """Longest wait for one generation request (sampling k answers on CPU is slow)."""
 
 
@@ -322,6 +326,24 @@ class RetentionConfig(_Section):
     """Job history kept, in days."""
 
 
+class DemoConfig(_Section):
+    """The built-in demo workload (`evolvd run --demo`): generated prompts into the prompts topic, and
+    a trickle of user requests through the gateway so a canary has traffic to be judged on."""
+
+    enabled: bool = False
+    prompts_per_minute: float = Field(20.0, gt=0, le=6000)
+    """The labeler handles about 14 a minute on 2 CPU cores: a little more keeps it busy."""
+    max_prompts: int = Field(600, ge=1)
+    """The producer stops after this many (a demo must not grow the buffer for ever)."""
+    gateway_requests_per_minute: float = Field(6.0, ge=0, le=6000)
+    """0 sends none."""
+    families: list[Literal["arithmetic", "comparison", "unit_conversion", "parity"]] = Field(
+        ["arithmetic", "comparison", "unit_conversion", "parity"], min_length=1
+    )
+    """Task families of evolvd.workload to draw prompts from."""
+    seed: int = 0
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -353,6 +375,7 @@ class EvolvdConfig(BaseSettings):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     retention: RetentionConfig = RetentionConfig()
+    demo: DemoConfig = DemoConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @classmethod

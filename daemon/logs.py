@@ -36,3 +36,11 @@ def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check otherwise
     # Two lines per job run every few seconds otherwise; evolvd logs each job that did work itself.
     logging.getLogger("apscheduler.executors").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    logging.getLogger("apscheduler.scheduler").addFilter(_drop_skipped_fires)
+
+
+def _drop_skipped_fires(record: logging.LogRecord) -> bool:
+    """APScheduler warns on every fire of a job still running (training runs for minutes on a 60 s
+    interval). That is the configured no-overlap rule working; the skip is counted in
+    evolvd_job_runs_total{outcome="skipped"} instead of a warning every interval."""
+    return "maximum number of running instances reached" not in record.getMessage()

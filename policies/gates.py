@@ -48,12 +48,15 @@ def summarize(
         r for r in screened if r.safety_outcome in USABLE_OUTCOMES and r.confidence >= policy.min_confidence
     ]
     largest: float | None = None
-    if len(usable) >= policy.cluster_count:
+    # Clustered by distinct prompt (one prompt gives several examples: reasoning paths, a direct
+    # answer), then each example counts in its prompt's cluster.
+    prompts = sorted({r.prompt for r in usable})
+    if len(prompts) >= policy.cluster_count:
         from sklearn.cluster import KMeans
 
-        vectors = embed([r.prompt for r in usable])
-        labels = KMeans(n_clusters=policy.cluster_count, n_init=4, random_state=0).fit_predict(vectors)
-        largest = max(Counter(int(x) for x in labels).values()) / len(usable)
+        labels = KMeans(n_clusters=policy.cluster_count, n_init=4, random_state=0).fit_predict(embed(prompts))
+        cluster_of = dict(zip(prompts, (int(x) for x in labels), strict=True))
+        largest = max(Counter(cluster_of[r.prompt] for r in usable).values()) / len(usable)
     diversity = len({_normalised_answer(r) for r in usable}) / len(usable) if usable else None
     return CandidateData(
         n_examples=len(rows),

@@ -37,6 +37,11 @@ def defaults_dir() -> Path:
     return Path(str(resources.files("evolvd.policies") / "defaults"))
 
 
+def demo_dir() -> Path:
+    """Demo-sized policy files (`evolvd run --demo`): a small first training run and a short canary."""
+    return Path(str(resources.files("evolvd.policies") / "demo"))
+
+
 @dataclass(frozen=True)
 class PolicyFile:
     """One loaded policy: its validated model, where it came from and its content hash."""

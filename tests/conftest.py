@@ -1,4 +1,5 @@
-"""Shared fixtures: one embedded Kafka-protocol broker per test session, a fresh topic per test."""
+"""Shared fixtures: one embedded Kafka-protocol broker and one vLLM server per test session, a fresh
+topic per test."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+MODEL_CACHE = REPO / "var" / "test-cache" / "models"  # the bundled model, converted once per machine
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +26,40 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     with EmbeddedBroker(log_path=log) as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def base_model() -> Path:
+    from evolvd.connectors.model_bootstrap import ensure_bundled_model
+
+    return ensure_bundled_model(MODEL_CACHE).path
+
+
+@pytest.fixture(scope="session")
+def vllm_daemon(broker: Any, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A daemon supervising the session's one real vLLM server (5 GB, about a minute to start).
+
+    tests/test_serving.py drives this daemon itself; other modules attach daemons of their own to its
+    server in external mode (`serving.mode: external`, `serving.url`), as an operator with a shared
+    vLLM deployment would."""
+    from daemon_process import DaemonProcess
+    from helpers import GATEWAY_API_KEY
+
+    env = {
+        "EVOLVD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "EVOLVD_KAFKA__TOPIC": f"serving-{uuid.uuid4().hex[:8]}",
+        "EVOLVD_KAFKA__GROUP_ID": f"g-{uuid.uuid4().hex}",
+        "EVOLVD_SERVING__MODEL_PATH": str(base_model),
+        "EVOLVD_SERVING__ENABLED": "true",
+        "EVOLVD_GATEWAY__PORT": "0",
+        "EVOLVD_GATEWAY__CAPTURE": "true",
+        "EVOLVD_GATEWAY__API_KEYS_ENV": "EVOLVD_TEST_GATEWAY_KEYS",
+        "EVOLVD_TEST_GATEWAY_KEYS": f"other-key,{GATEWAY_API_KEY}",
+        "EVOLVD_LABELING__ENABLED": "false",  # its captured traffic must not load vLLM during swaps
+    }
+    process = DaemonProcess(tmp_path_factory.mktemp("serving") / "data", env).start(timeout_s=420)
+    yield process
+    assert process.stop(timeout_s=120) == 0, process.tail()
 
 
 @pytest.fixture
@@ -42,7 +79,7 @@ def topic(broker: Any) -> str:
 def no_daemon_outlives_its_test() -> Iterator[None]:
     """Stop the daemons a test started itself if it left them running (e.g. it failed half-way).
 
-    Daemons of module-scoped fixtures were started before this runs, so they are left alone.
+    Daemons of module- and session-scoped fixtures were started before this runs, so they are left alone.
     """
     from daemon_process import STARTED
 

@@ -17,8 +17,11 @@ STARTED: list[DaemonProcess] = []
 
 
 class DaemonProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str], token: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str], token: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.data_dir = data_dir
+        self.args = args
         # Serving (a 5 GB vLLM server) only where a test asks for it: test_serving.py does.
         defaults = {
             "EVOLVD_DATA_DIR": str(data_dir),
@@ -37,7 +40,7 @@ class DaemonProcess:
         with open(self.log, "ab") as log:
             # Its own process group, like a daemon started from a terminal: interrupt_group() is Ctrl-C.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "evolvd.cli", "run"],
+                [sys.executable, "-m", "evolvd.cli", "run", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+GATEWAY_API_KEY = "test-key-" + uuid.uuid4().hex[:8]
+"""The gateway key of the session's vLLM daemon (conftest.vllm_daemon)."""
 
 
 def prompt_message(i: int, **extra: Any) -> bytes:
@@ -28,3 +35,22 @@ def run_cli(*args: str, env: Mapping[str, str], timeout_s: float = 120) -> subpr
     """Run the `evolvd` command as an operator would (a separate process), capturing its output."""
     return subprocess.run([sys.executable, "-m", "evolvd.cli", *args], env=dict(env), capture_output=True,
                           text=True, timeout=timeout_s)  # fmt: skip
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    what: str,
+    timeout_s: float = 20.0,
+    interval_s: float = 0.1,
+    tail: Any = None,
+) -> T:
+    """Poll `check` until it returns something truthy (returned), or fail after `timeout_s` naming
+    `what` (with the log tail of `tail`, a DaemonProcess, when given)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval_s)
+    log = f":\n{tail.tail(60)}" if tail is not None else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{log}")

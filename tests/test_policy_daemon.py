@@ -6,25 +6,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import httpx
 from daemon_process import DaemonProcess
-from helpers import produce, prompt_message, run_cli
+from helpers import produce, prompt_message, run_cli, wait_for
 from test_daemon import external_broker_env
-
-
-def _wait_for(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _metric(daemon: DaemonProcess, line_start: str) -> float:
@@ -62,14 +51,14 @@ def test_live_edits_apply_reject_reject_apply_while_the_daemon_keeps_ingesting(
         nonlocal sent
         produce(broker.bootstrap_servers, topic, [prompt_message(sent + i) for i in range(5)])
         sent += 5
-        _wait_for(lambda: daemon.status()["buffer"]["tables"]["events"] == sent, f"{sent} events")
+        wait_for(lambda: daemon.status()["buffer"]["tables"]["events"] == sent, f"{sent} events")
         assert httpx.get(daemon.url + "/readyz", timeout=5).status_code == 200
 
     ingest_still_works()
     first_hash = daemon.get("/policies")["in_force"]["training"]["hash"]
 
     training.write_text(training.read_text().replace("min_new_examples: 200", "min_new_examples: 120"))
-    applied = _wait_for(
+    applied = wait_for(
         lambda: (p := daemon.get("/policies"))["in_force"]["training"]["hash"] != first_hash and p,
         "valid edit",
     )
@@ -78,7 +67,7 @@ def test_live_edits_apply_reject_reject_apply_while_the_daemon_keeps_ingesting(
     ingest_still_works()
 
     training.write_text("min_new_examples: [120\n")  # invalid YAML
-    rejected = _wait_for(lambda: (p := daemon.get("/policies"))["rejected"] and p, "YAML rejection")
+    rejected = wait_for(lambda: (p := daemon.get("/policies"))["rejected"] and p, "YAML rejection")
     assert rejected["rejected"][0].startswith(f"{training}:") and "invalid YAML" in rejected["rejected"][0]
     assert rejected["in_force"]["training"]["hash"] == second_hash
     assert _metric(daemon, "evolvd_policy_rejected ") == 1
@@ -86,7 +75,7 @@ def test_live_edits_apply_reject_reject_apply_while_the_daemon_keeps_ingesting(
 
     training.write_text("min_new_examples: 120\nmax_cluster_share: 7\n")  # valid YAML, bad value
     bad_value = f"{training}:2: max_cluster_share: Input should be less than or equal to 1"
-    rejected = _wait_for(
+    rejected = wait_for(
         lambda: (p := daemon.get("/policies"))["rejected"] == [bad_value] and p, "value rejection"
     )
     assert rejected["in_force"]["training"]["hash"] == second_hash
@@ -95,7 +84,7 @@ def test_live_edits_apply_reject_reject_apply_while_the_daemon_keeps_ingesting(
     ingest_still_works()
 
     training.write_text("min_new_examples: 150\n")
-    applied = _wait_for(
+    applied = wait_for(
         lambda: (
             (p := daemon.get("/policies"))["in_force"]["training"]["hash"] not in (first_hash, second_hash)
             and p
@@ -178,12 +167,12 @@ def test_dry_run_reports_the_effect_of_an_edit_and_applies_nothing(
     env = _policy_env(broker, topic, policy_dir)
     daemon = DaemonProcess(data_dir, env).start()
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(4)])
-    _wait_for(lambda: daemon.status()["buffer"]["tables"]["events"] == 4, "4 events")
+    wait_for(lambda: daemon.status()["buffer"]["tables"]["events"] == 4, "4 events")
     assert daemon.stop() == 0
     _add_examples(data_dir)
 
     daemon = DaemonProcess(data_dir, env).start()
-    _wait_for(lambda: daemon.status()["buffer"]["tables"]["policy_decisions"] >= 4, "the safety screen")
+    wait_for(lambda: daemon.status()["buffer"]["tables"]["policy_decisions"] >= 4, "the safety screen")
     before = daemon.status()
     gate = before["policies"]["training_gate"]
     assert gate["outcome"] == "block"
@@ -238,14 +227,14 @@ def test_the_daemon_detects_a_topic_shift_in_its_stream_and_the_guard_blocks_tra
     ]
     first = [json.dumps({"id": f"h-{i}", "prompt": p}).encode() for i, p in enumerate(human[:40])]
     produce(broker.bootstrap_servers, topic, first, partition=0)
-    _wait_for(lambda: daemon.status()["buffer"]["tables"]["events"] == 40, "the first window")
+    wait_for(lambda: daemon.status()["buffer"]["tables"]["events"] == 40, "the first window")
     time.sleep(1.5)  # ingested_at orders the windows: keep the two apart
     shifted = [
         json.dumps({"id": f"a-{i}", "prompt": t.prompt}).encode()
         for i, t in enumerate(generate("arithmetic", 40))
     ]
     produce(broker.bootstrap_servers, topic, shifted, partition=0)
-    policies = _wait_for(
+    policies = wait_for(
         lambda: (p := daemon.get("/policies"))["drift"]["report"] is not None and p,
         "a drift report",
         timeout_s=120,
@@ -254,7 +243,7 @@ def test_the_daemon_detects_a_topic_shift_in_its_stream_and_the_guard_blocks_tra
     assert report["reference_kind"] == "first_window" and report["n_recent"] == 40
     assert report["significant"] and report["trigger_fired"] and report["guard_tripped"]
     assert report["features"]["topic"]["drifted"]
-    gate = _wait_for(
+    gate = wait_for(
         lambda: (g := daemon.get("/policies")["training_gate"]) and g["reasons"] and g, "the gate"
     )
     assert any(r.startswith("drift.guard: MMD^2") for r in gate["reasons"])

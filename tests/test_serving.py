@@ -1,6 +1,6 @@
 """Serving through the real parts: a daemon supervising a real vLLM server, the official `openai`
-client talking to the gateway, adapters made with PEFT. One daemon (one vLLM) for the whole module;
-the tests run in file order and the last one kills vLLM.
+client talking to the gateway, adapters made with PEFT. The daemon is the session's one vLLM daemon
+(conftest.vllm_daemon); the tests run in file order and the last one kills vLLM (it comes back).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,10 @@ from adapters import (
     make_wrong_base_adapter,
 )
 from daemon_process import DaemonProcess
+from helpers import GATEWAY_API_KEY as API_KEY
 from helpers import run_cli
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
-
-REPO = Path(__file__).resolve().parents[1]
-MODEL_CACHE = REPO / "var" / "test-cache" / "models"  # the bundled model, converted once per machine
-API_KEY = "test-key-" + uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(scope="module")
-def base_model() -> Path:
-    from evolvd.connectors.model_bootstrap import ensure_bundled_model
-
-    return ensure_bundled_model(MODEL_CACHE).path
 
 
 @pytest.fixture(scope="module")
@@ -57,25 +46,9 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> P
 
 
 @pytest.fixture(scope="module")
-def daemon(
-    broker: Any, base_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DaemonProcess]:
-    topic = f"serving-{uuid.uuid4().hex[:8]}"
-    env = {
-        "EVOLVD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "EVOLVD_KAFKA__TOPIC": topic,
-        "EVOLVD_KAFKA__GROUP_ID": f"g-{uuid.uuid4().hex}",
-        "EVOLVD_SERVING__MODEL_PATH": str(base_model),
-        "EVOLVD_SERVING__ENABLED": "true",
-        "EVOLVD_GATEWAY__PORT": "0",
-        "EVOLVD_GATEWAY__CAPTURE": "true",
-        "EVOLVD_GATEWAY__API_KEYS_ENV": "EVOLVD_TEST_GATEWAY_KEYS",
-        "EVOLVD_TEST_GATEWAY_KEYS": f"other-key,{API_KEY}",
-        "EVOLVD_LABELING__ENABLED": "false",  # its captured traffic must not load vLLM during swaps
-    }
-    process = DaemonProcess(tmp_path_factory.mktemp("serving") / "data", env).start(timeout_s=420)
-    yield process
-    assert process.stop(timeout_s=120) == 0, process.tail()
+def daemon(vllm_daemon: DaemonProcess) -> DaemonProcess:
+    """The session's vLLM daemon (conftest.py); the tests here run in file order and the last kills vLLM."""
+    return vllm_daemon
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,7 @@ class Promoter:
         assert swapper is not None
         if decision.outcome == "reject":
             registry.set_status(name, "rejected", "; ".join(decision.reasons))
+            swapper.release(name)
             return JobResult("ok", f"{name} rejected: {'; '.join(decision.reasons)}")
         canary = policies.promotion.canary
         if decision.outcome == "canary" and canary is not None:

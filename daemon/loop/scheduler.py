@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -63,6 +64,7 @@ class JobRunner:
         self._buffer = buffer
         self._metrics = metrics
         self._lock = threading.Lock()
+        self._last_logged: JobResult | None = None
 
     @property
     def running(self) -> bool:
@@ -93,9 +95,16 @@ class JobRunner:
             [result.outcome, result.detail, row[0]],
         )
         self._count(result.outcome, time.perf_counter() - started)
-        if result.outcome == "ok":
+        # A job that did work is logged, but once per new result: the policies job says "training
+        # gate: pass" every tick until something changes.
+        if result.outcome == "ok" and result != self._last_logged:
             logger.info("job %s: %s", self.name, result.detail)
+            self._last_logged = result
         return result
+
+    def count_skipped(self) -> None:
+        """A scheduled fire dropped because the previous run is still going (max_instances=1)."""
+        self._count("skipped")
 
     def _count(self, outcome: str, seconds: float | None = None) -> None:
         if self._metrics is None:
@@ -139,7 +148,13 @@ class LoopScheduler:
             },
         )
 
+    def _on_max_instances(self, event: JobEvent) -> None:
+        runner = self.runners.get(event.job_id)
+        if runner is not None:
+            runner.count_skipped()
+
     def start(self) -> None:
+        self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         _RUNNERS.clear()
         _RUNNERS.update(self.runners)
         self._scheduler.start(paused=True)  # sync the stored jobs with the config before any fires

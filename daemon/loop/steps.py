@@ -65,6 +65,7 @@ class Loop:
         self._client = client
         self._stop = stop
         self.runner: TrainingRunner | None = None
+        self._evaluating: str | None = None
 
     def bodies(self) -> dict[str, Callable[[], JobResult]]:
         bodies = {"policies": self.policies, "retention": self.retention}
@@ -78,10 +79,26 @@ class Loop:
 
     # -- labeling and policies ------------------------------------------------------------------
 
+    def _loop_busy(self) -> str | None:
+        """What labeling makes way for (labeling.yield_to_loop): a run training, a candidate under
+        evaluation; None when neither."""
+        if not self._config.labeling.yield_to_loop:
+            return None
+        if self.runner is not None and (run_id := self.runner.current_run_id) is not None:
+            return f"{run_id} is training"
+        if (candidate := self._evaluating) is not None:
+            return f"{candidate} is being evaluated"
+        return None
+
     def labeling(self) -> JobResult:
         assert self._labeler is not None
         total = 0
         while not self._stop.is_set():  # drain the backlog; the next tick finds new events
+            if (busy := self._loop_busy()) is not None:
+                waits = f"{busy}: labeling waits (labeling.yield_to_loop)"
+                if total:
+                    return JobResult("ok", f"labeled {total} events; {waits}")
+                return JobResult("idle", waits)
             labeled = self._labeler.run_once()
             if labeled == 0:
                 break
@@ -167,6 +184,17 @@ class Loop:
         cfg = self._config.training
         if not cfg.enabled:
             return JobResult("idle", "training.enabled is false")
+        # One candidate at a time: the next run learns on top of whatever the decision makes live.
+        pending = (
+            self._buffer.cursor()
+            .execute(
+                "SELECT name, status FROM adapters WHERE run_id IS NOT NULL"
+                " AND status IN ('candidate', 'evaluating', 'canary') ORDER BY version LIMIT 1"
+            )
+            .fetchone()
+        )
+        if pending is not None:
+            return JobResult("idle", f"{pending[0]} is {pending[1]}: the next run waits for its decision")
         failed = self._last_failed_run()
         attempt = 1
         if failed is not None and failed.attempt < cfg.max_attempts:
@@ -260,6 +288,7 @@ class Loop:
             swapper.load_for_evaluation(name)
         except SwapError as exc:  # recorded as rejected by the swapper, with the reason
             return JobResult("ok", f"{name} rejected before evaluation: {exc}")
+        self._evaluating = name
         try:
             result = self._evaluator.evaluate(
                 client, name, live, routing.base, self._engine.current_policies(), self._config.policies.dir
@@ -267,6 +296,8 @@ class Loop:
         except Exception:
             registry.set_status(name, "candidate", "evaluation failed; retried on the next run")
             raise
+        finally:
+            self._evaluating = None
         scores = f"held-out {result.heldout_score:.3f} vs {result.live_heldout_score:.3f} live"
         return JobResult("ok", f"{name}: {scores} (n={result.heldout_n}, p={result.p_value:.4f})")
 

@@ -6,15 +6,23 @@ rollback is only a flip back. Every attempt, good or bad, is a swap row and a me
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evolvd.connectors.vllm_client import VLLMClient, VLLMError
 from evolvd.metrics import ServingMetrics
-from evolvd.serving.adapter_check import ADAPTER_WEIGHTS, AdapterRejectedError, check_adapter, file_sha256
+from evolvd.serving.adapter_check import (
+    ADAPTER_MANIFEST,
+    ADAPTER_WEIGHTS,
+    AdapterRejectedError,
+    check_adapter,
+    file_sha256,
+)
 from evolvd.serving.registry import AdapterRegistry
 from evolvd.serving.routing import Router
 
@@ -36,6 +44,15 @@ class SwapResult:
 def adapter_name(base_name: str, version: int, weights_sha256: str) -> str:
     """Unique per version and content: `<base>-v<N>-<hash8>` (vLLM caches by name: never reuse one)."""
     return f"{base_name}-v{version}-{weights_sha256[:8]}"
+
+
+def _training_manifest(path: Path) -> dict[str, Any]:
+    """The manifest evolvd's trainer writes beside the weights (check_adapter verified it), or {}."""
+    manifest_file = path / ADAPTER_MANIFEST
+    if not manifest_file.exists():
+        return {}  # an adapter trained elsewhere
+    manifest: dict[str, Any] = json.loads(manifest_file.read_text())
+    return manifest
 
 
 class HotSwapper:
@@ -79,6 +96,7 @@ class HotSwapper:
             weights_sha256 = file_sha256(path / ADAPTER_WEIGHTS)
             name = adapter_name(self._router.routing.base, version, weights_sha256)
             manifest = {
+                **_training_manifest(path),  # run, base model and snapshot hashes, parent, metrics
                 "rank": info.rank,
                 "target_modules": list(info.target_modules),
                 "weights_sha256": weights_sha256,
@@ -100,9 +118,7 @@ class HotSwapper:
             _, after = self._router.update(live=name, previous=before.live, canary=canary)
             duration_ms = (time.perf_counter() - started) * 1000
             self._after_flip("promote", before.live, name, reason, duration_ms)
-            if before.live is not None:
-                self._registry.set_status(before.live, "retired", f"replaced by {name}")
-            self._registry.set_status(name, "live", reason)
+            self._registry.set_live(name, reason)
             self._unload_all_but(after.resident())
             return SwapResult("promote", before.live, name, duration_ms)
 
@@ -155,9 +171,10 @@ class HotSwapper:
             duration_ms = (time.perf_counter() - started) * 1000
             self._after_flip("rollback", before.live, target, reason, duration_ms)
             self._metrics.rollbacks.labels("ok").inc()
-            self._registry.set_status(before.live, "rolled_back", reason)
+            changes: list[tuple[str, str, str | None]] = [(before.live, "rolled_back", reason)]
             if target is not None:
-                self._registry.set_status(target, "live", f"restored by rollback: {reason}")
+                changes.append((target, "live", f"restored by rollback: {reason}"))
+            self._registry.set_statuses(changes)  # one transaction: never two live adapters, nor a lost one
             # The rolled-back adapter stays loaded until the next swap tidies up; nothing needs it now.
             return SwapResult("rollback", before.live, target, duration_ms)
 
@@ -165,6 +182,12 @@ class HotSwapper:
         """Load and probe a candidate so it can be queried by name; routing is unchanged."""
         with self._lock:
             self._load_candidate("evaluate", name, self._router.routing.live, None)
+
+    def release(self, name: str) -> None:
+        """Unload an adapter nothing routes to any more (a rejected candidate), freeing its slot."""
+        with self._lock:
+            if name in self._loaded and name not in self._router.routing.resident():
+                self._unload(name)
 
     def reapply(self) -> None:
         """After a serving restart: load what the routing names again, or fall back to the base model."""

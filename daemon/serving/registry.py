@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import DuckDBBuffer, transaction
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,31 @@ class AdapterRegistry:
         ]
 
     def set_status(self, name: str, status: str, reason: str | None = None) -> None:
-        self._buffer.cursor().execute(
-            "UPDATE adapters SET status = ?, reason = coalesce(?, reason), updated_at = now() WHERE name = ?",
-            [status, reason, name],
-        )
+        self.set_statuses([(name, status, reason)])
+
+    def set_statuses(self, changes: list[tuple[str, str, str | None]]) -> None:
+        """(name, status, reason) changes in one transaction: all of them happen, or none."""
+        with transaction(self._buffer.cursor()) as con:
+            for name, status, reason in changes:
+                con.execute(
+                    "UPDATE adapters SET status = ?, reason = coalesce(?, reason), updated_at = now()"
+                    " WHERE name = ?",
+                    [status, reason, name],
+                )
+
+    def set_live(self, name: str, reason: str) -> None:
+        """Make `name` the one live adapter, retiring whichever was live, in one transaction: a crash
+        can leave the old live adapter or the new one, never both and never neither."""
+        with transaction(self._buffer.cursor()) as con:
+            con.execute(
+                "UPDATE adapters SET status = 'retired', reason = ?, updated_at = now()"
+                " WHERE status = 'live' AND name <> ?",
+                [f"replaced by {name}", name],
+            )
+            con.execute(
+                "UPDATE adapters SET status = 'live', reason = ?, updated_at = now() WHERE name = ?",
+                [reason, name],
+            )
 
     def live(self) -> str | None:
         row = (

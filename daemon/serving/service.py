@@ -90,8 +90,7 @@ class ServingService:
         """After a daemon restart, the adapter the registry says is live goes live again."""
         assert self.swapper is not None
         live = self.registry.live()
-        if live is not None:
-            self.registry.set_status(live, "candidate", "daemon restarted: re-promoting")
+        if live is not None:  # its row stays `live` while it loads: a crash now loses nothing
             try:
                 self.swapper.promote(live, "restored after daemon restart")
             except Exception:

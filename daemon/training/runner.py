@@ -76,6 +76,12 @@ class TrainingRunner:
         self._python = python
         self.current: subprocess.Popen[str] | None = None
         """The child while a run is in flight (tests kill it to prove a crash is survived)."""
+        self.current_run_id: str | None = None
+
+    def active(self) -> dict[str, Any] | None:
+        """The run in flight and its trainer's PID (for the status page), or None."""
+        child, run_id = self.current, self.current_run_id
+        return None if child is None or run_id is None else {"run_id": run_id, "pid": child.pid}
 
     def run(
         self,
@@ -162,7 +168,7 @@ class TrainingRunner:
                 env=env,
                 start_new_session=True,  # its own process group: a kill takes its helpers too
             )
-            self.current = child
+            self.current, self.current_run_id = child, spec.run_id
             state: dict[str, Any] = {"error": None, "metrics": {}, "progress": {}}
             reader = threading.Thread(
                 target=self._read_progress, args=(child.stdout, log, spec.run_id, state), daemon=True
@@ -183,7 +189,7 @@ class TrainingRunner:
             reader.join(timeout=10)
             if child.stdout is not None:
                 child.stdout.close()
-            self.current = None
+            self.current = self.current_run_id = None
         if stopped:
             return (
                 False,
