@@ -57,7 +57,11 @@ def summarize(
         labels = KMeans(n_clusters=policy.cluster_count, n_init=4, random_state=0).fit_predict(embed(prompts))
         cluster_of = dict(zip(prompts, (int(x) for x in labels), strict=True))
         largest = max(Counter(cluster_of[r.prompt] for r in usable).values()) / len(usable)
-    diversity = len({_normalised_answer(r) for r in usable}) / len(usable) if usable else None
+    # 1 - the share of the most common answer: 0 when every example teaches one answer (collapse),
+    # 0.5 for balanced yes/no traffic. (Distinct answers per example would shrink towards 0 on any
+    # closed answer set as the data grows, blocking healthy yes/no or A/B traffic for ever.)
+    answers = Counter(_normalised_answer(r) for r in usable)
+    diversity = 1.0 - max(answers.values()) / len(usable) if usable else None
     return CandidateData(
         n_examples=len(rows),
         n_unscreened=len(rows) - len(screened),
@@ -106,8 +110,8 @@ def training_gate(
         )
     if data.answer_diversity is not None and data.answer_diversity < training.min_answer_diversity:
         reasons.append(
-            f"training.min_answer_diversity: {data.answer_diversity:.2f} distinct answers per example "
-            f"(need {training.min_answer_diversity})"
+            f"training.min_answer_diversity: {data.answer_diversity:.2f} (one answer holds"
+            f" {1 - data.answer_diversity:.0%} of the examples; need {training.min_answer_diversity})"
         )
     if seconds_since_last_run is not None and seconds_since_last_run < training.min_interval_s:
         reasons.append(

@@ -234,7 +234,8 @@ class TrainingPolicy(_Policy):
     """Prompt clusters used to measure that share."""
 
     min_answer_diversity: Share
-    """Smallest share of distinct answers among the examples (against collapse)."""
+    """Smallest answer diversity, 1 - the share of the examples' most common answer (against collapse
+    into one answer: 0.2 blocks a data set where one answer holds more than 80%)."""
 
     min_interval_s: float = Field(ge=0.0)
     """Seconds that must pass after a run started before the next may start."""

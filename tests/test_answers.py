@@ -37,6 +37,7 @@ CASES: list[tuple[str, AnswerKind, str | None]] = [
     ("The answer is 1,250.", "number", "1250"),
     ("The answer is 7.50 dollars", "number", "7.5"),
     ("The answer is -8.", "number", "-8"),
+    ("So, the answer is 277 + 1 = 288 hours.", "number", "288"),  # an expression: its result
     ("Final answer: 3 (not 5, as I said before)", "number", "3"),  # several numbers: the one at the marker
     ("The answer is forty-two.", "number", None),  # a marker with no number: no guess from elsewhere
     ("I am not sure how to solve this.", "number", None),

@@ -62,6 +62,29 @@ def test_the_training_gate_passes_good_data_and_names_every_blocking_field() -> 
     assert decision.policy_hash.split("+")[0] == DEFAULTS.hash_of("training")
 
 
+def test_answer_diversity_passes_balanced_yes_no_data_and_blocks_collapse() -> None:
+    import numpy as np
+
+    from evolvd.policies.gates import summarize
+    from evolvd.policies.views import ExampleRow
+
+    def rows(answers: list[str]) -> list[ExampleRow]:
+        # Three examples per prompt (two reasoning paths and a direct answer), as the labeler writes.
+        return [ExampleRow(i * 3 + k, f"e{i}", f"Is {i} even?", "...", 0.9, "allow", a)
+                for i, a in enumerate(answers) for k in range(3)]  # fmt: skip
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return np.eye(len(texts))
+
+    balanced = summarize(rows(["yes", "no"] * 100), DEFAULTS.training, embed)
+    assert balanced.answer_diversity == 0.5  # 600 examples, 2 answers: healthy, not collapsed
+    collapsed = summarize(rows(["yes"] * 95 + ["no"] * 5), DEFAULTS.training, embed)
+    assert collapsed.answer_diversity is not None and collapsed.answer_diversity < 0.2
+    assert (
+        training_gate(DEFAULTS, collapsed, None, None).reasons[-1].startswith("training.min_answer_diversity")
+    )
+
+
 def _drift(trigger: bool, guard: bool) -> object:
     from evolvd.policies.drift import DriftReport, MmdResult
 

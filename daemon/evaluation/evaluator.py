@@ -52,15 +52,19 @@ class EvaluationSettings:
     golden_set: Path | None
 
 
-def heldout_items(buffer: DuckDBBuffer, heldout_percent: int, limit: int) -> list[HeldoutItem]:
-    """The newest labeled events of the held-out slice (never in a training snapshot)."""
+def heldout_items(
+    buffer: DuckDBBuffer, heldout_percent: int, limit: int, min_confidence: float
+) -> list[HeldoutItem]:
+    """The newest labeled events of the held-out slice (never in a training snapshot) whose label is
+    as confident as the training policy requires of training data: a 1-in-5 vote is noise, and
+    agreement with noise says nothing about a candidate."""
     rows = (
         buffer.cursor()
         .execute(
             "SELECT e.id, e.prompt, l.answer FROM events e JOIN labels l ON l.event_id = e.id"
             " WHERE e.prompt IS NOT NULL AND l.answer IS NOT NULL AND (md5_number(e.id) % 100) < ?"
-            " ORDER BY e.ingested_at DESC, e.id LIMIT ?",
-            [heldout_percent, limit],
+            " AND l.confidence >= ? ORDER BY e.ingested_at DESC, e.id LIMIT ?",
+            [heldout_percent, min_confidence, limit],
         )
         .fetchall()
     )
@@ -124,7 +128,9 @@ class Evaluator:
     ) -> CandidateEvaluation:
         settings = self._settings
         suites: dict[str, dict[str, Any]] = {}
-        items = heldout_items(self._buffer, settings.heldout_percent, settings.heldout_max)
+        items = heldout_items(
+            self._buffer, settings.heldout_percent, settings.heldout_max, policies.training.min_confidence
+        )
         prompts = [sample_prompt(i.prompt, answer_kind(i.prompt)) for i in items]
         forgetting_set = load_reference_set(probe_path("forgetting", policy_dir))
         golden_set = load_reference_set(settings.golden_set) if settings.golden_set is not None else None

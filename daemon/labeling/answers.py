@@ -67,6 +67,9 @@ def _canonical_number(raw: str) -> str | None:
 
 
 def _number(text: str, conclusion: str, marked: bool) -> str | None:
+    if marked and "=" in conclusion:
+        # "the answer is 277 + 1 = 288 hours": the result, after the last "=", is the answer.
+        conclusion = conclusion.rsplit("=", 1)[1]
     numbers = _NUMBER.findall(conclusion)
     if numbers:
         return _canonical_number(numbers[0] if marked else numbers[-1])

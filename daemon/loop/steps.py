@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ from evolvd.training.snapshot import Snapshot, freeze_snapshot
 from evolvd.training.spec import Hyperparameters
 
 logger = logging.getLogger("evolvd.loop")
+
+# Longest a labeling job run keeps draining the backlog before it reports and yields to the next tick.
+LABELING_RUN_BUDGET_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,10 @@ class Loop:
     def labeling(self) -> JobResult:
         assert self._labeler is not None
         total = 0
-        while not self._stop.is_set():  # drain the backlog; the next tick finds new events
+        # Drain the backlog, but end the run after a while so its outcome (and the events labeled)
+        # shows in the job history; the next tick goes on.
+        ends = time.monotonic() + LABELING_RUN_BUDGET_S
+        while not self._stop.is_set() and time.monotonic() < ends:
             if (busy := self._loop_busy()) is not None:
                 waits = f"{busy}: labeling waits (labeling.yield_to_loop)"
                 if total:
