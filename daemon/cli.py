@@ -246,6 +246,17 @@ def _echo_policies(policies: dict[str, Any] | None) -> None:
             click.echo(f"    - {reason}")
 
 
+def _run_progress(run: dict[str, Any]) -> str:
+    """`, sft step 12/30, loss 0.84` for a run in flight; its loss once it is done."""
+    metrics = json.loads(run["metrics"]) if isinstance(run["metrics"], str) else (run["metrics"] or {})
+    if run["status"] == "running" and "step" in metrics:
+        step = f"{metrics['step']}/{metrics['max_steps']}"
+        return f", {metrics['phase']} step {step}, loss {metrics['loss']:.3f}"
+    if "sft_loss" in metrics:
+        return f", sft loss {metrics['sft_loss']:.3f}"
+    return ""
+
+
 def _echo_loop(loop: dict[str, Any] | None) -> None:
     """The loop, step by step: each job's last outcome, then runs, evaluations and decisions."""
     if loop is None:
@@ -259,7 +270,8 @@ def _echo_loop(loop: dict[str, Any] | None) -> None:
     for run in loop["runs"][:3]:
         reason = f" ({run['reason']})" if run["reason"] else ""
         made = f" -> {run['adapter_name']}" if run["adapter_name"] else ""
-        click.echo(f"  run {run['run_id']} attempt {run['attempt']}: {run['status']}{made}{reason}")
+        progress = _run_progress(run)
+        click.echo(f"  run {run['run_id']} attempt {run['attempt']}: {run['status']}{made}{reason}{progress}")
     for ev in loop["evaluations"][:3]:
         click.echo(
             f"  evaluated {ev['adapter_name']}: held-out {ev['score']:.3f} vs {ev['baseline_score']:.3f}"
