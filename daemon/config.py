@@ -7,6 +7,7 @@ Unknown keys are errors, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -203,6 +204,11 @@ class GatewayConfig(_Section):
     retry_after_s: int = Field(5, ge=1)
     """Retry-After sent with 503 while the serving process is restarting."""
 
+    def api_keys(self) -> list[str]:
+        """The client API keys from `api_keys_env`, in the order given (none: no key required)."""
+        raw = os.environ.get(self.api_keys_env, "") if self.api_keys_env else ""
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
 
 class LabelingConfig(_Section):
     enabled: bool = True
@@ -216,11 +222,12 @@ class LabelingConfig(_Section):
     """Prompts in flight at once, so vLLM batches them (throughput vs the gateway's latency)."""
 
     request_timeout_s: float = Field(300.0, gt=0)
+    """Longest wait for one generation request (sampling k answers on CPU is slow)."""
+
     yield_to_loop: bool = True
     """Labeling waits while a run trains or a candidate is evaluated. On one machine they compete for
     the same cores (measured here: 3 training steps took 8 s alone, 212 s beside labeling); turn off
     when training and serving have accelerators of their own."""
-    """Longest wait for one generation request (sampling k answers on CPU is slow)."""
 
 
 class PoliciesConfig(_Section):

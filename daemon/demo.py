@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 
@@ -61,17 +60,17 @@ class DemoWorkload:
         for thread in self._threads:
             thread.join(timeout=15)
 
-    def _tasks(self, stream: str) -> Iterator[Task]:
+    def _tasks(self, stream: int) -> Iterator[Task]:
         demo = self._config.demo
-        # A fresh seed per stream, so user requests are not the prompts the producer sends.
-        return mixed(demo.max_prompts, list(demo.families), seed=hash((demo.seed, stream)) & 0xFFFF)
+        # Another seed per stream (0: producer, 1: users), so user requests are not the topic's prompts.
+        return mixed(demo.max_prompts, list(demo.families), seed=demo.seed * 2 + stream)
 
     def _produce(self) -> None:
         demo = self._config.demo
         interval = 60.0 / demo.prompts_per_minute
         producer = KafkaProducer(**client_options(self._config.kafka, self._bootstrap_servers), linger_ms=20)
         try:
-            for n, task in enumerate(self._tasks("producer")):
+            for n, task in enumerate(self._tasks(0)):
                 if self._stop.wait(interval if n else 0.0):
                     break
                 message = {"id": f"demo-{demo.seed}-{n:06d}", "prompt": task.prompt,
@@ -90,11 +89,10 @@ class DemoWorkload:
 
     def _users(self) -> None:
         interval = 60.0 / self._config.demo.gateway_requests_per_minute
-        keys_env = self._config.gateway.api_keys_env
-        keys = [k.strip() for k in os.environ.get(keys_env, "").split(",") if k.strip()] if keys_env else []
+        keys = self._config.gateway.api_keys()
         headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
         with httpx.Client(timeout=self._config.gateway.request_timeout_s, headers=headers) as http:
-            for task in self._tasks("users"):
+            for task in self._tasks(1):
                 if self._stop.wait(interval):
                     return
                 url = self._gateway_url()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +98,6 @@ class ServingService:
     def _start_gateway(self) -> None:
         cfg = self.config
         assert self.router is not None and self.supervisor is not None and self.swapper is not None
-        keys_env = cfg.gateway.api_keys_env
-        keys = (
-            {k.strip() for k in os.environ.get(keys_env, "").split(",") if k.strip()} if keys_env else set()
-        )
         if cfg.gateway.capture:
             self._capture = KafkaCapture(cfg, self._bootstrap_servers)
         swapper = self.swapper
@@ -113,7 +108,7 @@ class ServingService:
             is_ready=self.supervisor.is_ready,
             loaded_adapters=lambda: sorted(swapper.loaded),
             metrics=self.metrics,
-            api_keys=keys,
+            api_keys=set(cfg.gateway.api_keys()),
             capture=self._capture,
             served_stats=self.served_stats,
         ).app()
