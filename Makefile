@@ -14,6 +14,7 @@ DEMO   ?= 1
 # the mapped `evolvd` package, which an import-hook editable install hides from it).
 STACK_STAMP   := $(VENV)/.stack-$(EXTRA)
 PROJECT_STAMP := $(VENV)/.project
+PROMETHEUS    := $(VENV)/prometheus/.installed
 SOURCES := $(shell find daemon connectors policies -type f \( -name '*.py' -o -name '*.sql' -o -name '*.yaml' \) 2>/dev/null)
 
 export HF_HUB_OFFLINE := 1
@@ -46,6 +47,20 @@ $(PROJECT_STAMP): $(STACK_STAMP) $(SOURCES)
 	$(BIN)/pip install -q --no-deps -e . --config-settings editable_mode=strict
 	touch $@
 
+# The monitoring tests run a real Prometheus and promtool: Debian's `prometheus` package, used from
+# PATH when installed, otherwise downloaded and unpacked into .venv/prometheus (no root needed, and
+# no system service started, as `apt-get install` would).
+$(PROMETHEUS): | $(BIN)/python
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then \
+		echo "prometheus: using $$(command -v prometheus)"; \
+	else \
+		tmp=$$(mktemp -d) && cd $$tmp && \
+		{ apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; } && \
+		cd - >/dev/null && dpkg-deb -x $$tmp/prometheus_*.deb $(VENV)/prometheus && rm -rf $$tmp && \
+		$(VENV)/prometheus/usr/bin/prometheus --version | head -1; \
+	fi
+	mkdir -p $(VENV)/prometheus && touch $@
+
 # DEMO=1 (the default) feeds the built-in demo workload so the whole loop shows; DEMO=0 runs the
 # daemon alone, waiting for traffic on its topic.
 run: $(PROJECT_STAMP)
@@ -57,10 +72,10 @@ lint: $(PROJECT_STAMP)
 
 typecheck: $(PROJECT_STAMP)
 	$(BIN)/mypy -p evolvd
-	$(BIN)/mypy tests bench
+	$(BIN)/mypy tests bench grafana
 
-unit: $(PROJECT_STAMP)
-	$(BIN)/pytest -q
+unit: $(PROJECT_STAMP) $(PROMETHEUS)
+	PATH="$(CURDIR)/$(VENV)/prometheus/usr/bin:$$PATH" $(BIN)/pytest -q --durations=15
 
 test: lint typecheck unit
 

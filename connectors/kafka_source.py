@@ -211,9 +211,13 @@ class KafkaSource(Source):
         stored = self._stored_offsets()
         out = []
         for tp in sorted(self._consumer.assignment(), key=lambda t: t.partition):
-            out.append(
-                PartitionLag(tp.topic, tp.partition, stored.get(tp.partition), self._consumer.highwater(tp))
-            )
+            highwater = self._consumer.highwater(tp)
+            position = stored.get(tp.partition)
+            if position is None and highwater is not None:
+                # Never stored: reading starts where on_assign sought, the beginning (taken as 0; a
+                # log whose head was deleted by retention reads high until its first message) or the end.
+                position = 0 if self._config.auto_offset_reset == "earliest" else highwater
+            out.append(PartitionLag(tp.topic, tp.partition, position, highwater))
         return out
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from evolvd.metrics import (
     TrainingMetrics,
     new_registry,
 )
+from evolvd.systemd import SystemdNotifier
 
 if TYPE_CHECKING:
     from evolvd.connectors.vllm_client import VLLMClient
@@ -91,6 +92,7 @@ class Daemon:
         self._demo: DemoWorkload | None = None
         self._clients: dict[str, VLLMClient] = {}
         self._state = "starting"
+        self._systemd = SystemdNotifier()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -112,7 +114,9 @@ class Daemon:
             self._buffer = DuckDBBuffer(cfg.buffer_path)
         except (BufferLockedError, SchemaTooNewError) as exc:
             raise StartupError(str(exc)) from exc
-        self._buffer_collector = BufferCollector(self._buffer.table_counts, self._buffer.backlog)
+        self._buffer_collector = BufferCollector(
+            self._buffer.table_counts, self._buffer.backlog, cfg.buffer_path
+        )
         self.registry.register(self._buffer_collector)
 
         self._start_policies()
@@ -352,9 +356,18 @@ class Daemon:
             self._stop.set()
 
     def run(self) -> None:
-        """Supervise until a stop is requested: a dead ingest thread is restarted with backoff."""
+        """Supervise until a stop is requested: a dead ingest thread is restarted with backoff.
+
+        Under systemd (Type=notify) this loop also reports readiness and pings the watchdog, so a
+        hung daemon is restarted by the service manager."""
         backoff = 1.0
+        self._systemd.ready("started; " + self.readiness()[1])
+        shown = ""
         while not self._stop.wait(0.5):
+            self._systemd.watchdog()
+            if (readiness := self.readiness()[1]) != shown:
+                shown = readiness
+                self._systemd.status("ready" if readiness == "ok" else readiness)
             thread = self._ingest_thread
             if thread is not None and not thread.is_alive():
                 self._ingest_restarts += 1
@@ -374,6 +387,7 @@ class Daemon:
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         self.request_stop()
+        self._systemd.stopping()
         if self._demo is not None:
             self._demo.stop()
         if self._scheduler is not None:

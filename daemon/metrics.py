@@ -4,8 +4,11 @@ use a fresh registry; values cheaper to read at scrape time come from collectors
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,6 +24,44 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from evolvd import __version__
+from evolvd.contract import DeadLetterReason
+
+# The label values each metric can take, known up front. Series are created with them at startup,
+# as the Prometheus instrumentation guide advises: a labelled counter that first appears at 5 hides
+# those 5 from rate()/increase(), and a dashboard or alert on a series that does not exist yet reads
+# "no data" instead of 0.
+JOBS = ("labeling", "policies", "training", "evaluation", "promotion", "retention")
+JOB_OUTCOMES = ("ok", "idle", "skipped", "failed")
+POLICY_OUTCOMES = {
+    "safety": ("allow", "redact", "quarantine"),
+    "drift": ("pass", "trigger", "block"),
+    "training": ("pass", "block"),
+    "promotion": ("promote", "canary", "reject"),
+    "policy_file": ("applied", "rejected"),
+}
+SWAP_ACTIONS = ("promote", "canary", "rollback", "evaluate", "register", "reapply")
+EVALUATION_SUITES = ("heldout", "forgetting", "safety", "output_drift")
+GATEWAY_ROUTES = ("/v1/chat/completions", "/v1/completions")
+TRAINING_PHASES = ("sft", "dpo")
+
+
+def _combinations(label_sets: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
+    combos: list[tuple[str, ...]] = [()]
+    for values in label_sets:
+        combos = [(*combo, v) for combo in combos for v in values]
+    return combos
+
+
+def initialise(metric: Counter | Histogram, *label_sets: Sequence[str]) -> None:
+    """Create the child series of every combination of the label values given (counters start at 0)."""
+    for combo in _combinations(label_sets):
+        metric.labels(*combo)
+
+
+def initialise_unknown(gauge: Gauge, *label_sets: Sequence[str]) -> None:
+    """Create a gauge's child series as NaN: unknown until measured, never a made-up 0."""
+    for combo in _combinations(label_sets):
+        gauge.labels(*combo).set(math.nan)
 
 
 def new_registry() -> CollectorRegistry:
@@ -44,6 +85,10 @@ class IngestMetrics:
     paused: Gauge
     backpressure_pauses: Counter
     lag: Gauge
+
+    def __post_init__(self) -> None:
+        initialise(self.messages, ("event", "duplicate", "feedback", "dead_letter"))
+        initialise(self.dead_letters, [reason.value for reason in DeadLetterReason])
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -92,11 +137,15 @@ class IngestMetrics:
 
 
 class BufferCollector(Collector):
-    """Buffer row counts and backlog, read when Prometheus scrapes (no bookkeeping on the hot path)."""
+    """Buffer row counts, backlog and the disk it lives on, read when Prometheus scrapes (no
+    bookkeeping on the hot path)."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]], backlog: Callable[[], int]) -> None:
+    def __init__(
+        self, counts: Callable[[], dict[str, int]], backlog: Callable[[], int], buffer_file: Path
+    ) -> None:
         self._counts = counts
         self._backlog = backlog
+        self._buffer_file = buffer_file
 
     def collect(self) -> Iterable[Metric]:
         rows = GaugeMetricFamily("evolvd_buffer_rows", "Rows in each buffer table", labels=["table"])
@@ -105,6 +154,19 @@ class BufferCollector(Collector):
         yield rows
         yield GaugeMetricFamily(
             "evolvd_buffer_backlog_events", "Events waiting for the labeler", value=self._backlog()
+        )
+        yield GaugeMetricFamily(
+            "evolvd_buffer_file_bytes",
+            "Size of the DuckDB buffer file",
+            value=self._buffer_file.stat().st_size if self._buffer_file.exists() else 0,
+        )
+        # The file system holding the buffer, adapters and data sets (the data dir).
+        disk = shutil.disk_usage(self._buffer_file.parent)
+        yield GaugeMetricFamily(
+            "evolvd_data_dir_free_bytes", "Free bytes on the file system of the data dir", value=disk.free
+        )
+        yield GaugeMetricFamily(
+            "evolvd_data_dir_size_bytes", "Size of the file system of the data dir", value=disk.total
         )
 
 
@@ -118,6 +180,12 @@ class ServingMetrics:
     live_adapter: Gauge
     gateway_requests: Counter
     gateway_seconds: Histogram
+
+    def __post_init__(self) -> None:
+        initialise(self.swaps, SWAP_ACTIONS, ("ok", "rejected"))
+        initialise(self.rollbacks, ("ok", "rejected", "failed"))
+        initialise(self.gateway_requests, GATEWAY_ROUTES, ("200",))
+        initialise(self.gateway_seconds, GATEWAY_ROUTES)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ServingMetrics:
@@ -178,6 +246,15 @@ class PolicyMetrics:
     drift_trigger_fired: Gauge
     feature_drift_p_value: Gauge
     evaluation_errors: Counter
+
+    def __post_init__(self) -> None:
+        for policy, outcomes in POLICY_OUTCOMES.items():
+            initialise(self.decisions, (policy,), outcomes)
+        initialise(self.reloads, ("applied", "rejected", "unchanged"))
+        initialise(self.evaluation_errors, ("screen", "drift", "training_gate"))
+        for unknown_until_measured in (self.drift_mmd, self.drift_p_value):
+            unknown_until_measured.set(math.nan)
+        initialise_unknown(self.feature_drift_p_value, ("length", "language", "topic"))
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> PolicyMetrics:
@@ -246,6 +323,11 @@ class LabelMetrics:
     examples: Counter
     errors: Counter
 
+    def __post_init__(self) -> None:
+        initialise(self.extraction_failures, ("number", "option", "yes_no", "span", "free_form"))
+        initialise(self.critique_scores, ("ok", "constrained", "malformed", "missing"))
+        initialise(self.refinements, ("accepted", "rejected"))
+
     @classmethod
     def create(cls, registry: CollectorRegistry) -> LabelMetrics:
         return cls(
@@ -269,7 +351,7 @@ class LabelMetrics:
             ),
             critique_scores=Counter(
                 "evolvd_critique_scores_total",
-                "Self-critique scores, by parse status (ok, malformed, missing)",
+                "Self-critique scores, by parse status (ok, constrained, malformed, missing)",
                 ["status"],
                 registry=registry,
             ),
@@ -299,6 +381,11 @@ class TrainingMetrics:
     steps: Counter
     loss: Gauge
     datasets: Counter
+
+    def __post_init__(self) -> None:
+        initialise(self.runs, ("succeeded", "failed"))
+        initialise(self.steps, TRAINING_PHASES)
+        initialise_unknown(self.loss, TRAINING_PHASES)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> TrainingMetrics:
@@ -340,6 +427,15 @@ class LoopMetrics:
     promotions: Counter
     canary_active: Gauge
 
+    def __post_init__(self) -> None:
+        initialise(self.job_runs, JOBS, JOB_OUTCOMES)
+        initialise(self.job_seconds, JOBS)
+        initialise_unknown(self.evaluation_score, EVALUATION_SUITES, ("candidate", "live"))
+        initialise(self.evaluations, ("completed", "failed"))
+        initialise(self.promotions, ("promote", "canary", "reject", "rollback"))
+        for job in JOBS:
+            self.job_paused.labels(job).set(0)
+
     @classmethod
     def create(cls, registry: CollectorRegistry) -> LoopMetrics:
         return cls(
@@ -365,7 +461,7 @@ class LoopMetrics:
             ),
             evaluations=Counter(
                 "evolvd_evaluations_total",
-                "Candidate evaluations, by outcome",
+                "Candidate evaluations, by outcome (completed, failed)",
                 ["outcome"],
                 registry=registry,
             ),

@@ -31,6 +31,22 @@ def produce(bootstrap: str, topic: str, values: Sequence[bytes | None], partitio
     producer.close()
 
 
+def attached_env(broker: Any, vllm_daemon: Any, topic_prefix: str) -> dict[str, str]:
+    """Environment for a daemon on a fresh topic and group, attached in external mode to the session's
+    vLLM server (conftest.vllm_daemon), with its gateway on a free port."""
+    serving = vllm_daemon.status()["serving"]
+    return {
+        "EVOLVD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "EVOLVD_KAFKA__TOPIC": f"{topic_prefix}-{uuid.uuid4().hex[:8]}",
+        "EVOLVD_KAFKA__GROUP_ID": f"g-{uuid.uuid4().hex}",
+        "EVOLVD_SERVING__ENABLED": "true",
+        "EVOLVD_SERVING__MODE": "external",
+        "EVOLVD_SERVING__URL": serving["url"],
+        "EVOLVD_SERVING__MODEL_PATH": serving["base_model"]["path"],
+        "EVOLVD_GATEWAY__PORT": "0",
+    }
+
+
 def run_cli(*args: str, env: Mapping[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the `evolvd` command as an operator would (a separate process), capturing its output."""
     return subprocess.run([sys.executable, "-m", "evolvd.cli", *args], env=dict(env), capture_output=True,

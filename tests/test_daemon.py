@@ -206,3 +206,28 @@ def test_token_protects_status_and_metrics_but_not_probes(broker: Any, topic: st
         assert "evolvd_build_info" in metrics
     finally:
         assert daemon.stop() == 0
+
+
+def test_under_systemd_it_notifies_ready_pings_the_watchdog_and_says_stopping(
+    broker: Any, topic: str, tmp_path: Path
+) -> None:
+    """deploy/systemd/evolvd.service is Type=notify with WatchdogSec: the daemon must speak sd_notify.
+    A real datagram socket stands in for systemd's notify socket."""
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(address)
+        manager.settimeout(30)
+        env = external_broker_env(broker, topic, NOTIFY_SOCKET=address, WATCHDOG_USEC="1000000")
+        daemon = DaemonProcess(tmp_path / "data", env).start()
+
+        def next_message() -> set[str]:
+            return set(manager.recv(4096).decode().splitlines())
+
+        got: list[set[str]] = []
+        while not any("WATCHDOG=1" in m for m in got):  # bounded by the socket timeout
+            got.append(next_message())
+        assert "READY=1" in got[0]  # readiness comes first, with a status line
+        assert any(line.startswith("STATUS=") for line in got[0])
+        assert daemon.stop() == 0, daemon.tail()
+        while "STOPPING=1" not in (last := next_message()):
+            assert "READY=1" not in last

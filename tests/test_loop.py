@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 from daemon_process import DaemonProcess
-from helpers import produce, run_cli, wait_for
+from helpers import attached_env, produce, run_cli, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
@@ -177,17 +177,8 @@ def harness(
         (policy_dir / f"{name}.yaml").write_text(text)
     for name, items in PROBES.items():
         (policy_dir / "probes" / f"{name}.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
-    serving = vllm_daemon.status()["serving"]
-    topic = f"loop-{uuid.uuid4().hex[:8]}"
     env = {
-        "EVOLVD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "EVOLVD_KAFKA__TOPIC": topic,
-        "EVOLVD_KAFKA__GROUP_ID": f"g-{uuid.uuid4().hex}",
-        "EVOLVD_SERVING__ENABLED": "true",
-        "EVOLVD_SERVING__MODE": "external",
-        "EVOLVD_SERVING__URL": serving["url"],
-        "EVOLVD_SERVING__MODEL_PATH": serving["base_model"]["path"],
-        "EVOLVD_GATEWAY__PORT": "0",
+        **attached_env(broker, vllm_daemon, "loop"),
         "EVOLVD_GATEWAY__CAPTURE": "true",
         "EVOLVD_GATEWAY__API_KEYS_ENV": "EVOLVD_TEST_LOOP_KEYS",
         "EVOLVD_TEST_LOOP_KEYS": GATEWAY_KEY,
@@ -209,7 +200,7 @@ def harness(
         "EVOLVD_EVALUATION__MAX_TOKENS": "96",
     }
     daemon = DaemonProcess(root / "data", env).start(timeout_s=180)
-    harness = LoopHarness(daemon, policy_dir, broker.bootstrap_servers, topic, env)
+    harness = LoopHarness(daemon, policy_dir, broker.bootstrap_servers, env["EVOLVD_KAFKA__TOPIC"], env)
     yield harness
     assert harness.daemon.stop(timeout_s=120) == 0, harness.daemon.tail()
 

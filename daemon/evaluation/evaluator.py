@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -126,61 +127,76 @@ class Evaluator:
         policies: PolicySet,
         policy_dir: Path | None,
     ) -> CandidateEvaluation:
-        settings = self._settings
-        suites: dict[str, dict[str, Any]] = {}
-        items = heldout_items(
-            self._buffer, settings.heldout_percent, settings.heldout_max, policies.training.min_confidence
-        )
-        prompts = [sample_prompt(i.prompt, answer_kind(i.prompt)) for i in items]
-        forgetting_set = load_reference_set(probe_path("forgetting", policy_dir))
-        golden_set = load_reference_set(settings.golden_set) if settings.golden_set is not None else None
-
-        # Every suite at once: vLLM batches all their requests together, which on a CPU is several
-        # times faster than suite after suite (each a short batch of its own).
-        with ThreadPoolExecutor(8, thread_name_prefix="evolvd-suite") as pool:
-            heldout_candidate = pool.submit(self._answers, client, candidate, prompts)
-            heldout_live = pool.submit(self._answers, client, live, prompts)
-            forgetting_run = pool.submit(self._reference_suite, client, candidate, live, forgetting_set)
-            golden_run = (
-                pool.submit(self._reference_suite, client, candidate, live, golden_set)
-                if golden_set is not None
-                else None
+        with self._counted():
+            settings = self._settings
+            suites: dict[str, dict[str, Any]] = {}
+            items = heldout_items(
+                self._buffer, settings.heldout_percent, settings.heldout_max, policies.training.min_confidence
             )
-            safety_run = pool.submit(safety_scores, client, candidate, policies, policy_dir)
-            live_safety_run = pool.submit(safety_scores, client, live, policies, policy_dir)
-            divergence_run = pool.submit(divergence_from_base, client, candidate, base, policies, policy_dir)
+            prompts = [sample_prompt(i.prompt, answer_kind(i.prompt)) for i in items]
+            forgetting_set = load_reference_set(probe_path("forgetting", policy_dir))
+            golden_set = load_reference_set(settings.golden_set) if settings.golden_set is not None else None
 
-            heldout = paired_compare(
-                self._heldout_correct(items, heldout_candidate.result()),
-                self._heldout_correct(items, heldout_live.result()),
+            # Every suite at once: vLLM batches all their requests together, which on a CPU is several
+            # times faster than suite after suite (each a short batch of its own).
+            with ThreadPoolExecutor(8, thread_name_prefix="evolvd-suite") as pool:
+                heldout_candidate = pool.submit(self._answers, client, candidate, prompts)
+                heldout_live = pool.submit(self._answers, client, live, prompts)
+                forgetting_run = pool.submit(self._reference_suite, client, candidate, live, forgetting_set)
+                golden_run = (
+                    pool.submit(self._reference_suite, client, candidate, live, golden_set)
+                    if golden_set is not None
+                    else None
+                )
+                safety_run = pool.submit(safety_scores, client, candidate, policies, policy_dir)
+                live_safety_run = pool.submit(safety_scores, client, live, policies, policy_dir)
+                divergence_run = pool.submit(
+                    divergence_from_base, client, candidate, base, policies, policy_dir
+                )
+
+                heldout = paired_compare(
+                    self._heldout_correct(items, heldout_candidate.result()),
+                    self._heldout_correct(items, heldout_live.result()),
+                )
+                forgetting = forgetting_run.result()
+                safety, live_safety = safety_run.result(), live_safety_run.result()
+                divergence = divergence_run.result()
+                suites["heldout"] = asdict(heldout)
+                suites["forgetting"] = asdict(forgetting)
+                if golden_run is not None:
+                    suites["golden"] = asdict(golden_run.result())
+            suites["safety"] = {"candidate": asdict(safety), "live": asdict(live_safety)}
+            suites["output_drift"] = {"divergence": divergence}
+
+            result = CandidateEvaluation(
+                candidate=candidate,
+                live=live,
+                heldout_score=heldout.candidate_score,
+                live_heldout_score=heldout.live_score,
+                p_value=heldout.p_value,
+                forgetting_score=forgetting.candidate_score,
+                live_forgetting_score=forgetting.live_score,
+                safety=safety,
+                live_safety=live_safety,
+                output_divergence=divergence,
+                heldout_n=heldout.n,
+                golden_score=suites.get("golden", {}).get("candidate_score"),
+                live_golden_score=suites.get("golden", {}).get("live_score"),
             )
-            forgetting = forgetting_run.result()
-            safety, live_safety = safety_run.result(), live_safety_run.result()
-            divergence = divergence_run.result()
-            suites["heldout"] = asdict(heldout)
-            suites["forgetting"] = asdict(forgetting)
-            if golden_run is not None:
-                suites["golden"] = asdict(golden_run.result())
-        suites["safety"] = {"candidate": asdict(safety), "live": asdict(live_safety)}
-        suites["output_drift"] = {"divergence": divergence}
+            self._record(result, suites)
+            return result
 
-        result = CandidateEvaluation(
-            candidate=candidate,
-            live=live,
-            heldout_score=heldout.candidate_score,
-            live_heldout_score=heldout.live_score,
-            p_value=heldout.p_value,
-            forgetting_score=forgetting.candidate_score,
-            live_forgetting_score=forgetting.live_score,
-            safety=safety,
-            live_safety=live_safety,
-            output_divergence=divergence,
-            heldout_n=heldout.n,
-            golden_score=suites.get("golden", {}).get("candidate_score"),
-            live_golden_score=suites.get("golden", {}).get("live_score"),
-        )
-        self._record(result, suites)
-        return result
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        """evolvd_evaluations_total{outcome}: completed, or failed (the error propagates)."""
+        try:
+            yield
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.evaluations.labels("failed").inc()
+            raise
+        if self._metrics is not None:
+            self._metrics.evaluations.labels("completed").inc()
 
     def _record(self, result: CandidateEvaluation, suites: dict[str, dict[str, Any]]) -> None:
         scores: dict[str, tuple[float | None, float | None, float | None]] = {

@@ -25,11 +25,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.config import JobSchedule, SchedulerConfig
-from evolvd.metrics import LoopMetrics
+from evolvd.metrics import JOBS, LoopMetrics
 
 logger = logging.getLogger("evolvd.scheduler")
 
-JOB_NAMES = ("labeling", "policies", "training", "evaluation", "promotion", "retention")
+JOB_NAMES = JOBS
 
 
 @dataclass(frozen=True)

