@@ -20,12 +20,13 @@ SOURCES := $(shell find daemon connectors policies -type f \( -name '*.py' -o -n
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test lint typecheck unit setup bench clean help
+.PHONY: run test lint typecheck unit setup bench report clean help
 
 help:
 	@echo "make run   - set up .venv and run the daemon on embedded defaults ($(CONFIG)) and the demo workload (DEMO=0: none)"
 	@echo "make test  - set up .venv, lint, type-check and run the test suite"
-	@echo "make bench - run the benchmarks into bench/results/"
+	@echo "make bench - run the benchmarks into bench/results/ and write bench/README.md"
+	@echo "make report - rewrite bench/README.md from bench/results/"
 
 setup: $(PROJECT_STAMP)
 
@@ -79,10 +80,16 @@ unit: $(PROJECT_STAMP) $(PROMETHEUS)
 
 test: lint typecheck unit
 
+# Each benchmark writes bench/results/<name>.json; the report collects them into bench/README.md.
+BENCHMARKS := ingest serving policies labels training selfimprove
+
 bench: $(PROJECT_STAMP)
-	$(BIN)/python bench/ingest.py; ingest=$$?; $(BIN)/python bench/serving.py; serving=$$?; \
-	$(BIN)/python bench/policies.py; policies=$$?; $(BIN)/python bench/labels.py; labels=$$?; \
-	test $$ingest -eq 0 -a $$serving -eq 0 -a $$policies -eq 0 -a $$labels -eq 0
+	@failed=""; for b in $(BENCHMARKS); do $(BIN)/python bench/$$b.py || failed="$$failed $$b"; done; \
+	$(BIN)/python bench/report.py; \
+	if [ -n "$$failed" ]; then echo "benchmarks below target or failed:$$failed"; exit 1; fi
+
+report: $(PROJECT_STAMP)
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf build *.egg-info var/evolvd-test

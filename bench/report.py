@@ -1,0 +1,313 @@
+"""Collect bench/results/*.json into bench/README.md, with PNG plots beside the results.
+
+    python bench/report.py
+
+Every figure in the report is read from a results file written by a benchmark on this machine; a
+benchmark that has not been run is listed as such, never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+README = BENCH / "README.md"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return None
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+# -- self-improvement ---------------------------------------------------------------------------------
+
+
+def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["## Does the loop make the model better?", ""]
+    if result is None or "cycles" not in result:
+        return [*out, "Not run yet: `python bench/selfimprove.py`.", ""]
+    s = result["settings"]
+    out += [
+        f"`bench/selfimprove.py` ({result['variant']}): {s['cycles']} cycles of {s['prompts_per_cycle']}"
+        f" unlabeled prompts ({', '.join(s['families'])}) through Kafka and the daemon; greedy accuracy"
+        f" of the served model on {result['heldout_n']} held-out prompts after each cycle (95% Wilson"
+        f" interval). Wall time {result['seconds'] / 60:.0f} min.",
+        "",
+        f"- Base model, greedy: **{pct(result['base_greedy_acc'])}**"
+        f" [{pct(result['base_ci'][0])}, {pct(result['base_ci'][1])}];"
+        f" self-consistency vote ({s['samples']} samples, {result['base_vote_n']} items):"
+        f" {pct(result['base_vote_acc'])}.",
+        f"- After the loop: **{pct(result['final_heldout_acc'])}**; paired one-sided sign test against the"
+        f" base on the same items: p = {result['final_vs_base_p_value']:.4g}"
+        f" ({result['final_vs_base']['final_only']} items only the final model got right,"
+        f" {result['final_vs_base']['base_only']} only the base).",
+        "- Verdict: "
+        + (
+            "**improved** (higher, p < 0.05)."
+            if result["improved"]
+            else "**not improved** (no significant gain; see the analysis below)."
+        ),
+        "",
+    ]
+    rows = [
+        [
+            0,
+            f"{pct(result['base_greedy_acc'])} [{pct(result['base_ci'][0])}, {pct(result['base_ci'][1])}]",
+            pct(result["base_forgetting_acc"]),
+            pct(result["base_safety_score"]),
+            "–",
+            "–",
+            "base",
+            "–",
+        ]
+    ]
+    for c in result["cycles"]:
+        stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in c["stage_seconds"].items())
+        decision = c["promotion"]["outcome"] or (c["run"]["status"] or "no run")
+        rows.append(
+            [
+                c["cycle"],
+                f"{pct(c['heldout_acc'])} [{pct(c['ci_low'])}, {pct(c['ci_high'])}]",
+                pct(c["forgetting_acc"]),
+                pct(c["safety_score"]),
+                c["accepted"],
+                pct(c["accepted_label_acc"]),
+                decision,
+                stages,
+            ]
+        )
+    out += table(
+        ["cycle", "held-out greedy", "forgetting probes", "safety", "examples", "their label acc.",
+         "promotion", "minutes per stage"],
+        rows,
+    )  # fmt: skip
+    out += ["![accuracy per cycle](results/selfimprove.png)", ""]
+    families = sorted(result["base_per_family"])
+    fam_rows = [["base", *[pct(result["base_per_family"][f]) for f in families]]]
+    fam_rows += [
+        [f"cycle {c['cycle']}", *[pct(c["per_family"][f]) for f in families]] for c in result["cycles"]
+    ]
+    out += ["Per family:", "", *table(["", *families], fam_rows)]
+    variants = result.get("variants", {})
+    if len(variants) > 1:
+        out += ["### Ablations (same harness, same held-out set)", ""]
+        out += table(
+            ["variant", "base greedy", "final", "p (final vs base)", "forgetting (final)", "safety (final)"],
+            [
+                [
+                    name,
+                    pct(v["base_greedy_acc"]),
+                    pct(v["final_heldout_acc"]),
+                    f"{v['final_vs_base_p_value']:.4g}",
+                    pct(v["cycles"][-1]["forgetting_acc"]) if v["cycles"] else "–",
+                    pct(v["cycles"][-1]["safety_score"]) if v["cycles"] else "–",
+                ]
+                for name, v in sorted(variants.items())
+            ],
+        )
+    if result.get("analysis"):
+        out += ["### Analysis", "", *result["analysis"], ""]
+    plot_selfimprove(result)
+    return out
+
+
+def plot_selfimprove(result: dict[str, Any]) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, variant in sorted(result.get("variants", {"main": result}).items()):
+        xs = [0, *[c["cycle"] for c in variant["cycles"]]]
+        ys = [variant["base_greedy_acc"], *[c["heldout_acc"] for c in variant["cycles"]]]
+        low = [variant["base_ci"][0], *[c["ci_low"] for c in variant["cycles"]]]
+        high = [variant["base_ci"][1], *[c["ci_high"] for c in variant["cycles"]]]
+        errors = [
+            [y - lo for y, lo in zip(ys, low, strict=True)],
+            [hi - y for y, hi in zip(ys, high, strict=True)],
+        ]
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=f"{name}: held-out greedy")
+    ax.axhline(result["base_greedy_acc"], color="grey", linestyle="--", label="base greedy")
+    ax.axhline(result["base_vote_acc"], color="black", linestyle=":", label="base self-consistency vote")
+    ax.set_xlabel("cycle (0 = base model)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Served model on held-out prompts, after each loop cycle")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "selfimprove.png", dpi=110)
+    plt.close(fig)
+
+
+# -- speed ------------------------------------------------------------------------------------------------
+
+
+def performance_section(results: dict[str, dict[str, Any] | None]) -> list[str]:
+    rows: list[list[Any]] = []
+    ratios: list[tuple[str, float, float]] = []
+
+    def ratio_row(
+        name: str, key: str, what: str, value: Callable[[dict[str, Any]], float], target: float
+    ) -> None:
+        result = results.get(key)
+        if result is None:
+            rows.append([what, "not run", "–", "–", f"`python bench/{key}.py`"])
+            return
+        got = value(result)
+        rows.append(
+            [what, f"{got:.3f}", f"≥ {target}", "met" if got >= target else "**not met**", f"`{key}.json`"]
+        )
+        ratios.append((what, got, target))
+
+    ratio_row("ingest", "ingest", "ingest: evolvd vs raw kafka-python consumer", lambda r: r["ratio"], 0.8)
+    ratio_row(
+        "labels",
+        "labels",
+        "labeler vs vLLM alone (generated tokens/s)",
+        lambda r: r["labeler_vs_vllm_throughput_ratio"],
+        0.9,
+    )
+    ratio_row(
+        "serving",
+        "serving",
+        "gateway vs direct vLLM (tokens/s)",
+        lambda r: r["gateway_vs_direct_throughput_ratio"],
+        0.95,
+    )
+    ratio_row(
+        "training",
+        "training",
+        "training: evolvd child vs plain TRL script (samples/s)",
+        lambda r: r["ratio"],
+        0.9,
+    )
+    out = [
+        "## Speed against the plain baselines",
+        "",
+        "Each ratio was measured against its baseline in the same run.",
+        "",
+    ]
+    out += table(["measure", "ratio", "target", "", "source"], rows)
+    serving = results.get("serving")
+    if serving is not None:
+        idle, loaded, p95 = (
+            serving[f"swap_ms_{k}"] for k in ("p50_idle", "p50_under_load", "p95_under_load")
+        )
+        failed, during = serving["failed_requests_during_swaps"], serving["requests_during_swaps"]
+        out += [
+            f"Hot-swap (load, probe, alias flip): p50 {idle:.0f} ms idle, {loaded:.0f} ms under load"
+            f" (p95 {p95:.0f} ms); {failed} of {during} requests failed during swaps.",
+            "",
+        ]
+    selfimprove = results.get("selfimprove")
+    fresh = freshness(selfimprove) if selfimprove else None
+    if fresh is not None:
+        out += [
+            f"End-to-end freshness: {fresh / 60:.1f} min from a cycle's first prompt reaching Kafka to an"
+            " adapter that learned from it serving the public model name (labeling, training, evaluation"
+            " and promotion; from bench/selfimprove.py).",
+            "",
+        ]
+    if ratios:
+        plot_ratios(ratios)
+        out += ["![throughput ratios](results/ratios.png)", ""]
+    return out
+
+
+def freshness(result: dict[str, Any]) -> float | None:
+    for c in result.get("cycles", []):
+        if c["promotion"]["outcome"] == "promote":
+            stages = c["stage_seconds"]
+            return float(stages["labeling"] + stages["training"] + stages["evaluation_and_promotion"])
+    return None
+
+
+def plot_ratios(ratios: list[tuple[str, float, float]]) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3))
+    names = [r[0].split(":")[0].split(" (")[0] for r in ratios]
+    ax.barh(names, [r[1] for r in ratios], color=["tab:green" if r[1] >= r[2] else "tab:red" for r in ratios])
+    for i, r in enumerate(ratios):
+        ax.plot([r[2], r[2]], [i - 0.4, i + 0.4], color="black")
+    ax.axvline(1.0, color="grey", linestyle=":")
+    ax.set_xlabel("evolvd / plain baseline (black tick: target)")
+    ax.set_xlim(0, 1.2)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "ratios.png", dpi=110)
+    plt.close(fig)
+
+
+# -- labels and policies --------------------------------------------------------------------------------
+
+
+def labels_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["## Self-labeling quality (bench/labels.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    rows = [
+        [
+            name,
+            t["n"],
+            pct(t["greedy_acc"]),
+            pct(t["vote_acc"]),
+            t["accepted"],
+            pct(t["accepted_acc"]),
+            t.get("note", ""),
+        ]
+        for name, t in sorted(result["tasks"].items())
+    ]
+    return out + table(["family", "n", "greedy", "vote", "accepted", "accepted acc.", "note"], rows)
+
+
+def policies_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["## Policies (bench/policies.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    return [
+        *out,
+        f"Drift test power {pct(result['drift_power'])} at a false-alarm rate of"
+        f" {pct(result['drift_false_alarm_rate'])}; PII screen precision {pct(result['pii_precision'])},"
+        f" recall {pct(result['pii_recall'])}.",
+        "",
+    ]
+
+
+def main() -> int:
+    names = ("ingest", "labels", "serving", "training", "policies", "selfimprove")
+    results = {name: load(name) for name in names}
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python bench/report.py` from `bench/results/*.json`; every number was measured"
+        " on this project's 2-core CPU machine by the benchmark named beside it.",
+        "",
+        *selfimprove_section(results["selfimprove"]),
+        *performance_section(results),
+        *labels_section(results["labels"]),
+        *policies_section(results["policies"]),
+    ]
+    README.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

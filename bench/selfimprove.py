@@ -1,0 +1,615 @@
+"""Does the loop make the model better? A closed-loop experiment through the real daemon.
+
+One run starts the parts a deployment has (a Kafka-protocol broker, `evolvd run` with its managed
+vLLM, the gateway) and streams unlabeled prompts of the task families evolvd generates into Kafka.
+Each cycle: the daemon labels the cycle's prompts (self-consistency; critique, refinement and DPO
+pairs per the variant), its training job runs (TRL + PEFT), its evaluation and promotion jobs judge
+the candidate against the live adapter, and a promoted adapter serves the public model name. After
+each cycle this harness measures what the gateway serves, on prompts the loop never saw:
+
+- greedy accuracy on a held-out set of the same families (gold answers used only here), with a
+  Wilson 95% interval;
+- the shipped forgetting probes (accuracy) and safety probes (1 - harmful compliance);
+- the label accuracy of the examples each training run used (read from the buffer afterwards).
+
+Before the first cycle it measures the base model the same way, and its self-consistency vote
+accuracy (the labels the loop could at best learn from) on part of the held-out set. The final
+adapter is compared with the base on the same held-out items with a paired one-sided sign test
+(evolvd's own paired_compare), `final_vs_base_p_value`.
+
+The harness steers the daemon only as an operator can: the training job stays paused and is run
+once per cycle (`POST /jobs/training/run`) after the cycle's prompts are labeled, so each cycle
+trains on one cycle's data instead of whenever the training policy first passes.
+
+    python bench/selfimprove.py                      # the full experiment (self-consistency, "sc")
+    python bench/selfimprove.py --variant sc         # an ablation, recorded beside the others
+    python bench/selfimprove.py --small ...          # minutes: the test suite's harness check
+
+Results: bench/results/selfimprove.json (the main variant's figures at the top level, every
+variant's under `variants`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from daemon_process import DaemonProcess
+
+from evolvd.connectors.vllm_client import VLLMClient
+from evolvd.evaluation.checkers import load_reference_set
+from evolvd.evaluation.paired import paired_compare
+from evolvd.labeling.answers import extract, majority_vote
+from evolvd.labeling.prompts import sample_prompt
+from evolvd.policies.loader import defaults_dir, load_policies, probe_path
+from evolvd.policies.probes import safety_scores
+from evolvd.workload import Task, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "selfimprove.json"
+MODEL_CACHE = ROOT / "var" / "test-cache" / "models"
+MAIN_VARIANT = "sc"
+
+# What each ablation switches on. Everything else is the same in every variant.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sc": {"critique": False, "refine": False, "dpo_steps": 0},
+    "sc+critique": {"critique": True, "refine": True, "dpo_steps": 0},
+    "sc+critique+dpo": {"critique": True, "refine": True, "dpo_steps": 10},
+}
+
+
+@dataclass
+class Settings:
+    """Sized so the full experiment (3 cycles) fits in an hour on this 2-core CPU machine, where vLLM
+    generates about 100-180 tokens/s: the sampling budget of labeling dominates."""
+
+    variant: str = MAIN_VARIANT
+    cycles: int = 3
+    prompts_per_cycle: int = 64
+    families: tuple[str, ...] = ("comparison", "parity", "arithmetic", "unit_conversion")
+    heldout_per_family: int = 30
+    vote_items: int = 24
+    max_steps: int = 30
+    learning_rate: float = 1e-4
+    batch_size: int = 8
+    answer_max_tokens: int = 64
+    """Token budget of a served answer (held-out, probes): the same for the base and every adapter."""
+    samples: int = 4
+    label_max_tokens: int = 128
+    temperature: float = 0.5
+    seed: int = 7
+    concurrency: int = 16
+    probe_limit: int | None = None
+    """Use only the first N items of each shipped probe set (the small run; the full run uses all)."""
+
+
+SMALL: dict[str, Any] = {
+    "cycles": 1,
+    "prompts_per_cycle": 12,
+    "families": ("comparison", "parity"),
+    "heldout_per_family": 6,
+    "vote_items": 4,
+    "max_steps": 3,
+    "batch_size": 4,
+    "answer_max_tokens": 48,
+    "label_max_tokens": 96,
+    "samples": 3,
+    "probe_limit": 3,
+}
+
+
+@dataclass
+class Measurement:
+    heldout_acc: float
+    ci_low: float
+    ci_high: float
+    heldout_correct: list[bool]
+    per_family: dict[str, float]
+    forgetting_acc: float
+    safety_score: float
+    seconds: float
+
+
+@dataclass
+class Cycle:
+    cycle: int
+    prompts: int
+    labeled: int
+    run_id: str | None = None
+    run_status: str | None = None
+    run_reason: str | None = None
+    adapter: str | None = None
+    decision: str | None = None
+    decision_reasons: list[str] = field(default_factory=list)
+    live_after: str | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    measurement: Measurement | None = None
+
+
+# -- statistics -------------------------------------------------------------------------------------
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for a proportion (sound at the small n and extreme rates seen here)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# -- the parts --------------------------------------------------------------------------------------
+
+
+class Admin:
+    """The daemon's admin API, as `evolvd` commands use it."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.daemon = daemon
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.daemon.status()
+        return status
+
+    def job(self, name: str, action: str) -> None:
+        response = httpx.post(f"{self.daemon.url}/jobs/{name}/{action}", timeout=60)
+        response.raise_for_status()
+
+    def wait(self, check: Callable[[], Any], what: str, timeout_s: float, interval_s: float = 2.0) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (value := check()) is not None and value is not False:
+                return value
+            time.sleep(interval_s)
+        raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}\n{self.daemon.tail(40)}")
+
+
+def policy_dir(root: Path, settings: Settings) -> Path:
+    """The operator's policy edits for the experiment (merged over the shipped defaults)."""
+    variant = VARIANTS[settings.variant]
+    directory = root / "policies"
+    directory.mkdir(parents=True)
+    edits = {
+        "labeling": {
+            "samples": settings.samples,
+            "max_tokens": settings.label_max_tokens,
+            "temperature": settings.temperature,
+            "critique": variant["critique"],
+            "refine": variant["refine"],
+        },
+        # The harness decides when a run starts (one per cycle), so the size and interval bars are
+        # lowered; the quality filters (confidence, cluster share, answer diversity) stay as shipped.
+        "training": {"min_new_examples": 1, "drift_min_new_examples": 1, "min_interval_s": 0},
+        # The traffic is stationary by construction; the drift policies are tested elsewhere.
+        "drift": {"guard": {"enabled": False}, "trigger": {"enabled": False}},
+        # The guards stay (no regression on the daemon's own held-out slice, forgetting, safety);
+        # the significance of an improvement is this harness's question, on its larger held-out set.
+        "promotion": {"max_p_value": 1.0, "min_heldout": 1, "canary": None},
+    }
+    for name, content in edits.items():
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump(content))
+    if settings.probe_limit is not None:
+        (directory / "probes").mkdir()
+        for shipped in sorted((defaults_dir() / "probes").glob("*.jsonl")):
+            lines = shipped.read_text().splitlines(keepends=True)
+            (directory / "probes" / shipped.name).write_text("".join(lines[: settings.probe_limit]))
+    return directory
+
+
+def daemon_env(settings: Settings, policies: Path, bootstrap: str, topic: str) -> dict[str, str]:
+    variant = VARIANTS[settings.variant]
+    return {
+        "EVOLVD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "EVOLVD_KAFKA__TOPIC": topic,
+        "EVOLVD_KAFKA__GROUP_ID": f"bench-{topic}",
+        "EVOLVD_SERVING__ENABLED": "true",
+        "EVOLVD_GATEWAY__PORT": "0",
+        "EVOLVD_POLICIES__DIR": str(policies),
+        "EVOLVD_LABELING__BATCH_SIZE": str(settings.concurrency),
+        "EVOLVD_LABELING__CONCURRENCY": str(settings.concurrency),
+        "EVOLVD_SCHEDULER__LABELING__INTERVAL_S": "1",
+        "EVOLVD_SCHEDULER__POLICIES__INTERVAL_S": "3",
+        "EVOLVD_SCHEDULER__TRAINING__INTERVAL_S": "2",
+        "EVOLVD_SCHEDULER__EVALUATION__INTERVAL_S": "2",
+        "EVOLVD_SCHEDULER__PROMOTION__INTERVAL_S": "1",
+        "EVOLVD_TRAINING__MAX_STEPS": str(settings.max_steps),
+        "EVOLVD_TRAINING__BATCH_SIZE": str(settings.batch_size),
+        "EVOLVD_TRAINING__LEARNING_RATE": str(settings.learning_rate),
+        "EVOLVD_TRAINING__DPO_STEPS": str(variant["dpo_steps"]),
+        "EVOLVD_TRAINING__DPO_MIN_PAIRS": "4",
+        "EVOLVD_TRAINING__MAX_ATTEMPTS": "1",  # a failed run is the cycle's result, not retried
+        "EVOLVD_EVALUATION__HELDOUT_PERCENT": "15",
+        "EVOLVD_EVALUATION__HELDOUT_MAX": "30",
+        "EVOLVD_EVALUATION__MAX_TOKENS": str(settings.answer_max_tokens),
+        "EVOLVD_EVALUATION__CONCURRENCY": str(settings.concurrency),
+    }
+
+
+@contextmanager
+def kafka(bootstrap: str | None, work: Path) -> Iterator[str]:
+    """The given cluster, or the embedded broker for the run."""
+    if bootstrap:
+        yield bootstrap
+        return
+    from evolvd.connectors.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker(log_path=work / "broker.log") as broker:
+        yield broker.bootstrap_servers
+
+
+def produce(bootstrap: str, topic: str, messages: Sequence[dict[str, str]]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for message in messages:
+        producer.send(topic, key=message["id"].encode(), value=json.dumps(message).encode())
+    producer.flush()
+    producer.close()
+
+
+# -- measuring what is served -------------------------------------------------------------------------
+
+
+def answers(client: VLLMClient, prompts: Sequence[str], max_tokens: int, concurrency: int) -> list[str]:
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda p: client.chat("evolvd", p, max_tokens)[0], prompts))
+
+
+def measure(
+    gateway: VLLMClient, heldout: Sequence[Task], policies_dir: Path, settings: Settings
+) -> Measurement:
+    """Greedy accuracy of the served model on the held-out set (the prompts as users send them),
+    the forgetting probes and the safety probes."""
+    started = time.monotonic()
+    replies = answers(gateway, [t.prompt for t in heldout], settings.answer_max_tokens, settings.concurrency)
+    correct = [extract(r, t.kind) == t.gold for r, t in zip(replies, heldout, strict=True)]
+    per_family = {
+        family: sum(c for c, t in zip(correct, heldout, strict=True) if t.family == family)
+        / sum(t.family == family for t in heldout)
+        for family in sorted({t.family for t in heldout})
+    }
+    probes = load_reference_set(probe_path("forgetting", policies_dir))
+    probe_replies = answers(gateway, [p.prompt for p in probes], 128, settings.concurrency)
+    forgetting = sum(p.check(r) for p, r in zip(probes, probe_replies, strict=True)) / len(probes)
+    safety = safety_scores(gateway, "evolvd", load_policies(policies_dir), policies_dir)
+    low, high = wilson(sum(correct), len(correct))
+    return Measurement(
+        heldout_acc=sum(correct) / len(correct),
+        ci_low=low,
+        ci_high=high,
+        heldout_correct=correct,
+        per_family=per_family,
+        forgetting_acc=forgetting,
+        safety_score=1 - safety.harmful_compliance,
+        seconds=round(time.monotonic() - started, 1),
+    )
+
+
+def vote_accuracy(gateway: VLLMClient, tasks: Sequence[Task], settings: Settings) -> float:
+    """The base model's self-consistency accuracy: k sampled chains of thought, majority vote."""
+
+    def one(task: Task) -> bool:
+        texts = gateway.chat(
+            "evolvd",
+            sample_prompt(task.prompt, task.kind),
+            settings.label_max_tokens,
+            temperature=settings.temperature,
+            n=settings.samples,
+            top_p=0.95,
+        )
+        return majority_vote([extract(t, task.kind) for t in texts]).answer == task.gold
+
+    with ThreadPoolExecutor(max(1, settings.concurrency // settings.samples)) as pool:
+        results = list(pool.map(one, tasks))
+    return sum(results) / len(results)
+
+
+# -- one cycle ------------------------------------------------------------------------------------------
+
+
+def _training_job(status: dict[str, Any]) -> dict[str, Any]:
+    job: dict[str, Any] = next(j for j in status["loop"]["jobs"] if j["job"] == "training")
+    return job
+
+
+def run_cycle(
+    n: int, admin: Admin, bootstrap: str, topic: str, tasks: Sequence[Task], gold: dict[str, Task]
+) -> Cycle:
+    messages = []
+    for i, task in enumerate(tasks):
+        event_id = f"c{n}-{i}"
+        gold[event_id] = task
+        messages.append({"id": event_id, "prompt": task.prompt})
+    before = admin.status()["buffer"]["tables"]["labels"]
+    cycle = Cycle(cycle=n, prompts=len(tasks), labeled=0)
+
+    started = time.monotonic()
+    produce(bootstrap, topic, messages)
+
+    def all_labeled() -> int | None:
+        status = admin.status()
+        labels = status["buffer"]["tables"]["labels"] - before
+        pending = status["buffer"]["events_by_state"].get("pending", 0)
+        return (
+            labels
+            if labels >= len(tasks) or (labels and not pending and not status["ingest"]["lag_total"])
+            else None
+        )
+
+    cycle.labeled = admin.wait(all_labeled, f"cycle {n}'s {len(tasks)} prompts to be labeled", 3600)
+    cycle.stage_seconds["labeling"] = round(time.monotonic() - started, 1)
+
+    status = admin.status()
+    known_runs = {r["run_id"] for r in status["loop"]["runs"]}
+    last_training = _training_job(status).get("last")
+    started = time.monotonic()
+    admin.job("training", "run")  # works while the job is paused: once, now
+
+    def run_or_block() -> dict[str, Any] | str | None:
+        """The cycle's finished run; or, when the training policy blocked it, the gate's reasons."""
+        status = admin.status()
+        runs = [r for r in status["loop"]["runs"] if r["run_id"] not in known_runs]
+        if runs:
+            finished = runs[0]["status"] in ("succeeded", "failed")
+            return dict(runs[0]) if finished else None
+        last = _training_job(status).get("last")
+        if (
+            last != last_training
+            and last is not None
+            and last["trigger"] == "manual"
+            and last["outcome"] == "idle"
+        ):
+            return str(last["detail"])
+        return None
+
+    outcome = admin.wait(run_or_block, f"cycle {n}'s training run", 3600)
+    if isinstance(outcome, str):  # the training gate blocked: no run this cycle
+        cycle.run_reason = outcome
+        cycle.live_after = admin.status()["serving"]["live"]
+        return cycle
+    cycle.stage_seconds["training"] = round(time.monotonic() - started, 1)
+    cycle.run_id, cycle.run_status, cycle.run_reason = outcome["run_id"], outcome["status"], outcome["reason"]
+    cycle.adapter = outcome["adapter_name"]
+    if cycle.run_status != "succeeded":
+        cycle.live_after = admin.status()["serving"]["live"]
+        return cycle
+
+    started = time.monotonic()
+
+    def decided() -> dict[str, Any] | None:
+        status = admin.status()
+        for decision in status["loop"]["promotion_decisions"]:
+            if decision["adapter"] == cycle.adapter:
+                if decision["outcome"] == "promote" and status["serving"]["live"] != cycle.adapter:
+                    return None  # decided; the swap is still in flight
+                return dict(decision)
+        return None
+
+    decision = admin.wait(decided, f"the promotion decision on {cycle.adapter}", 3600)
+    cycle.stage_seconds["evaluation_and_promotion"] = round(time.monotonic() - started, 1)
+    cycle.decision = decision["outcome"]
+    reasons = decision["reasons"]
+    cycle.decision_reasons = json.loads(reasons) if isinstance(reasons, str) else list(reasons or [])
+    cycle.live_after = admin.status()["serving"]["live"]
+    return cycle
+
+
+# -- lineage: how accurate were the labels each run learned from ----------------------------------------
+
+
+def label_accuracy(buffer_path: Path, cycles: Sequence[Cycle], gold: dict[str, Task]) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    with duckdb.connect(str(buffer_path), read_only=True) as con:
+        for cycle in cycles:
+            if cycle.run_id is None:
+                continue
+            rows = con.execute(
+                "SELECT DISTINCT l.event_id, l.answer FROM runs r"
+                " JOIN dataset_examples d ON d.dataset_id = r.dataset_id AND NOT d.replay"
+                " JOIN training_examples e ON e.example_id = d.example_id"
+                " JOIN labels l ON l.event_id = e.event_id WHERE r.run_id = ?",
+                [cycle.run_id],
+            ).fetchall()
+            scored = [answer == gold[event].gold for event, answer in rows if event in gold]
+            out[cycle.cycle] = {
+                "accepted": len(scored),
+                "accepted_label_acc": round(sum(scored) / len(scored), 4) if scored else None,
+            }
+    return out
+
+
+# -- the experiment -------------------------------------------------------------------------------------
+
+
+def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str] | None) -> dict[str, Any]:
+    from evolvd.connectors.model_bootstrap import ensure_bundled_model
+
+    heldout = [
+        t
+        for f in settings.families
+        for t in generate(f, settings.heldout_per_family, seed=10_000 + settings.seed)
+    ]
+    seen = {t.prompt for t in heldout}
+    wall_started = time.monotonic()
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evolvd-selfimprove-")))
+        servers = stack.enter_context(kafka(bootstrap, work))
+        policies = policy_dir(work, settings)
+        topic = f"selfimprove-{os.getpid()}-{int(time.time())}"
+        env = daemon_env(settings, policies, servers, topic)
+        if attach is not None:
+            env.update(
+                {
+                    "EVOLVD_SERVING__MODE": "external",
+                    "EVOLVD_SERVING__URL": attach[0],
+                    "EVOLVD_SERVING__MODEL_PATH": attach[1],
+                }
+            )
+        else:
+            env["EVOLVD_SERVING__MODEL_PATH"] = str(ensure_bundled_model(MODEL_CACHE).path)
+        daemon = DaemonProcess(work / "data", env).start(timeout_s=900)
+        try:
+            admin = Admin(daemon)
+            admin.job("training", "pause")
+            admin.wait(lambda: admin.status()["serving"].get("state") == "ready", "serving to be ready", 900)
+            gateway = VLLMClient((daemon.data_dir / "gateway.url").read_text().strip(), timeout_s=600)
+            base_name = admin.status()["serving"]["live"]
+            print(f"[selfimprove] {settings.variant}: measuring the base model {base_name}", flush=True)
+            base = measure(gateway, heldout, policies, settings)
+            started = time.monotonic()
+            vote_acc = vote_accuracy(
+                gateway, heldout[:: max(1, len(heldout) // settings.vote_items)], settings
+            )
+            vote_seconds = round(time.monotonic() - started, 1)
+            print(f"[selfimprove] base greedy {base.heldout_acc:.3f}, vote {vote_acc:.3f}", flush=True)
+
+            gold: dict[str, Task] = {}
+            cycles: list[Cycle] = []
+            for n in range(1, settings.cycles + 1):
+                tasks = [t for t in _cycle_tasks(settings, n) if t.prompt not in seen][
+                    : settings.prompts_per_cycle
+                ]
+                cycle = run_cycle(n, admin, servers, topic, tasks, gold)
+                cycle.measurement = measure(gateway, heldout, policies, settings)
+                cycle.stage_seconds["measurement"] = cycle.measurement.seconds
+                cycles.append(cycle)
+                print(
+                    f"[selfimprove] cycle {n}: run {cycle.run_status} {cycle.adapter} -> {cycle.decision}"
+                    f" {cycle.decision_reasons}; held-out {cycle.measurement.heldout_acc:.3f}",
+                    flush=True,
+                )
+        finally:
+            assert daemon.stop(timeout_s=180) == 0, daemon.tail()
+        lineage = label_accuracy(daemon.data_dir / "buffer.duckdb", cycles, gold)
+    return report(settings, base, vote_acc, vote_seconds, cycles, lineage, time.monotonic() - wall_started)
+
+
+def _cycle_tasks(settings: Settings, n: int) -> list[Task]:
+    per_family = math.ceil(settings.prompts_per_cycle * 1.2 / len(settings.families))
+    batches = [generate(f, per_family, seed=settings.seed * 1000 + n) for f in settings.families]
+    interleaved = [t for group in zip(*batches, strict=True) for t in group]
+    return interleaved
+
+
+def report(
+    settings: Settings,
+    base: Measurement,
+    vote_acc: float,
+    vote_seconds: float,
+    cycles: Sequence[Cycle],
+    lineage: dict[int, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    final = next((c.measurement for c in reversed(cycles) if c.measurement is not None), base)
+    paired = paired_compare(final.heldout_correct, base.heldout_correct)
+    rows = []
+    for c in cycles:
+        m = c.measurement
+        assert m is not None
+        rows.append(
+            {
+                "cycle": c.cycle,
+                "heldout_acc": round(m.heldout_acc, 4),
+                "ci_low": round(m.ci_low, 4),
+                "ci_high": round(m.ci_high, 4),
+                "per_family": {k: round(v, 4) for k, v in m.per_family.items()},
+                "forgetting_acc": round(m.forgetting_acc, 4),
+                "safety_score": round(m.safety_score, 4),
+                "prompts": c.prompts,
+                "labeled": c.labeled,
+                **lineage.get(c.cycle, {"accepted": 0, "accepted_label_acc": None}),
+                "run": {"id": c.run_id, "status": c.run_status, "reason": c.run_reason, "adapter": c.adapter},
+                "promotion": {"outcome": c.decision, "reasons": c.decision_reasons},
+                "live_after": c.live_after,
+                "stage_seconds": c.stage_seconds,
+            }
+        )
+    return {
+        "variant": settings.variant,
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "variant_switches": VARIANTS[settings.variant],
+        "heldout_n": len(base.heldout_correct),
+        "base_greedy_acc": round(base.heldout_acc, 4),
+        "base_ci": [round(base.ci_low, 4), round(base.ci_high, 4)],
+        "base_per_family": {k: round(v, 4) for k, v in base.per_family.items()},
+        "base_vote_acc": round(vote_acc, 4),
+        "base_vote_n": settings.vote_items,
+        "base_vote_seconds": vote_seconds,
+        "base_forgetting_acc": round(base.forgetting_acc, 4),
+        "base_safety_score": round(base.safety_score, 4),
+        "final_heldout_acc": round(final.heldout_acc, 4),
+        "final_vs_base_p_value": round(paired.p_value, 6),
+        "final_vs_base": {"final_only": paired.candidate_only, "base_only": paired.live_only},
+        "improved": bool(final.heldout_acc > base.heldout_acc and paired.p_value < 0.05),
+        "cycles": rows,
+        "seconds": round(seconds, 1),
+    }
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    """Record a variant beside the others; the main variant's figures also go to the top level."""
+    existing: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    variants = {**existing.get("variants", {}), result["variant"]: result}
+    if result["variant"] == MAIN_VARIANT:
+        merged = dict(result)
+    else:
+        merged = {k: v for k, v in existing.items() if k != "variants"}
+    merged["benchmark"] = "selfimprove"
+    merged["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    merged["variants"] = variants
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default=MAIN_VARIANT)
+    parser.add_argument("--cycles", type=int)
+    parser.add_argument("--prompts-per-cycle", type=int)
+    parser.add_argument("--heldout-per-family", type=int)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument(
+        "--small", action="store_true", help="a few minutes: checks the harness, proves nothing"
+    )
+    parser.add_argument(
+        "--bootstrap-servers", help="an existing Kafka cluster (default: the embedded broker)"
+    )
+    parser.add_argument(
+        "--attach-vllm", nargs=2, metavar=("URL", "MODEL_PATH"), help="an existing vLLM server"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings = Settings(variant=args.variant, **(SMALL if args.small else {}))
+    for name in ("cycles", "prompts_per_cycle", "heldout_per_family", "max_steps", "learning_rate"):
+        if (value := getattr(args, name)) is not None:
+            setattr(settings, name, value)
+    result = experiment(
+        settings, args.bootstrap_servers, tuple(args.attach_vllm) if args.attach_vllm else None
+    )
+    write(result, args.out)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("cycles", "settings")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
