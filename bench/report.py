@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 README = BENCH / "README.md"
+ANALYSIS = BENCH / "analysis" / "selfimprove.md"
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -128,8 +129,15 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
                 for name, v in sorted(variants.items())
             ],
         )
-    if result.get("analysis"):
-        out += ["### Analysis", "", *result["analysis"], ""]
+    reasons = [
+        f"- cycle {c['cycle']}: {c['promotion']['outcome']}: {'; '.join(c['promotion']['reasons'])}"
+        for c in result["cycles"]
+        if c["promotion"]["reasons"]
+    ]
+    if reasons:
+        out += ["The promotion policy's reasons, per cycle:", "", *reasons, ""]
+    if ANALYSIS.exists():  # the engineers' reading of these numbers, kept beside the generated report
+        out += ["### Analysis", "", ANALYSIS.read_text().strip(), ""]
     plot_selfimprove(result)
     return out
 
@@ -148,6 +156,7 @@ def plot_selfimprove(result: dict[str, Any]) -> None:
         ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=f"{name}: held-out greedy")
     ax.axhline(result["base_greedy_acc"], color="grey", linestyle="--", label="base greedy")
     ax.axhline(result["base_vote_acc"], color="black", linestyle=":", label="base self-consistency vote")
+    ax.set_xticks(range(len(result["cycles"]) + 1))
     ax.set_xlabel("cycle (0 = base model)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)

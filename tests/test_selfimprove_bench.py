@@ -50,7 +50,7 @@ def test_small_experiment_runs_a_cycle_and_reports_it(broker: Any, vllm_daemon: 
     assert cycle["ci_low"] <= cycle["heldout_acc"] <= cycle["ci_high"]
     assert cycle["labeled"] == cycle["prompts"] == 12
     # The daemon trained on the cycle's labels and its promotion policy decided on the result.
-    assert cycle["run"]["status"] == "succeeded", cycle
+    assert cycle["run"]["status"] == "succeeded", json.dumps(cycle["run"])
     assert cycle["promotion"]["outcome"] in ("promote", "reject"), cycle
     promoted = cycle["promotion"]["outcome"] == "promote"
     assert (cycle["live_after"] == cycle["run"]["adapter"]) == promoted, cycle
