@@ -52,6 +52,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from daemon_process import DaemonProcess
+from helpers import produce
 
 from evolvd.connectors.vllm_client import VLLMClient
 from evolvd.evaluation.checkers import load_reference_set
@@ -59,7 +60,7 @@ from evolvd.evaluation.paired import paired_compare
 from evolvd.labeling.answers import extract, majority_vote
 from evolvd.labeling.prompts import sample_prompt
 from evolvd.policies.loader import defaults_dir, load_policies, probe_path
-from evolvd.policies.probes import safety_scores
+from evolvd.policies.probes import greedy_answers, safety_scores
 from evolvd.workload import Task, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,22 +280,7 @@ def kafka(bootstrap: str | None, work: Path) -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
-def produce(bootstrap: str, topic: str, messages: Sequence[dict[str, str]]) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    for message in messages:
-        producer.send(topic, key=message["id"].encode(), value=json.dumps(message).encode())
-    producer.flush()
-    producer.close()
-
-
 # -- measuring what is served -------------------------------------------------------------------------
-
-
-def answers(client: VLLMClient, prompts: Sequence[str], max_tokens: int, concurrency: int) -> list[str]:
-    with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(lambda p: client.chat("evolvd", p, max_tokens)[0], prompts))
 
 
 def measure(
@@ -303,7 +289,7 @@ def measure(
     """Greedy accuracy of the served model on the held-out set (the prompts as users send them),
     the forgetting probes and the safety probes."""
     started = time.monotonic()
-    replies = answers(gateway, [t.prompt for t in heldout], settings.answer_max_tokens, settings.concurrency)
+    replies = greedy_answers(gateway, "evolvd", [t.prompt for t in heldout], settings.answer_max_tokens)
     correct = [extract(r, t.kind) == t.gold for r, t in zip(replies, heldout, strict=True)]
     per_family = {
         family: sum(c for c, t in zip(correct, heldout, strict=True) if t.family == family)
@@ -311,7 +297,7 @@ def measure(
         for family in sorted({t.family for t in heldout})
     }
     probes = load_reference_set(probe_path("forgetting", policies_dir))
-    probe_replies = answers(gateway, [p.prompt for p in probes], 128, settings.concurrency)
+    probe_replies = greedy_answers(gateway, "evolvd", [p.prompt for p in probes], 128)
     forgetting = sum(p.check(r) for p, r in zip(probes, probe_replies, strict=True)) / len(probes)
     safety = safety_scores(gateway, "evolvd", load_policies(policies_dir), policies_dir)
     low, high = wilson(sum(correct), len(correct))
@@ -366,7 +352,7 @@ def run_cycle(
     cycle = Cycle(cycle=n, prompts=len(tasks), labeled=0)
 
     started = time.monotonic()
-    produce(bootstrap, topic, messages)
+    produce(bootstrap, topic, [json.dumps(m).encode() for m in messages])
 
     def all_labeled() -> int | None:
         status = admin.status()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,8 @@ import pytest
 import yaml
 from daemon_process import DaemonProcess
 from helpers import attached_env, produce, wait_for
+
+from evolvd.connectors.embedded_broker import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
@@ -38,13 +39,6 @@ def binary(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path=str(ROOT / ".venv" / "prometheus" / "usr" / "bin"))
     assert found, f"{name} not found: `make test` installs Debian's prometheus package into .venv/prometheus"
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Prometheus:
