@@ -35,7 +35,8 @@ def main(spec_path: str) -> None:
     torch.set_num_threads(hp["torch_threads"])
     tokenizer = AutoTokenizer.from_pretrained(spec["base_model"])
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(spec["base_model"], dtype=torch.bfloat16)
+    precision = hp["dtype"]  # resolved by bench/training.py, so both runs train in the same precision
+    model = AutoModelForCausalLM.from_pretrained(spec["base_model"], dtype=getattr(torch, precision))
     model = get_peft_model(
         model,
         LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
@@ -62,7 +63,7 @@ def main(spec_path: str) -> None:
         report_to=[],
         disable_tqdm=True,
         use_cpu=True,
-        bf16=True,
+        bf16=precision == "bfloat16",
         seed=hp["seed"],
     )
     SFTTrainer(

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from evolvd.connectors.model_bootstrap import ensure_bundled_model
 from evolvd.labeling.prompts import FINISH, direct_completion
+from evolvd.precision import resolve
 from evolvd.training.child import PROGRESS_PREFIX
 from evolvd.training.spec import Hyperparameters, TrainSpec
 from evolvd.workload import generate
@@ -94,7 +95,8 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     base = ensure_bundled_model(MODEL_CACHE)
-    hp = Hyperparameters(max_steps=args.steps, batch_size=args.batch_size, dpo_steps=0)
+    # The precision the daemon would pick here, written into the spec both scripts read.
+    hp = Hyperparameters(max_steps=args.steps, batch_size=args.batch_size, dpo_steps=0, dtype=resolve("auto"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     rates: dict[str, list[float]] = {"evolvd": [], "plain": []}
     with tempfile.TemporaryDirectory(prefix="evolvd-bench-training-") as tmp:
@@ -132,6 +134,7 @@ def main() -> int:
             "lora_r": hp.lora_r,
             "max_length": hp.max_length,
             "torch_threads": hp.torch_threads,
+            "dtype": hp.dtype,
         },
         "evolvd_samples_per_s": round(evolvd_rate, 3),
         "plain_samples_per_s": round(plain_rate, 3),

@@ -15,6 +15,8 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from evolvd.precision import PrecisionSetting
+
 EMBEDDED = "embedded"
 ENV_PREFIX = "EVOLVD_"
 ENV_NESTED_DELIMITER = "__"
@@ -155,7 +157,9 @@ class ServingConfig(_Section):
     port: int = Field(0, ge=0, le=65535)
     """Port of the managed vLLM server; 0 picks a free one."""
 
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: PrecisionSetting = "auto"
+    """`auto`: bfloat16 where the hardware computes it natively, else float32 (evolvd.precision)."""
+
     max_model_len: int = Field(2048, ge=128)
     max_lora_rank: int = Field(16, ge=1, le=512)
     """Largest LoRA rank the server accepts; adapters above it are rejected before loading."""
@@ -303,6 +307,9 @@ class TrainingConfig(_Section):
     dpo_steps: int = Field(10, ge=0)
     """DPO optimizer steps (0: never run DPO)."""
     torch_threads: int = Field(2, ge=1)
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """`auto`: bfloat16 where the hardware computes it natively, else float32 (evolvd.precision)."""
+
     timeout_s: float = Field(1800.0, gt=0)
     """A run still going after this is killed and marked failed."""
     max_attempts: int = Field(3, ge=1, le=20)

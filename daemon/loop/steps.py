@@ -165,6 +165,7 @@ class Loop:
             max_length=t.max_length,
             dpo_steps=t.dpo_steps,
             torch_threads=t.torch_threads,
+            dtype=t.dtype,
         )
 
     def _snapshot_of(self, dataset_id: str) -> Snapshot:

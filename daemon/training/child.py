@@ -15,8 +15,9 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from evolvd.precision import PrecisionSetting, resolve
 from evolvd.training.spec import TrainSpec
 
 PROGRESS_PREFIX = "EVOLVD_PROGRESS "
@@ -44,6 +45,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     hp = spec.hyperparameters
+    precision = resolve(cast(PrecisionSetting, hp.dtype))
     torch.set_num_threads(hp.torch_threads)
     torch.manual_seed(hp.seed)
     started = time.monotonic()
@@ -67,7 +69,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(spec.base_model, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(spec.base_model, dtype=getattr(torch, precision))
     if spec.parent_adapter is not None:
         model = PeftModel.from_pretrained(model, spec.parent_adapter, is_trainable=True)
     else:
@@ -93,7 +95,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "report_to": [],
         "disable_tqdm": True,
         "use_cpu": True,
-        "bf16": True,
+        "bf16": precision == "bfloat16",
         "seed": hp.seed,
         "dataloader_num_workers": 0,
         "max_length": hp.max_length,
@@ -110,6 +112,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "sft_steps": sft_result.global_step,
         "sft_loss": _finite(sft_result.training_loss),
         "sft_examples": len(rows),
+        "dtype": precision,
     }
 
     if spec.pairs is not None and hp.dpo_steps > 0:

@@ -24,6 +24,8 @@ class Hyperparameters:
     dpo_beta: float = 0.1
     seed: int = 0
     torch_threads: int = 2
+    dtype: str = "auto"
+    """auto | bfloat16 | float32 (evolvd.precision.resolve)."""
 
 
 @dataclass(frozen=True)
