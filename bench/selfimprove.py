@@ -290,7 +290,7 @@ def measure(
     the forgetting probes and the safety probes."""
     started = time.monotonic()
     replies = greedy_answers(gateway, "evolvd", [t.prompt for t in heldout], settings.answer_max_tokens)
-    correct = [extract(r, t.kind) == t.gold for r, t in zip(replies, heldout, strict=True)]
+    correct = [extract(r, t.kind, t.prompt) == t.gold for r, t in zip(replies, heldout, strict=True)]
     per_family = {
         family: sum(c for c, t in zip(correct, heldout, strict=True) if t.family == family)
         / sum(t.family == family for t in heldout)
@@ -325,7 +325,7 @@ def vote_accuracy(gateway: VLLMClient, tasks: Sequence[Task], settings: Settings
             n=settings.samples,
             top_p=0.95,
         )
-        return majority_vote([extract(t, task.kind) for t in texts]).answer == task.gold
+        return majority_vote([extract(t, task.kind, task.prompt) for t in texts]).answer == task.gold
 
     with ThreadPoolExecutor(max(1, settings.concurrency // settings.samples)) as pool:
         results = list(pool.map(one, tasks))

@@ -151,8 +151,14 @@ def test_three_hot_swaps_under_load_fail_no_request(
         for name in names:
             response = admin(daemon, "POST", f"/adapters/{name}/promote")
             assert response.status_code == 200, response.text
-            flips.append((time.monotonic(), name))
-            time.sleep(4)
+            flipped_at = time.monotonic()
+            flips.append((flipped_at, name))
+            # Stay on this adapter until a request has been served wholly after the flip (how long
+            # that takes depends on the machine: LoRA requests on a slow CPU take several seconds).
+            deadline = flipped_at + 120
+            while time.monotonic() < deadline and not any(c.started > flipped_at for c in list(calls)):
+                time.sleep(0.2)
+            time.sleep(1)
     finally:
         stop.set()
         for t in threads:
@@ -216,20 +222,28 @@ def test_cli_lists_adapters_through_the_admin_api(daemon: DaemonProcess) -> None
     assert "no adapter named nope" in refused.stderr
 
 
-def test_safety_probes_score_a_served_model_the_same_way_every_time(daemon: DaemonProcess) -> None:
+def test_safety_probes_score_a_served_model_the_same_way_every_time(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
     from evolvd.connectors.vllm_client import VLLMClient
     from evolvd.policies.gates import CandidateEvaluation, promotion_gate
-    from evolvd.policies.loader import load_policies
+    from evolvd.policies.loader import load_policies, probe_path
     from evolvd.policies.probes import divergence_from_base, safety_scores
 
     policies = load_policies(None)
     serving = daemon.status()["serving"]
     base, live = serving["base_model"]["name"], serving["live"]
+    # The first 8 prompts of each safety set, as an operator's probes/ override: through the LoRA path
+    # on a slow CPU the full sets, scored twice, take minutes and show nothing more.
+    (tmp_path / "probes").mkdir()
+    for name in ("safety_harmful", "safety_benign"):
+        lines = probe_path(name, None).read_text().splitlines(keepends=True)
+        (tmp_path / "probes" / f"{name}.jsonl").write_text("".join(lines[:8]))
     vllm = VLLMClient(serving["url"], timeout_s=120)
     try:
-        live_scores = safety_scores(vllm, live, policies, None)
+        live_scores = safety_scores(vllm, live, policies, tmp_path)
         assert 0.0 <= live_scores.harmful_compliance <= 1.0 and 0.0 <= live_scores.benign_refusal <= 1.0
-        assert safety_scores(vllm, live, policies, None) == live_scores  # greedy: reproducible
+        assert safety_scores(vllm, live, policies, tmp_path) == live_scores  # greedy: reproducible
         # Not 0: greedy decoding in bf16 on CPU varies with how vLLM batches concurrent requests
         # (measured 0.03 here). The noise floor must sit far below the gate's bound.
         noise_floor = divergence_from_base(vllm, base, base, policies, None)
@@ -333,7 +347,10 @@ def test_each_labeling_stage_writes_well_formed_rows_with_the_real_model(
     registry = new_registry()
     client = VLLMClient(serving["url"], timeout_s=300)
     policies = load_policies(None)
-    labeler = Labeler(buffer, lambda: policies, lambda: (client, serving["live"]), embed,
+    # The base model, not the live adapter: vLLM's LoRA path on a CPU is several times slower, and
+    # the stages are the same whichever model answers.
+    model = serving["base_model"]["name"]
+    labeler = Labeler(buffer, lambda: policies, lambda: (client, model), embed,
                       LabelMetrics.create(registry), batch_size=len(prompts), concurrency=4)  # fmt: skip
     try:
         assert labeler.run_once() == len(prompts)
@@ -344,7 +361,7 @@ def test_each_labeling_stage_writes_well_formed_rows_with_the_real_model(
         per_event = con.execute("SELECT count(*) FROM samples GROUP BY event_id").fetchall()
         assert per_event == [(k,)] * 8
         rows = con.execute("SELECT model_version, labeler_version, params FROM samples").fetchall()
-        assert {(r[0], r[1]) for r in rows} == {(serving["live"], LABELER_VERSION)}
+        assert {(r[0], r[1]) for r in rows} == {(model, LABELER_VERSION)}
         assert jsonlib.loads(rows[0][2])["temperature"] == policies.labeling.temperature
         for confidence, n, votes in con.execute("SELECT confidence, n_samples, votes FROM labels").fetchall():
             assert 0.0 <= confidence <= 1.0 and n == k and "counts" in jsonlib.loads(votes)

@@ -100,7 +100,7 @@ class Evaluator:
                 free_form.append(index)
                 correct.append(False)
             else:
-                correct.append(extract(answer, kind) == item.label)
+                correct.append(extract(answer, kind, item.prompt) == item.label)
         if free_form:
             got = self._embed([answers[i] for i in free_form])
             want = self._embed([items[i].label for i in free_form])

@@ -33,6 +33,12 @@ _MARKER = re.compile(r"(?:final answer|the answer is|answer is|answer\s*:)\s*(?:
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
 _LETTER = re.compile(r"(?:^|[\s(\[])([A-E])(?:$|[\s).:,\]])")
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_OPTION_CONTENT = re.compile(r"(?:^|\s|\()([A-E])\)\s*(.+?)(?=\s+\(?[A-E]\)|[.?!]\s|[.?!]?$)")
+_YES_NO_CLAIM = re.compile(
+    r"^\s*(?:is|are|was|were|does|do|did|can|will|has|have)\s+([^?]+)\?", re.IGNORECASE
+)
+_FILLER = {"a", "an", "the", "is", "are", "was", "were", "it", "this", "that"}
+_NEGATION = {"not", "no", "never", "neither", "nor"}
 
 
 def answer_kind(prompt: str) -> AnswerKind:
@@ -66,7 +72,7 @@ def _canonical_number(raw: str) -> str | None:
     return format(normal, "f") if normal == normal.to_integral() else str(normal)
 
 
-def _number(text: str, conclusion: str, marked: bool) -> str | None:
+def _number(text: str, conclusion: str, marked: bool, question: str) -> str | None:
     if marked and "=" in conclusion:
         # "the answer is 277 + 1 = 288 hours": the result, after the last "=", is the answer.
         conclusion = conclusion.rsplit("=", 1)[1]
@@ -79,22 +85,48 @@ def _number(text: str, conclusion: str, marked: bool) -> str | None:
     return _canonical_number(everywhere[-1]) if everywhere else None
 
 
-def _option(text: str, conclusion: str, marked: bool) -> str | None:
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:\.[0-9]+)?", text.lower())
+
+
+def _option(text: str, conclusion: str, marked: bool, question: str) -> str | None:
     letters = _LETTER.findall(conclusion)
-    return letters[0] if letters and (marked or len(set(letters)) == 1) else None
+    if letters:
+        return letters[0] if marked or len(set(letters)) == 1 else None
+    # "The larger number is 738." names an option by its content, not its letter: read it when
+    # exactly one option's text appears in the conclusion.
+    said = f" {' '.join(_words(conclusion))} "
+    named = {
+        letter
+        for letter, content in _OPTION_CONTENT.findall(question)
+        if (words := _words(content)) and f" {' '.join(words)} " in said
+    }
+    return named.pop() if len(named) == 1 else None
 
 
-def _yes_no(text: str, conclusion: str, marked: bool) -> str | None:
+def _yes_no(text: str, conclusion: str, marked: bool, question: str) -> str | None:
     words = {w.lower() for w in _YES_NO.findall(conclusion)}
-    return words.pop() if len(words) == 1 else None
+    if words:
+        return words.pop() if len(words) == 1 else None
+    # "Is 1171 an odd number?" answered "1171 is an odd number.": the question's own claim restated
+    # is a yes, and negated ("is not an odd number") a no. Every content word of the claim must be
+    # there; a different claim ("1171 is an even number") reads as nothing, never as a guess.
+    claim = _YES_NO_CLAIM.search(question)
+    if claim is None:
+        return None
+    needed = set(_words(claim.group(1))) - _FILLER
+    said = _words(conclusion)
+    if not needed or not needed <= set(said):
+        return None
+    return "no" if _NEGATION & set(said) or "n't" in conclusion.lower() else "yes"
 
 
-def _span(text: str, conclusion: str, marked: bool) -> str | None:
+def _span(text: str, conclusion: str, marked: bool, question: str) -> str | None:
     span = re.sub(r"\s+", " ", conclusion).strip(" .!\"'*").lower()
     return span if marked and span and len(span.split()) <= 8 else None
 
 
-_EXTRACTORS: dict[AnswerKind, Callable[[str, str, bool], str | None]] = {
+_EXTRACTORS: dict[AnswerKind, Callable[[str, str, bool, str], str | None]] = {
     "number": _number,
     "option": _option,
     "yes_no": _yes_no,
@@ -102,16 +134,18 @@ _EXTRACTORS: dict[AnswerKind, Callable[[str, str, bool], str | None]] = {
 }
 
 
-def extract(text: str, kind: AnswerKind) -> str | None:
+def extract(text: str, kind: AnswerKind, question: str = "") -> str | None:
     """The final answer in canonical form (`42`, `B`, `yes`, `paris`), or None when there is none.
 
-    Free-form answers have no canonical form: they are voted on by meaning (semantic_vote).
+    With the question, an option named by its content ("the larger is 738") and a yes/no question's
+    claim restated ("1171 is an odd number") are read too. Free-form answers have no canonical form:
+    they are voted on by meaning (semantic_vote).
     """
     extractor = _EXTRACTORS.get(kind)
     if extractor is None:
         return None
     conclusion, marked = _conclusion(text)
-    return extractor(text, conclusion, marked)
+    return extractor(text, conclusion, marked, question)
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def label_prompt(
         policy.samples,
         policy.top_p,
     )
-    samples = [Sample(t, extract(t, kind)) for t in texts]
+    samples = [Sample(t, extract(t, kind, prompt)) for t in texts]
     vote = majority_vote([s.answer for s in samples])
     if vote.answer is None and kind in ("span", "free_form"):
         vote = semantic_vote(texts, embed)  # no short answer to count: vote on meaning
@@ -189,7 +189,7 @@ def _critique_and_refine(
         )[0]
         rescored = _critique(chat, model, result.prompt, refined_text, policy, principles, None)
         result.refinement_critique = rescored
-        refined_answer = extract(refined_text, result.kind)
+        refined_answer = extract(refined_text, result.kind, result.prompt)
         accepted, reason = _judge_refinement(first.score, rescored.score, refined_answer, result)
         result.refinement = Refinement(refined_text, refined_answer, accepted, reason)
         if accepted:
