@@ -51,7 +51,7 @@ from evolvd.workload import Task, generate
 
 RESULTS = Path(__file__).parent / "results" / "labels.json"
 MODEL_CACHE = Path(__file__).resolve().parents[1] / "var" / "test-cache" / "models"
-FAMILIES = ("arithmetic", "comparison", "unit_conversion", "parity")
+FAMILIES = ("arithmetic", "small_addition", "comparison", "unit_conversion", "parity")
 TARGET_RATIO = 0.9
 
 

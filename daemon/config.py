@@ -340,6 +340,10 @@ class RetentionConfig(_Section):
     """Job history kept, in days."""
 
 
+TaskFamily = Literal["arithmetic", "small_addition", "comparison", "unit_conversion", "parity"]
+"""The task families of evolvd.workload (tests/test_demo.py keeps the two lists equal)."""
+
+
 class DemoConfig(_Section):
     """The built-in demo workload (`evolvd run --demo`): generated prompts into the prompts topic, and
     a trickle of user requests through the gateway so a canary has traffic to be judged on."""
@@ -351,8 +355,8 @@ class DemoConfig(_Section):
     """The producer stops after this many (a demo must not grow the buffer for ever)."""
     gateway_requests_per_minute: float = Field(6.0, ge=0, le=6000)
     """0 sends none."""
-    families: list[Literal["arithmetic", "comparison", "unit_conversion", "parity"]] = Field(
-        ["arithmetic", "comparison", "unit_conversion", "parity"], min_length=1
+    families: list[TaskFamily] = Field(
+        ["small_addition", "arithmetic", "comparison", "unit_conversion", "parity"], min_length=1
     )
     """Task families of evolvd.workload to draw prompts from."""
     seed: int = 0

@@ -29,6 +29,26 @@ def _arithmetic(rng: random.Random) -> Task:
     return Task("arithmetic", f"What is {a} {op} {b}?", str(gold), "number")
 
 
+_ADDITION_PHRASINGS = (
+    "What is {a} + {b}?",
+    "What is the sum of {a} and {b}?",
+    "How much is {a} plus {b}?",
+    "Compute {a} + {b}.",
+)
+
+
+def _small_addition(rng: random.Random) -> Task:
+    # The family where this small model's majority vote beats its greedy answer (measured on the
+    # bundled SmolLM2-135M: confident votes were right 5-7 times in 7, greedy answers about half the
+    # time), so self-consistency has something to teach it; on two-digit arithmetic, comparisons and
+    # parity its confident majority was at or below chance.
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    # Several phrasings: 81 sums alone would leave too few distinct prompts for a held-out set
+    # beside the training traffic, and a model should not learn one template.
+    template = rng.choice(_ADDITION_PHRASINGS)
+    return Task("small_addition", template.format(a=a, b=b), str(a + b), "number")
+
+
 def _comparison(rng: random.Random) -> Task:
     a, b = rng.sample(range(10, 1000), 2)
     bigger = rng.random() < 0.5
@@ -65,6 +85,7 @@ def _parity(rng: random.Random) -> Task:
 
 FAMILIES: dict[str, Callable[[random.Random], Task]] = {
     "arithmetic": _arithmetic,
+    "small_addition": _small_addition,
     "comparison": _comparison,
     "unit_conversion": _unit_conversion,
     "parity": _parity,

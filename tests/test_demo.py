@@ -75,3 +75,14 @@ def test_run_demo_uses_the_demo_policies_and_feeds_the_buffer(broker: Any, tmp_p
     assert status["buffer"]["tables"]["events"] == 10
     assert status["policies"]["directory"].endswith("demo")
     assert "policies/demo/training.yaml" in status["policies"]["in_force"]["training"]["source"]
+
+
+def test_the_demo_config_offers_exactly_the_generated_families() -> None:
+    from typing import get_args
+
+    from evolvd.config import DemoConfig
+    from evolvd.workload import FAMILIES
+
+    (item,) = get_args(DemoConfig.model_fields["families"].annotation)
+    assert set(get_args(item)) == set(FAMILIES)
+    assert set(DemoConfig().families) == set(FAMILIES)
