@@ -91,6 +91,8 @@ class Settings:
     """Drawn with repeats; the distinct prompts (about 100 here) form the held-out set."""
     vote_items: int = 24
     max_steps: int = 30
+    max_epochs: float = 2.0
+    """The daemon's cap on passes over a snapshot (the first run's ~9 epochs memorised wrong labels)."""
     learning_rate: float = 1e-4
     batch_size: int = 8
     answer_max_tokens: int = 64
@@ -259,6 +261,7 @@ def daemon_env(settings: Settings, policies: Path, bootstrap: str, topic: str) -
         "EVOLVD_SCHEDULER__EVALUATION__INTERVAL_S": "2",
         "EVOLVD_SCHEDULER__PROMOTION__INTERVAL_S": "1",
         "EVOLVD_TRAINING__MAX_STEPS": str(settings.max_steps),
+        "EVOLVD_TRAINING__MAX_EPOCHS": str(settings.max_epochs),
         "EVOLVD_TRAINING__BATCH_SIZE": str(settings.batch_size),
         "EVOLVD_TRAINING__LEARNING_RATE": str(settings.learning_rate),
         "EVOLVD_TRAINING__DPO_STEPS": str(variant["dpo_steps"]),

@@ -296,6 +296,10 @@ class TrainingConfig(_Section):
     replay_share: float = Field(0.2, ge=0.0, lt=1.0)
     """Share of each snapshot drawn from examples earlier runs used (against forgetting)."""
     max_steps: int = Field(30, ge=1)
+    max_epochs: float | None = Field(2.0, gt=0)
+    """Fewer steps than max_steps when the snapshot is small: at most this many passes over it (a few
+    hundred steps over a few dozen examples memorises their labels, wrong ones included). None: off."""
+
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(2e-4, gt=0, le=1)
     lora_r: int = Field(8, ge=1)

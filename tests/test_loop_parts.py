@@ -19,6 +19,7 @@ from evolvd.evaluation.paired import paired_compare
 from evolvd.loop.lineage import adapter_lineage
 from evolvd.loop.scheduler import JobResult, LoopScheduler
 from evolvd.training.snapshot import freeze_snapshot
+from evolvd.training.spec import capped_steps
 
 HELDOUT = 10
 
@@ -133,6 +134,21 @@ def test_lineage_lists_an_adapter_back_to_the_kafka_offsets_it_learned_from(tmp_
     assert offsets == {(i % 2, i) for i in trained}
     assert adapter_lineage(con, "missing") is None
     buffer.close()
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "max_epochs", "n_examples", "batch_size", "steps"),
+    [
+        (30, 2.0, 27, 8, 7),  # the first self-improvement run: 30 steps were ~9 epochs; now 2
+        (30, 2.0, 1000, 8, 30),  # a large snapshot: max_steps binds
+        (30, None, 27, 8, 30),  # the cap switched off
+        (30, 0.1, 3, 8, 1),  # never below one step
+    ],
+)
+def test_training_steps_are_capped_at_max_epochs_over_the_snapshot(
+    max_steps: int, max_epochs: float | None, n_examples: int, batch_size: int, steps: int
+) -> None:
+    assert capped_steps(max_steps, max_epochs, n_examples, batch_size) == steps
 
 
 def test_the_paired_test_counts_only_discordant_items() -> None:

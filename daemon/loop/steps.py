@@ -27,7 +27,7 @@ from evolvd.serving.hotswap import SwapError
 from evolvd.serving.service import ServingService
 from evolvd.training.runner import TrainingRunner
 from evolvd.training.snapshot import Snapshot, freeze_snapshot
-from evolvd.training.spec import Hyperparameters
+from evolvd.training.spec import Hyperparameters, capped_steps
 
 logger = logging.getLogger("evolvd.loop")
 
@@ -153,10 +153,10 @@ class Loop:
             return None
         return FailedRun(row[0], row[1], int(row[2]), row[3], row[4])
 
-    def _hyperparameters(self) -> Hyperparameters:
+    def _hyperparameters(self, n_examples: int) -> Hyperparameters:
         t = self._config.training
         return Hyperparameters(
-            max_steps=t.max_steps,
+            max_steps=capped_steps(t.max_steps, t.max_epochs, n_examples, t.batch_size),
             batch_size=t.batch_size,
             learning_rate=t.learning_rate,
             lora_r=t.lora_r,
@@ -243,7 +243,7 @@ class Loop:
             parent = (live, row.path) if row is not None else None
         use_pairs = cfg.dpo_steps > 0 and snapshot.n_pairs >= cfg.dpo_min_pairs
         outcome = self._runner().run(
-            snapshot, self._hyperparameters(), attempt, parent, self._stop, use_pairs
+            snapshot, self._hyperparameters(snapshot.n_examples), attempt, parent, self._stop, use_pairs
         )
         if not outcome.succeeded:
             return JobResult(

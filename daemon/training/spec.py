@@ -6,6 +6,7 @@ inputs it had (`python -m evolvd.training.child SPEC`)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,14 @@ class Hyperparameters:
     torch_threads: int = 2
     dtype: str = "auto"
     """auto | bfloat16 | float32 (evolvd.precision.resolve)."""
+
+
+def capped_steps(max_steps: int, max_epochs: float | None, n_examples: int, batch_size: int) -> int:
+    """Optimizer steps for a snapshot: max_steps, or fewer when that would pass over the snapshot
+    more than max_epochs times (always at least one step)."""
+    if max_epochs is None or n_examples <= 0:
+        return max_steps
+    return max(1, min(max_steps, math.ceil(max_epochs * n_examples / batch_size)))
 
 
 @dataclass(frozen=True)
