@@ -37,6 +37,7 @@ _OPTION_CONTENT = re.compile(r"(?:^|\s|\()([A-E])\)\s*(.+?)(?=\s+\(?[A-E]\)|[.?!
 _YES_NO_CLAIM = re.compile(
     r"^\s*(?:is|are|was|were|does|do|did|can|will|has|have)\s+([^?]+)\?", re.IGNORECASE
 )
+_WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 _FILLER = {"a", "an", "the", "is", "are", "was", "were", "it", "this", "that"}
 _NEGATION = {"not", "no", "never", "neither", "nor"}
 
@@ -86,7 +87,7 @@ def _number(text: str, conclusion: str, marked: bool, question: str) -> str | No
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+(?:\.[0-9]+)?", text.lower())
+    return _WORD.findall(text.lower())
 
 
 def _option(text: str, conclusion: str, marked: bool, question: str) -> str | None:
@@ -115,10 +116,10 @@ def _yes_no(text: str, conclusion: str, marked: bool, question: str) -> str | No
     if claim is None:
         return None
     needed = set(_words(claim.group(1))) - _FILLER
-    said = _words(conclusion)
-    if not needed or not needed <= set(said):
+    said = set(_words(conclusion))
+    if not needed or not needed <= said:
         return None
-    return "no" if _NEGATION & set(said) or "n't" in conclusion.lower() else "yes"
+    return "no" if _NEGATION & said or "n't" in conclusion.lower() else "yes"
 
 
 def _span(text: str, conclusion: str, marked: bool, question: str) -> str | None:

@@ -15,9 +15,9 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from evolvd.precision import PrecisionSetting, resolve
+from evolvd.precision import resolve
 from evolvd.training.spec import TrainSpec
 
 PROGRESS_PREFIX = "EVOLVD_PROGRESS "
@@ -45,7 +45,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     hp = spec.hyperparameters
-    precision = resolve(cast(PrecisionSetting, hp.dtype))
+    precision = resolve(hp.dtype)
     torch.set_num_threads(hp.torch_threads)
     torch.manual_seed(hp.seed)
     started = time.monotonic()

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from evolvd.precision import PrecisionSetting
+
 
 @dataclass(frozen=True)
 class Hyperparameters:
@@ -25,8 +27,8 @@ class Hyperparameters:
     dpo_beta: float = 0.1
     seed: int = 0
     torch_threads: int = 2
-    dtype: str = "auto"
-    """auto | bfloat16 | float32 (evolvd.precision.resolve)."""
+    dtype: PrecisionSetting = "auto"
+    """Resolved by the child (evolvd.precision.resolve): auto picks bfloat16 only where native."""
 
 
 def capped_steps(max_steps: int, max_epochs: float | None, n_examples: int, batch_size: int) -> int:
