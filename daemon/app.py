@@ -109,6 +109,10 @@ class Daemon:
                 f"${cfg.admin.token_env} or admin.token_file, or bind 127.0.0.1"
             )
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        if cfg.serving.enabled:  # labeling, evaluation and the gateway run: none should stall on it later
+            from evolvd.embeddings import warm_up_in_background
+
+            warm_up_in_background()
 
         try:
             self._buffer = DuckDBBuffer(cfg.buffer_path)
@@ -269,6 +273,7 @@ class Daemon:
             LabelMetrics.create(self.registry),
             labeling.batch_size,
             labeling.concurrency,
+            stopping=self._stop.is_set,
         )
 
     @property

@@ -6,7 +6,9 @@ It is loaded once per process, on first use: importing this module stays cheap.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+logger = logging.getLogger("evolvd.embeddings")
 _lock = threading.Lock()
 _model: Any = None
 
@@ -31,6 +34,25 @@ def _load() -> Any:
 
             _model = SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
         return _model
+
+
+def warm_up_in_background() -> threading.Thread:
+    """Load the model now, beside the rest of startup. Its first load imports torch and
+    sentence-transformers, which holds the GIL for seconds at a time: done lazily mid-run, that
+    stalled the gateway and the admin API (a /status took 8 s on a 2-core machine)."""
+
+    def load() -> None:
+        started = time.monotonic()
+        try:
+            _load()
+        except Exception:
+            logger.exception("could not load the embedding model; its first use will try again")
+            return
+        logger.info("embedding model loaded in %.1f s", time.monotonic() - started)
+
+    thread = threading.Thread(target=load, name="evolvd-embeddings-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

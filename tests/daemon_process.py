@@ -70,7 +70,8 @@ class DaemonProcess:
 
     def get(self, path: str) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        response = httpx.get(self.url + path, headers=headers, timeout=10)
+        # Generous: on a 2-core machine the vLLM engine and a trainer share the cores with the daemon.
+        response = httpx.get(self.url + path, headers=headers, timeout=30)
         response.raise_for_status()
         return response.json()
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from evolvd.buffer import DuckDBBuffer
-from evolvd.labeling.labeler import pending_events, write_result
+from evolvd.labeling.labeler import Labeler, pending_events, write_result
 from evolvd.labeling.pipeline import label_prompt
 from evolvd.labeling.prompts import parse_score
 from evolvd.policies.loader import load_candidate, load_policies
@@ -209,3 +209,26 @@ def test_a_failed_write_leaves_no_rows_and_the_event_pending(buffer: DuckDBBuffe
     counts = buffer.table_counts()
     assert counts["samples"] == counts["labels"] == counts["training_examples"] == 0
     assert [e.event_id for e in pending_events(buffer.cursor(), 10)] == ["e0", "e1"]
+
+
+def test_a_stop_mid_batch_sends_no_further_request_and_leaves_the_rest_pending(buffer: DuckDBBuffer) -> None:
+    import threading
+
+    stop = threading.Event()
+
+    class StopsAfterSampling(ScriptedModel):
+        def chat(self, *args: object, **kwargs: object) -> list[str]:
+            texts = super().chat(*args, **kwargs)  # type: ignore[arg-type]
+            if len(self.calls) == 1:
+                stop.set()  # the daemon is told to stop while the first request is in flight
+            return texts
+
+    model = StopsAfterSampling(SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2"})
+    labeler = Labeler(buffer, lambda: POLICIES, lambda: (model, "base"), _no_embed, None,
+                      batch_size=10, concurrency=1, stopping=stop.is_set)  # fmt: skip
+    assert labeler.run_once() == 0
+    assert len(model.calls) == 1  # the sampling request; no critique, and the second prompt never began
+    assert buffer.table_counts()["samples"] == 0  # an interrupted prompt writes nothing
+    assert [e.event_id for e in pending_events(buffer.cursor(), 10)] == ["e0", "e1"]
+    stop.clear()
+    assert labeler.run_once() == 2  # after the restart both are labeled

@@ -115,9 +115,12 @@ class LoopHarness:
         return ids
 
     def edit_policy(self, name: str, text: str) -> None:
-        """Edit a policy file and wait until the daemon applied it."""
+        """Edit a policy file and wait until the daemon applied it (nothing to wait for if unchanged)."""
+        path = self.policy_dir / f"{name}.yaml"
+        if path.read_text() == text:
+            return  # the same bytes hash the same: the daemon rightly applies nothing new
         before = self.daemon.status()["policies"]["applied_at"]
-        (self.policy_dir / f"{name}.yaml").write_text(text)
+        path.write_text(text)
         wait_for(
             lambda: self.daemon.status()["policies"]["applied_at"] != before,
             f"the {name} policy edit to apply",
@@ -367,7 +370,7 @@ def test_daemon_killed_during_promotion_restarts_with_exactly_one_live_adapter(h
     known = {a["name"] for a in harness.adapters()}
     harness.edit_policy("promotion", PROMOTE_STRAIGHT)
     harness.admin("POST", "/jobs/promotion/pause")
-    harness.produce_prompts(train=8)
+    harness.produce_prompts(train=8, heldout=2)  # held-out items of its own: promotion.min_heldout is 1
 
     def evaluated() -> str | None:
         candidate = harness.adapter_with_status("evaluating", known)

@@ -136,6 +136,39 @@ def mark_skipped(con: duckdb.DuckDBPyConnection, event_id: str) -> None:
     con.execute("UPDATE events SET state = 'skipped' WHERE id = ? AND state = 'pending'", [event_id])
 
 
+class LabelingStoppedError(Exception):
+    """The daemon is stopping: the prompt's remaining requests are not sent, and it stays pending."""
+
+
+class _StopAwareChat:
+    """The live model, refusing new requests once the daemon stops. A prompt's stages are several
+    requests; checking before each one bounds a graceful stop by one request, not a whole chain."""
+
+    def __init__(self, chat: ChatModel, stopping: Callable[[], bool]) -> None:
+        self._chat = chat
+        self._stopping = stopping
+
+    def _check(self) -> None:
+        if self._stopping():
+            raise LabelingStoppedError("daemon stopping")
+
+    def chat(
+        self,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        temperature: float = 0.0,
+        n: int = 1,
+        top_p: float = 1.0,
+    ) -> list[str]:
+        self._check()
+        return self._chat.chat(model, prompt, max_tokens, temperature, n, top_p)
+
+    def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str:
+        self._check()
+        return self._chat.choose(model, messages, choices)
+
+
 class Labeler:
     """Labels pending events in batches, `concurrency` prompts in flight so vLLM batches them."""
 
@@ -148,6 +181,7 @@ class Labeler:
         metrics: LabelMetrics | None,
         batch_size: int,
         concurrency: int,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._buffer = buffer
         self._policies = policies
@@ -156,13 +190,15 @@ class Labeler:
         self._metrics = metrics
         self._batch_size = batch_size
         self._concurrency = concurrency
+        self._stopping = stopping
 
     def run_once(self) -> int:
         """Label one batch; returns how many events were labeled (0: nothing pending or no model)."""
         served = self._model()
         if served is None:
             return 0
-        chat, model = served
+        live_chat, model = served
+        chat = _StopAwareChat(live_chat, self._stopping)
         events = pending_events(self._buffer.cursor(), self._batch_size)
         if not events:
             return 0
@@ -178,6 +214,8 @@ class Labeler:
                 event = futures[future]
                 try:
                     result = future.result()
+                except LabelingStoppedError:
+                    continue  # stays pending: labeled after the restart
                 except VLLMError as exc:
                     self._failed(event, exc)
                     continue
