@@ -31,7 +31,9 @@ def _load() -> Any:
     with _lock:
         if _model is None:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
 
+            transformers_logging.disable_progress_bar()  # a progress bar is noise in a daemon's log
             _model = SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
         return _model
 
