@@ -100,6 +100,8 @@ class Settings:
     samples: int = 4
     label_max_tokens: int = 128
     temperature: float = 0.5
+    chain_of_thought: bool = True
+    """Labeling samples reasoning paths (LMSI); false samples answers to the raw prompt."""
     seed: int = 7
     concurrency: int = 16
     loose_training_filters: bool = False
@@ -213,6 +215,7 @@ def policy_dir(root: Path, settings: Settings) -> Path:
             "samples": settings.samples,
             "max_tokens": settings.label_max_tokens,
             "temperature": settings.temperature,
+            "chain_of_thought": settings.chain_of_thought,
             "critique": variant["critique"],
             "refine": variant["refine"],
         },
@@ -606,6 +609,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heldout-per-family", type=int)
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument(
+        "--no-chain-of-thought",
+        dest="chain_of_thought",
+        action="store_false",
+        default=None,
+        help="label by sampling answers to the raw prompt",
+    )
     parser.add_argument(
         "--small", action="store_true", help="a few minutes: checks the harness, proves nothing"
     )
@@ -619,7 +630,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = Settings(variant=args.variant, **(SMALL if args.small else {}))
-    for name in ("cycles", "prompts_per_cycle", "heldout_per_family", "max_steps", "learning_rate"):
+    overridable = ("cycles", "prompts_per_cycle", "heldout_per_family", "max_steps", "learning_rate",
+                   "temperature", "chain_of_thought")  # fmt: skip
+    for name in overridable:
         if (value := getattr(args, name)) is not None:
             setattr(settings, name, value)
     result = experiment(

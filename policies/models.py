@@ -322,6 +322,10 @@ class LabelingPolicy(_Policy):
     max_tokens: int = Field(ge=16, le=4096)
     """Longest sampled answer (reasoning included)."""
 
+    chain_of_thought: bool
+    """Ask for reasoning before a marked answer when sampling (LMSI); false samples answers to the
+    prompt as users sent it, read with the question-aware extraction."""
+
     critique: bool
     """Ask the model to critique and score its selected answer (needed for refinement and pairs)."""
 

@@ -133,6 +133,16 @@ def test_without_critique_only_the_vote_and_examples_are_made() -> None:
     assert [f for f, _ in result.examples] == ["cot", "cot", "direct"]
 
 
+def test_without_chain_of_thought_the_prompt_is_sampled_as_sent() -> None:
+    edit = "critique: false\nrefine: false\nchain_of_thought: false\n"
+    policies = load_candidate(None, {"labeling.yaml": edit}, False, "edit")
+    model = ScriptedModel(SAMPLES, {})
+    result = label_prompt(model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed)
+    assert model.calls == [("What is 7 + 5?", POLICIES.labeling.samples)]  # no reasoning instruction
+    assert result.params["chain_of_thought"] is False and result.vote.answer == "12"
+    assert [f for f, _ in result.examples] == ["sampled", "sampled", "direct"]
+
+
 def test_no_readable_answer_gives_a_zero_confidence_label_and_nothing_to_train_on() -> None:
     model = ScriptedModel(["hmm"] * 5, {})
     result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)

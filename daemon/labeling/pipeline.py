@@ -113,12 +113,13 @@ def label_prompt(
         "temperature": policy.temperature,
         "top_p": policy.top_p,
         "max_tokens": policy.max_tokens,
+        "chain_of_thought": policy.chain_of_thought,
         "kind": kind,
         "principles_hash": principles_hash(principles),
     }
     texts = chat.chat(
         model,
-        sample_prompt(prompt, kind),
+        sample_prompt(prompt, kind, policy.chain_of_thought),
         policy.max_tokens,
         policy.temperature,
         policy.samples,
@@ -223,8 +224,9 @@ def _examples(result: LabelResult, best: int, policy: LabelingPolicy) -> None:
     if result.kind == "free_form" or result.samples[best].answer is None:
         result.examples.append(("direct", result.samples[best].text))
     else:
+        path_format = "cot" if policy.chain_of_thought else "sampled"
         for index in result.vote.winners[: policy.cot_examples_per_prompt]:
-            result.examples.append(("cot", result.samples[index].text))
+            result.examples.append((path_format, result.samples[index].text))
         assert result.vote.answer is not None
         result.examples.append(("direct", direct_completion(result.vote.answer)))
     if result.refinement is not None and result.refinement.accepted:

@@ -12,9 +12,10 @@ from evolvd.labeling.answers import AnswerKind
 FINISH = "Think step by step, then end with one line: The answer is <your answer>."
 
 
-def sample_prompt(prompt: str, kind: AnswerKind) -> str:
-    """Chain of thought with a marked conclusion, so the vote reads every path at its answer."""
-    return prompt if kind == "free_form" else f"{prompt}\n\n{FINISH}"
+def sample_prompt(prompt: str, kind: AnswerKind, chain_of_thought: bool = True) -> str:
+    """Chain of thought with a marked conclusion, so the vote reads every path at its answer; or,
+    without chain of thought, the prompt as sent."""
+    return prompt if kind == "free_form" or not chain_of_thought else f"{prompt}\n\n{FINISH}"
 
 
 def direct_completion(answer: str) -> str:
