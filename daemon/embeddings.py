@@ -38,7 +38,7 @@ def _load() -> Any:
         return _model
 
 
-def warm_up_in_background() -> threading.Thread:
+def warm_up_in_background() -> None:
     """Load the model now, beside the rest of startup. Its first load imports torch and
     sentence-transformers, which holds the GIL for seconds at a time: done lazily mid-run, that
     stalled the gateway and the admin API (a /status took 8 s on a 2-core machine)."""
@@ -52,9 +52,7 @@ def warm_up_in_background() -> threading.Thread:
             return
         logger.info("embedding model loaded in %.1f s", time.monotonic() - started)
 
-    thread = threading.Thread(target=load, name="evolvd-embeddings-warm-up", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=load, name="evolvd-embeddings-warm-up", daemon=True).start()
 
 
 def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

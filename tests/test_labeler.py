@@ -3,6 +3,7 @@ file (one transaction per event, nothing labeled twice)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -222,8 +223,6 @@ def test_a_failed_write_leaves_no_rows_and_the_event_pending(buffer: DuckDBBuffe
 
 
 def test_a_stop_mid_batch_sends_no_further_request_and_leaves_the_rest_pending(buffer: DuckDBBuffer) -> None:
-    import threading
-
     stop = threading.Event()
 
     class StopsAfterSampling(ScriptedModel):
