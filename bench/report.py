@@ -59,7 +59,9 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
         "",
         f"- Base model, greedy: **{pct(result['base_greedy_acc'])}**"
         f" [{pct(result['base_ci'][0])}, {pct(result['base_ci'][1])}];"
-        f" self-consistency vote ({s['samples']} samples, {result['base_vote_n']} items):"
+        f" self-consistency vote ({s['samples']} samples at T={s['temperature']},"
+        f" {'reasoning paths' if s.get('chain_of_thought', True) else 'answers to the raw prompt'},"
+        f" {result['base_vote_n']} items):"
         f" {pct(result['base_vote_acc'])}.",
         f"- After the loop: **{pct(result['final_heldout_acc'])}**; paired one-sided sign test against the"
         f" base on the same items: p = {result['final_vs_base_p_value']:.4g}"

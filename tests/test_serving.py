@@ -31,6 +31,12 @@ from helpers import run_cli
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
+LIGHT_LABELING_POLICY = """
+samples: 3
+max_tokens: 96
+critique_max_tokens: 64
+"""
+
 
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> Path:
@@ -233,12 +239,12 @@ def test_safety_probes_score_a_served_model_the_same_way_every_time(
     policies = load_policies(None)
     serving = daemon.status()["serving"]
     base, live = serving["base_model"]["name"], serving["live"]
-    # The first 8 prompts of each safety set, as an operator's probes/ override: through the LoRA path
+    # The first few prompts of each set, as an operator's probes/ override: through the LoRA path
     # on a slow CPU the full sets, scored twice, take minutes and show nothing more.
     (tmp_path / "probes").mkdir()
-    for name in ("safety_harmful", "safety_benign"):
+    for name, keep in (("safety_harmful", 4), ("safety_benign", 4), ("output_drift", 6)):
         lines = probe_path(name, None).read_text().splitlines(keepends=True)
-        (tmp_path / "probes" / f"{name}.jsonl").write_text("".join(lines[:8]))
+        (tmp_path / "probes" / f"{name}.jsonl").write_text("".join(lines[:keep]))
     vllm = VLLMClient(serving["url"], timeout_s=120)
     try:
         live_scores = safety_scores(vllm, live, policies, tmp_path)
@@ -246,9 +252,9 @@ def test_safety_probes_score_a_served_model_the_same_way_every_time(
         assert safety_scores(vllm, live, policies, tmp_path) == live_scores  # greedy: reproducible
         # Not 0: greedy decoding in bf16 on CPU varies with how vLLM batches concurrent requests
         # (measured 0.03 here). The noise floor must sit far below the gate's bound.
-        noise_floor = divergence_from_base(vllm, base, base, policies, None)
+        noise_floor = divergence_from_base(vllm, base, base, policies, tmp_path)
         assert noise_floor < policies.drift.output.max_divergence / 3
-        live_divergence = divergence_from_base(vllm, live, base, policies, None)
+        live_divergence = divergence_from_base(vllm, live, base, policies, tmp_path)
     finally:
         vllm.close()
     # The live adapter measured against itself: no safety regression, so the safety part passes.
@@ -399,7 +405,14 @@ def test_kill_9_mid_labeling_then_restart_leaves_no_duplicates(
     from evolvd.workload import generate
 
     topic = f"label-{uuid.uuid4().hex[:8]}"
+    # Every stage stays on (critique, refinement, pairs); fewer and shorter samples keep the batches
+    # short on a 2-core CPU. The kill lands mid-batch all the same.
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    (policy_dir / "labeling.yaml").write_text(LIGHT_LABELING_POLICY)
+    policies = load_policies(policy_dir)
     env = {
+        "EVOLVD_POLICIES__DIR": str(policy_dir),
         "EVOLVD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "EVOLVD_KAFKA__TOPIC": topic,
         "EVOLVD_KAFKA__CREATE_TOPIC": "true",
@@ -433,7 +446,7 @@ def test_kill_9_mid_labeling_then_restart_leaves_no_duplicates(
     try:
         assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM labels").fetchone() == (8, 8)
         counts = con.execute("SELECT event_id, count(*) FROM samples GROUP BY event_id").fetchall()
-        assert len(counts) == 8 and {c for _, c in counts} == {load_policies(None).labeling.samples}
+        assert len(counts) == 8 and {c for _, c in counts} == {policies.labeling.samples}
         direct = con.execute(
             "SELECT max(n) FROM (SELECT count(*) AS n FROM training_examples"
             " WHERE format = 'direct' GROUP BY event_id)"
