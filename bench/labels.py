@@ -78,7 +78,8 @@ def greedy_answers(
 
     def one(task: Task) -> str | None:
         kind = answer_kind(task.prompt)
-        return extract(client.chat(model, sample_prompt(task.prompt, kind), max_tokens)[0], kind, task.prompt)
+        prompt = sample_prompt(task.prompt, kind, policies.labeling.chain_of_thought)
+        return extract(client.chat(model, prompt, max_tokens)[0], kind, task.prompt)
 
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(one, tasks))

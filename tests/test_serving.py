@@ -352,7 +352,11 @@ def test_each_labeling_stage_writes_well_formed_rows_with_the_real_model(
         )
     registry = new_registry()
     client = VLLMClient(serving["url"], timeout_s=300)
-    policies = load_policies(None)
+    # The shipped policy, except any margin makes a preference pair: this small model's scores rarely
+    # differ by the shipped 2 points, and the pair stage must be seen writing rows.
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "labeling.yaml").write_text("pair_min_margin: 0.0\n")
+    policies = load_policies(tmp_path / "policies")
     # The base model, not the live adapter: vLLM's LoRA path on a CPU is several times slower, and
     # the stages are the same whichever model answers.
     model = serving["base_model"]["name"]
@@ -384,7 +388,7 @@ def test_each_labeling_stage_writes_well_formed_rows_with_the_real_model(
         for accepted, reason in con.execute("SELECT accepted, reason FROM refinements").fetchall():
             assert reason and isinstance(accepted, bool)
         margins = con.execute("SELECT margin, chosen_score - rejected_score FROM preference_pairs").fetchall()
-        assert all(m == d and m >= policies.labeling.pair_min_margin for m, d in margins)
+        assert margins and all(m == d and m >= policies.labeling.pair_min_margin for m, d in margins)
         formats = {r[0] for r in con.execute("SELECT format FROM training_examples").fetchall()}
         assert formats <= {"cot", "direct", "refined"} and "direct" in formats
         assert con.execute("SELECT count(*) FROM events WHERE state <> 'labeled'").fetchone() == (0,)
