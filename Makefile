@@ -81,7 +81,7 @@ unit: $(PROJECT_STAMP) $(PROMETHEUS)
 test: lint typecheck unit
 
 # Each benchmark writes bench/results/<name>.json; the report collects them into bench/README.md.
-BENCHMARKS := ingest serving policies labels training selfimprove
+BENCHMARKS := ingest serving policies labels training selfimprove freeform
 
 bench: $(PROJECT_STAMP)
 	@failed=""; for b in $(BENCHMARKS); do $(BIN)/python bench/$$b.py || failed="$$failed $$b"; done; \

@@ -51,6 +51,8 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
     if result is None or "cycles" not in result:
         return [*out, "Not run yet: `python bench/selfimprove.py`.", ""]
     s = result["settings"]
+    # How the reference vote sampled; runs before this key sampled reasoning paths whatever the setting.
+    vote_cot = result.get("base_vote_chain_of_thought", True)
     out += [
         f"`bench/selfimprove.py` ({result['variant']}): {s['cycles']} cycles of {s['prompts_per_cycle']}"
         f" unlabeled prompts ({', '.join(s['families'])}) through Kafka and the daemon; greedy accuracy"
@@ -60,7 +62,7 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
         f"- Base model, greedy: **{pct(result['base_greedy_acc'])}**"
         f" [{pct(result['base_ci'][0])}, {pct(result['base_ci'][1])}];"
         f" self-consistency vote ({s['samples']} samples at T={s['temperature']},"
-        f" {'reasoning paths' if s.get('chain_of_thought', True) else 'answers to the raw prompt'},"
+        f" {'reasoning paths' if vote_cot else 'answers to the raw prompt'},"
         f" {result['base_vote_n']} items):"
         f" {pct(result['base_vote_acc'])}.",
         f"- After the loop: **{pct(result['final_heldout_acc'])}**; paired one-sided sign test against the"
@@ -273,6 +275,15 @@ def labels_section(result: dict[str, Any] | None) -> list[str]:
     out = ["## Self-labeling quality (bench/labels.py)", ""]
     if result is None:
         return [*out, "Not run yet.", ""]
+    c = result["config"]
+    out += [
+        f"The shipped labeling policy: {c['samples']} samples at T={c['temperature']},"
+        f" {'reasoning paths' if c.get('chain_of_thought', True) else 'answers to the raw prompt'},"
+        f" critique {'on' if c['critique'] else 'off'}, refinement {'on' if c['refine'] else 'off'};"
+        " greedy is one answer sampled the same way at temperature 0; accepted labels are those the"
+        f" training policy takes (confidence ≥ {result['min_confidence']}, not quarantined).",
+        "",
+    ]
     rows = [
         [
             name,
@@ -286,6 +297,46 @@ def labels_section(result: dict[str, Any] | None) -> list[str]:
         for name, t in sorted(result["tasks"].items())
     ]
     return out + table(["family", "n", "greedy", "vote", "accepted", "accepted acc.", "note"], rows)
+
+
+def freeform_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["## Open-ended traffic (bench/freeform.py)", ""]
+    if result is None:
+        return [*out, "Not run yet: `python bench/freeform.py`.", ""]
+    s = result["settings"]
+    out += [
+        f"{s['cycles']} cycles of {s['prompts_per_cycle']} human-written instructions ({result['source']})"
+        f" through Kafka and the daemon ({s['variant']}); the served model's answers to"
+        f" {result['heldout_n']} held-out instructions, judged by the base model ({result['judge']},"
+        " 1-10, the labeler's critique prompt). No accuracy is claimed: these prompts have no gold"
+        f" answer. Wall time {result['seconds'] / 60:.0f} min.",
+        "",
+    ]
+
+    def number(value: float | None, digits: int = 2) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    rows = [
+        [
+            c["cycle"],
+            f"{number(c['judge_score'])} (n={c['judge_scored']})",
+            number(c["distinct_2"], 3),
+            number(c["embedding_spread"], 3),
+            number(c["mean_words"], 0),
+            pct(c["forgetting_acc"]),
+            pct(c["safety_score"]),
+            c.get("labels", "–"),
+            number(c.get("label_confidence")),
+            number(c.get("label_critique_score")),
+            c.get("examples_trained", "–"),
+            (c.get("promotion") or {}).get("outcome") or "–",
+        ]
+        for c in result["cycles"]
+    ]
+    header = ["cycle", "judge score", "distinct-2", "embedding spread", "words", "forgetting",
+              "safety", "labels", "label confidence", "label self-critique", "examples trained",
+              "promotion"]  # fmt: skip
+    return out + table(header, rows)
 
 
 def policies_section(result: dict[str, Any] | None) -> list[str]:
@@ -302,7 +353,7 @@ def policies_section(result: dict[str, Any] | None) -> list[str]:
 
 
 def main() -> int:
-    names = ("ingest", "labels", "serving", "training", "policies", "selfimprove")
+    names = ("ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform")
     results = {name: load(name) for name in names}
     lines = [
         "# Benchmarks",
@@ -311,6 +362,7 @@ def main() -> int:
         " on this project's 2-core CPU machine by the benchmark named beside it.",
         "",
         *selfimprove_section(results["selfimprove"]),
+        *freeform_section(results["freeform"]),
         *performance_section(results),
         *labels_section(results["labels"]),
         *policies_section(results["policies"]),

@@ -308,10 +308,7 @@ def measure(
         / sum(t.family == family for t in heldout)
         for family in sorted({t.family for t in heldout})
     }
-    probes = load_reference_set(probe_path("forgetting", policies_dir))
-    probe_replies = greedy_answers(gateway, "evolvd", [p.prompt for p in probes], 128)
-    forgetting = sum(p.check(r) for p, r in zip(probes, probe_replies, strict=True)) / len(probes)
-    safety = safety_scores(gateway, "evolvd", load_policies(policies_dir), policies_dir)
+    forgetting, safety = probe_scores(gateway, policies_dir)
     low, high = wilson(sum(correct), len(correct))
     return Measurement(
         heldout_acc=sum(correct) / len(correct),
@@ -320,18 +317,28 @@ def measure(
         heldout_correct=correct,
         per_family=per_family,
         forgetting_acc=forgetting,
-        safety_score=1 - safety.harmful_compliance,
+        safety_score=safety,
         seconds=round(time.monotonic() - started, 1),
     )
 
 
+def probe_scores(gateway: VLLMClient, policies_dir: Path) -> tuple[float, float]:
+    """(forgetting-probe accuracy, safety score = 1 - harmful compliance) of the served model."""
+    probes = load_reference_set(probe_path("forgetting", policies_dir))
+    replies = greedy_answers(gateway, "evolvd", [p.prompt for p in probes], 128)
+    forgetting = sum(p.check(r) for p, r in zip(probes, replies, strict=True)) / len(probes)
+    safety = safety_scores(gateway, "evolvd", load_policies(policies_dir), policies_dir)
+    return forgetting, 1 - safety.harmful_compliance
+
+
 def vote_accuracy(gateway: VLLMClient, tasks: Sequence[Task], settings: Settings) -> float:
-    """The base model's self-consistency accuracy: k sampled chains of thought, majority vote."""
+    """The base model's self-consistency accuracy: k answers sampled the way the labeler samples them
+    (chains of thought, or answers to the raw prompt), majority vote."""
 
     def one(task: Task) -> bool:
         texts = gateway.chat(
             "evolvd",
-            sample_prompt(task.prompt, task.kind),
+            sample_prompt(task.prompt, task.kind, settings.chain_of_thought),
             settings.label_max_tokens,
             temperature=settings.temperature,
             n=settings.samples,
@@ -352,16 +359,20 @@ def _training_job(status: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-def run_cycle(
-    n: int, admin: Admin, bootstrap: str, topic: str, tasks: Sequence[Task], gold: dict[str, Task]
-) -> Cycle:
-    messages = []
-    for i, task in enumerate(tasks):
-        event_id = f"c{n}-{i}"
-        gold[event_id] = task
-        messages.append({"id": event_id, "prompt": task.prompt})
+def cycle_event_prefix(cycle: int) -> str:
+    return f"c{cycle}-"
+
+
+def cycle_event_id(cycle: int, index: int) -> str:
+    return f"{cycle_event_prefix(cycle)}{index}"
+
+
+def run_cycle(n: int, admin: Admin, bootstrap: str, topic: str, prompts: Sequence[str]) -> Cycle:
+    """Stream the cycle's prompts (ids from cycle_event_id), wait for their labels, run training once,
+    and wait for the promotion policy's decision on the candidate."""
+    messages = [{"id": cycle_event_id(n, i), "prompt": prompt} for i, prompt in enumerate(prompts)]
     before = admin.status()["buffer"]["tables"]["labels"]
-    cycle = Cycle(cycle=n, prompts=len(tasks), labeled=0)
+    cycle = Cycle(cycle=n, prompts=len(prompts), labeled=0)
 
     started = time.monotonic()
     produce(bootstrap, topic, [json.dumps(m).encode() for m in messages])
@@ -372,11 +383,11 @@ def run_cycle(
         pending = status["buffer"]["events_by_state"].get("pending", 0)
         return (
             labels
-            if labels >= len(tasks) or (labels and not pending and not status["ingest"]["lag_total"])
+            if labels >= len(prompts) or (labels and not pending and not status["ingest"]["lag_total"])
             else None
         )
 
-    cycle.labeled = admin.wait(all_labeled, f"cycle {n}'s {len(tasks)} prompts to be labeled", 3600)
+    cycle.labeled = admin.wait(all_labeled, f"cycle {n}'s {len(prompts)} prompts to be labeled", 3600)
     cycle.stage_seconds["labeling"] = round(time.monotonic() - started, 1)
 
     status = admin.status()
@@ -461,17 +472,35 @@ def label_accuracy(buffer_path: Path, cycles: Sequence[Cycle], gold: dict[str, T
 # -- the experiment -------------------------------------------------------------------------------------
 
 
-def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str] | None) -> dict[str, Any]:
+@dataclass
+class Rig:
+    """One experiment's running parts: a broker, the daemon under test (training paused: the harness
+    runs it once per cycle) and its gateway."""
+
+    daemon: DaemonProcess
+    admin: Admin
+    gateway: VLLMClient
+    bootstrap: str
+    topic: str
+    policies: Path
+    stopped: bool = False
+
+    @property
+    def buffer_path(self) -> Path:
+        """Readable once the daemon, its only writer, is stopped (and until the experiment ends)."""
+        return self.daemon.data_dir / "buffer.duckdb"
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.gateway.close()
+            assert self.daemon.stop(timeout_s=180) == 0, self.daemon.tail()
+
+
+@contextmanager
+def loop_daemon(settings: Settings, bootstrap: str | None, attach: tuple[str, str] | None) -> Iterator[Rig]:
     from evolvd.connectors.model_bootstrap import ensure_bundled_model
 
-    drawn = [
-        t
-        for f in settings.families
-        for t in generate(f, settings.heldout_per_family, seed=10_000 + settings.seed)
-    ]
-    heldout = list({t.prompt: t for t in drawn}.values())  # distinct prompts: a paired test counts items
-    seen = {t.prompt for t in heldout}
-    wall_started = time.monotonic()
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evolvd-selfimprove-")))
         servers = stack.enter_context(kafka(bootstrap, work))
@@ -489,41 +518,59 @@ def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str
         else:
             env["EVOLVD_SERVING__MODEL_PATH"] = str(ensure_bundled_model(MODEL_CACHE).path)
         daemon = DaemonProcess(work / "data", env).start(timeout_s=900)
+        rig: Rig | None = None
         try:
             admin = Admin(daemon)
             admin.job("training", "pause")
             admin.wait(lambda: admin.status()["serving"].get("state") == "ready", "serving to be ready", 900)
             gateway = VLLMClient((daemon.data_dir / "gateway.url").read_text().strip(), timeout_s=600)
-            base_name = admin.status()["serving"]["live"]
-            print(f"[selfimprove] {settings.variant}: measuring the base model {base_name}", flush=True)
-            base = measure(gateway, heldout, policies, settings)
-            started = time.monotonic()
-            vote_acc = vote_accuracy(
-                gateway, heldout[:: max(1, len(heldout) // settings.vote_items)], settings
-            )
-            vote_seconds = round(time.monotonic() - started, 1)
-            print(f"[selfimprove] base greedy {base.heldout_acc:.3f}, vote {vote_acc:.3f}", flush=True)
-
-            gold: dict[str, Task] = {}
-            cycles: list[Cycle] = []
-            for n in range(1, settings.cycles + 1):
-                tasks = [t for t in _cycle_tasks(settings, n) if t.prompt not in seen][
-                    : settings.prompts_per_cycle
-                ]
-                cycle = run_cycle(n, admin, servers, topic, tasks, gold)
-                cycle.measurement = measure(gateway, heldout, policies, settings)
-                cycle.stage_seconds["measurement"] = cycle.measurement.seconds
-                cycles.append(cycle)
-                print(
-                    f"[selfimprove] cycle {n}: run {cycle.run_status} {cycle.adapter} -> {cycle.decision}"
-                    f" {cycle.decision_reasons}; held-out {cycle.measurement.heldout_acc:.3f}",
-                    flush=True,
-                )
+            rig = Rig(daemon, admin, gateway, servers, topic, policies)
+            yield rig
         finally:
-            assert daemon.stop(timeout_s=180) == 0, daemon.tail()
-        lineage = label_accuracy(daemon.data_dir / "buffer.duckdb", cycles, gold)
+            if rig is not None:
+                rig.stop()
+            else:
+                daemon.stop(timeout_s=180)
+
+
+def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str] | None) -> dict[str, Any]:
+    drawn = [
+        t
+        for f in settings.families
+        for t in generate(f, settings.heldout_per_family, seed=10_000 + settings.seed)
+    ]
+    heldout = list({t.prompt: t for t in drawn}.values())  # distinct prompts: a paired test counts items
+    seen = {t.prompt for t in heldout}
+    wall_started = time.monotonic()
+    with loop_daemon(settings, bootstrap, attach) as rig:
+        base_name = rig.admin.status()["serving"]["live"]
+        print(f"[selfimprove] {settings.variant}: measuring the base model {base_name}", flush=True)
+        base = measure(rig.gateway, heldout, rig.policies, settings)
+        started = time.monotonic()
+        vote_items = heldout[:: max(1, len(heldout) // settings.vote_items)]
+        vote_acc = vote_accuracy(rig.gateway, vote_items, settings)
+        vote_seconds = round(time.monotonic() - started, 1)
+        print(f"[selfimprove] base greedy {base.heldout_acc:.3f}, vote {vote_acc:.3f}", flush=True)
+
+        gold: dict[str, Task] = {}
+        cycles: list[Cycle] = []
+        for n in range(1, settings.cycles + 1):
+            fresh = [t for t in _cycle_tasks(settings, n) if t.prompt not in seen]
+            tasks = fresh[: settings.prompts_per_cycle]
+            gold.update({cycle_event_id(n, i): task for i, task in enumerate(tasks)})
+            cycle = run_cycle(n, rig.admin, rig.bootstrap, rig.topic, [t.prompt for t in tasks])
+            cycle.measurement = measure(rig.gateway, heldout, rig.policies, settings)
+            cycle.stage_seconds["measurement"] = cycle.measurement.seconds
+            cycles.append(cycle)
+            print(
+                f"[selfimprove] cycle {n}: run {cycle.run_status} {cycle.adapter} -> {cycle.decision}"
+                f" {cycle.decision_reasons}; held-out {cycle.measurement.heldout_acc:.3f}",
+                flush=True,
+            )
+        rig.stop()
+        lineage = label_accuracy(rig.buffer_path, cycles, gold)
     result = report(settings, base, vote_acc, vote_seconds, cycles, lineage, time.monotonic() - wall_started)
-    result["slowest_admin_status_s"] = round(admin.slowest_status_s, 1)
+    result["slowest_admin_status_s"] = round(rig.admin.slowest_status_s, 1)
     return result
 
 
@@ -577,6 +624,7 @@ def report(
         "base_per_family": {k: round(v, 4) for k, v in base.per_family.items()},
         "base_vote_acc": round(vote_acc, 4),
         "base_vote_n": settings.vote_items,
+        "base_vote_chain_of_thought": settings.chain_of_thought,
         "base_vote_seconds": vote_seconds,
         "base_forgetting_acc": round(base.forgetting_acc, 4),
         "base_safety_score": round(base.safety_score, 4),
@@ -604,6 +652,20 @@ def write(result: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(merged, indent=2) + "\n")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options every run of this harness takes: its size, the parts to attach to, where to write."""
+    parser.add_argument(
+        "--small", action="store_true", help="a few minutes: checks the harness, proves nothing"
+    )
+    parser.add_argument(
+        "--bootstrap-servers", help="an existing Kafka cluster (default: the embedded broker)"
+    )
+    parser.add_argument(
+        "--attach-vllm", nargs=2, metavar=("URL", "MODEL_PATH"), help="an existing vLLM server"
+    )
+    parser.add_argument("--out", type=Path, default=results)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default=MAIN_VARIANT)
@@ -619,16 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="label by sampling reasoning paths (default: answers to the raw prompt)",
     )
-    parser.add_argument(
-        "--small", action="store_true", help="a few minutes: checks the harness, proves nothing"
-    )
-    parser.add_argument(
-        "--bootstrap-servers", help="an existing Kafka cluster (default: the embedded broker)"
-    )
-    parser.add_argument(
-        "--attach-vllm", nargs=2, metavar=("URL", "MODEL_PATH"), help="an existing vLLM server"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = Settings(variant=args.variant, **(SMALL if args.small else {}))

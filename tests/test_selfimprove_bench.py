@@ -1,6 +1,7 @@
-"""bench/selfimprove.py keeps working: its small mode, one cycle through the real daemon, attached to
-the session's broker and vLLM server. It checks the harness and the shape of what it reports; the
-numbers of so small a run prove nothing (the full experiment is `python bench/selfimprove.py`)."""
+"""bench/selfimprove.py and bench/freeform.py keep working: their small modes, one cycle through the
+real daemon, attached to the session's broker and vLLM server. They check the harness and the shape
+of what it reports; the numbers of so small a run prove nothing (the full experiments are
+`python bench/selfimprove.py` and `python bench/freeform.py`)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_small_experiment_runs_a_cycle_and_reports_it(broker: Any, vllm_daemon: Any, tmp_path: Path) -> None:
+def run_small(script: str, args: list[str], broker: Any, vllm_daemon: Any, tmp_path: Path) -> Any:
+    """Run a bench harness's --small mode attached to the session's broker and vLLM; its report."""
     serving = vllm_daemon.status()["serving"]
-    out = tmp_path / "selfimprove.json"
+    out = tmp_path / "result.json"
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "bench" / "selfimprove.py"),
+            str(ROOT / "bench" / script),
             "--small",
+            *args,
             "--bootstrap-servers",
             broker.bootstrap_servers,
             "--attach-vllm",
@@ -40,7 +43,11 @@ def test_small_experiment_runs_a_cycle_and_reports_it(broker: Any, vllm_daemon: 
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_small_experiment_runs_a_cycle_and_reports_it(broker: Any, vllm_daemon: Any, tmp_path: Path) -> None:
+    report = run_small("selfimprove.py", [], broker, vllm_daemon, tmp_path)
     for key in ("base_greedy_acc", "base_vote_acc", "final_vs_base_p_value"):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["heldout_n"] == 12 and report["variants"].keys() == {"sc"}
@@ -56,3 +63,21 @@ def test_small_experiment_runs_a_cycle_and_reports_it(broker: Any, vllm_daemon: 
     assert (cycle["live_after"] == cycle["run"]["adapter"]) == promoted, cycle
     assert cycle["accepted"] >= 1 and 0.0 <= cycle["accepted_label_acc"] <= 1.0
     assert set(cycle["stage_seconds"]) == {"labeling", "training", "evaluation_and_promotion", "measurement"}
+
+
+def test_small_free_form_run_labels_trains_and_judges_open_ended_prompts(
+    broker: Any, vllm_daemon: Any, tmp_path: Path
+) -> None:
+    source = ROOT.parent / "shared" / "data" / "seed_tasks.jsonl"
+    report = run_small("freeform.py", ["--source", str(source)], broker, vllm_daemon, tmp_path)
+    base, cycle = report["cycles"]
+    assert base["cycle"] == "base" and cycle["cycle"] == "1"
+    for row in (base, cycle):
+        assert row["judge_scored"] >= 1 and 1.0 <= row["judge_score"] <= 10.0, row
+        assert 0.0 < row["distinct_2"] <= 1.0 and 0.0 <= row["embedding_spread"] <= 2.0, row
+        assert row["mean_words"] > 0 and 0.0 <= row["forgetting_acc"] <= 1.0, row
+    # Open-ended prompts went through every stage: semantic votes, self-critiques, a training run.
+    assert cycle["labels"] >= 1 and 0.0 < cycle["label_confidence"] <= 1.0, cycle
+    assert cycle["label_critiques_scored"] >= 1 and 1.0 <= cycle["label_critique_score"] <= 10.0, cycle
+    assert cycle["run"]["status"] == "succeeded" and cycle["examples_trained"] >= 1, cycle
+    assert cycle["promotion"]["outcome"] in ("promote", "reject"), cycle

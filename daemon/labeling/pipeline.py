@@ -140,7 +140,7 @@ def label_prompt(
     return result
 
 
-def _critique(
+def critique_answer(
     chat: ChatModel,
     model: str,
     prompt: str,
@@ -149,6 +149,8 @@ def _critique(
     principles: Sequence[str],
     index: int | None,
 ) -> Critique:
+    """The model's critique of `answer` and its 1-10 score (self-judging; also the free-form
+    benchmark's judge). `index` is the sample judged, None for a refinement."""
     request = critique_prompt(prompt, answer, principles)
     text = chat.chat(model, request, policy.critique_max_tokens)[0]
     score = parse_score(text)
@@ -174,12 +176,12 @@ def _critique_and_refine(
     principles: Sequence[str],
 ) -> None:
     winner = result.samples[best]
-    first = _critique(chat, model, result.prompt, winner.text, policy, principles, best)
+    first = critique_answer(chat, model, result.prompt, winner.text, policy, principles, best)
     result.critiques.append(first)
     minority = [i for i, s in enumerate(result.samples) if i not in result.vote.winners]
     if minority:  # a pair needs a scored minority answer to reject
         result.critiques.append(
-            _critique(
+            critique_answer(
                 chat, model, result.prompt, result.samples[minority[0]].text, policy, principles, minority[0]
             )
         )
@@ -188,7 +190,7 @@ def _critique_and_refine(
         refined_text = chat.chat(
             model, refine_prompt(result.prompt, winner.text, first.text, result.kind), policy.max_tokens
         )[0]
-        rescored = _critique(chat, model, result.prompt, refined_text, policy, principles, None)
+        rescored = critique_answer(chat, model, result.prompt, refined_text, policy, principles, None)
         result.refinement_critique = rescored
         refined_answer = extract(refined_text, result.kind, result.prompt)
         accepted, reason = _judge_refinement(first.score, rescored.score, refined_answer, result)
