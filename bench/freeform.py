@@ -33,7 +33,9 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +111,7 @@ def load_instructions(path: Path) -> list[str]:
 
 
 def distinct_2(texts: Sequence[str]) -> float:
-    bigrams = [pair for t in texts for pair in zip(t.split(), t.split()[1:], strict=False)]
+    bigrams = [pair for t in texts for pair in pairwise(t.split())]
     return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
 
 
@@ -128,7 +130,7 @@ def measure_open_ended(
 ) -> OpenEndedMeasurement:
     started = time.monotonic()
     answers = greedy_answers(rig.gateway, "evolvd", prompts, settings.answer_max_tokens)
-    policies = load_policies(rig.policies)
+    policies = load_policies(rig.policies)  # the experiment's own edits: the judge's critique settings
 
     def score(pair: tuple[str, str]) -> float | None:
         critique = critique_answer(
@@ -191,9 +193,11 @@ def experiment(
     if len(stream) < settings.cycles * settings.prompts_per_cycle:
         raise SystemExit(f"{source} has {len(stream)} instructions to stream; the run needs more")
     wall_started = time.monotonic()
-    with loop_daemon(settings, bootstrap, attach) as rig:
+    with ExitStack() as stack:
+        rig = stack.enter_context(loop_daemon(settings, bootstrap, attach))
         serving = rig.admin.status()["serving"]
-        judge, judge_model = VLLMClient(serving["url"], timeout_s=600), serving["base_model"]["name"]
+        judge = stack.enter_context(closing(VLLMClient(serving["url"], timeout_s=600)))
+        judge_model = serving["base_model"]["name"]
         print(f"[freeform] {settings.variant}: measuring the base model {judge_model}", flush=True)
         rows: list[tuple[str, OpenEndedMeasurement, Cycle | None]] = [
             ("base", measure_open_ended(rig, judge, judge_model, heldout, settings), None)
@@ -211,31 +215,19 @@ def experiment(
                 f" judge {measured.judge_score}, distinct-2 {measured.distinct_2:.3f}",
                 flush=True,
             )
-        judge.close()
         rig.stop()
         from_buffer = buffer_figures(rig.buffer_path, cycles)
     return {
         "benchmark": "freeform",
         "source": source.name,
         "heldout_n": len(heldout),
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "settings": settings.as_json(),
         "judge": judge_model,
         "cycles": [
             {
                 "cycle": name,
                 **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(m).items()},
-                **(
-                    {
-                        **from_buffer[c.cycle],
-                        "prompts": c.prompts,
-                        "run": {"id": c.run_id, "status": c.run_status, "reason": c.run_reason},
-                        "promotion": {"outcome": c.decision, "reasons": c.decision_reasons},
-                        "live_after": c.live_after,
-                        "stage_seconds": c.stage_seconds,
-                    }
-                    if c is not None
-                    else {}
-                ),
+                **({**from_buffer[c.cycle], "prompts": c.prompts, **c.outcome()} if c is not None else {}),
             }
             for name, m, c in rows
         ],

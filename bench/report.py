@@ -37,6 +37,11 @@ def pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
+def sampled(chain_of_thought: bool) -> str:
+    """How labels (or a reference vote) were sampled, in the report's words."""
+    return "reasoning paths" if chain_of_thought else "answers to the raw prompt"
+
+
 def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -62,7 +67,7 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
         f"- Base model, greedy: **{pct(result['base_greedy_acc'])}**"
         f" [{pct(result['base_ci'][0])}, {pct(result['base_ci'][1])}];"
         f" self-consistency vote ({s['samples']} samples at T={s['temperature']},"
-        f" {'reasoning paths' if vote_cot else 'answers to the raw prompt'},"
+        f" {sampled(vote_cot)},"
         f" {result['base_vote_n']} items):"
         f" {pct(result['base_vote_acc'])}.",
         f"- After the loop: **{pct(result['final_heldout_acc'])}**; paired one-sided sign test against the"
@@ -278,7 +283,7 @@ def labels_section(result: dict[str, Any] | None) -> list[str]:
     c = result["config"]
     out += [
         f"The shipped labeling policy: {c['samples']} samples at T={c['temperature']},"
-        f" {'reasoning paths' if c.get('chain_of_thought', True) else 'answers to the raw prompt'},"
+        f" {sampled(c.get('chain_of_thought', True))},"
         f" critique {'on' if c['critique'] else 'off'}, refinement {'on' if c['refine'] else 'off'};"
         " greedy is one answer sampled the same way at temperature 0; accepted labels are those the"
         f" training policy takes (confidence ≥ {result['min_confidence']}, not quarantined).",

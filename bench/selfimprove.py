@@ -113,6 +113,9 @@ class Settings:
     probe_limit: int | None = None
     """Use only the first N items of each shipped probe set (the small run; the full run uses all)."""
 
+    def as_json(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
 
 SMALL: dict[str, Any] = {
     "cycles": 1,
@@ -156,6 +159,20 @@ class Cycle:
     live_after: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     measurement: Measurement | None = None
+
+    def outcome(self) -> dict[str, Any]:
+        """What the daemon did with the cycle, as the results files record it."""
+        return {
+            "run": {
+                "id": self.run_id,
+                "status": self.run_status,
+                "reason": self.run_reason,
+                "adapter": self.adapter,
+            },
+            "promotion": {"outcome": self.decision, "reasons": self.decision_reasons},
+            "live_after": self.live_after,
+            "stage_seconds": self.stage_seconds,
+        }
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -608,15 +625,12 @@ def report(
                 "prompts": c.prompts,
                 "labeled": c.labeled,
                 **lineage.get(c.cycle, {"accepted": 0, "accepted_label_acc": None}),
-                "run": {"id": c.run_id, "status": c.run_status, "reason": c.run_reason, "adapter": c.adapter},
-                "promotion": {"outcome": c.decision, "reasons": c.decision_reasons},
-                "live_after": c.live_after,
-                "stage_seconds": c.stage_seconds,
+                **c.outcome(),
             }
         )
     return {
         "variant": settings.variant,
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "settings": settings.as_json(),
         "variant_switches": VARIANTS[settings.variant],
         "heldout_n": len(base.heldout_correct),
         "base_greedy_acc": round(base.heldout_acc, 4),
