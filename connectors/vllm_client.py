@@ -24,6 +24,15 @@ _retry_connect = retry(
 )
 
 
+# How long an idle pooled connection to vLLM may be reused. vLLM (uvicorn) closes idle keep-alive
+# connections after VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by default, and httpx keeps them 5 s too: a request
+# sent on a connection the server is closing at that instant fails with "Server disconnected without
+# sending a response". Expiring ours well before the server's (the server evolvd supervises is also
+# given a longer keep-alive, see SERVER_KEEPALIVE_S) leaves no such window, with external servers too.
+CLIENT_KEEPALIVE_S = 2.0
+SERVER_KEEPALIVE_S = 30
+
+
 # vLLM's answer to loading a name it already holds (vllm/entrypoints/openai/models/serving.py).
 ALREADY_LOADED = "has already been loaded"
 
@@ -56,7 +65,8 @@ def _error_text(response: httpx.Response) -> str:
 class VLLMClient:
     def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        limits = httpx.Limits(keepalive_expiry=CLIENT_KEEPALIVE_S)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, limits=limits)
 
     def close(self) -> None:
         self._http.close()

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from evolvd.config import GatewayConfig
+from evolvd.connectors.vllm_client import CLIENT_KEEPALIVE_S
 from evolvd.contract import encode_message
 from evolvd.metrics import ServingMetrics
 from evolvd.serving.routing import Router
@@ -64,7 +65,9 @@ class Gateway:
         self._client = httpx.AsyncClient(
             base_url=upstream_url,
             timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            limits=httpx.Limits(
+                max_connections=512, max_keepalive_connections=128, keepalive_expiry=CLIENT_KEEPALIVE_S
+            ),
         )
 
     def app(self) -> FastAPI:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from evolvd.config import ServingConfig
 from evolvd.connectors.embedded_broker import free_port
-from evolvd.connectors.vllm_client import VLLMClient
+from evolvd.connectors.vllm_client import SERVER_KEEPALIVE_S, VLLMClient
 from evolvd.lifeline import child_environment
 
 logger = logging.getLogger("evolvd.serving")
@@ -61,6 +61,7 @@ def vllm_environment(config: ServingConfig, runtime_dir: Path) -> dict[str, str]
         **child_environment(),
         "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": str(SERVER_KEEPALIVE_S),
         "VLLM_CACHE_ROOT": str(cache),
         "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
         "TMPDIR": str(tmp),
