@@ -95,10 +95,13 @@ def language_of(texts: Sequence[str]) -> list[str]:
 def topic_clusters(
     reference: np.ndarray, recent: np.ndarray, k: int, seed: int = 0
 ) -> tuple[list[int], list[int]]:
-    """k-means fitted on the reference embeddings; both windows assigned to its clusters."""
+    """k-means fitted on the reference embeddings; both windows assigned to its clusters.
+
+    Never more clusters than distinct reference points: repeated prompts (a client asking the same
+    thing, captured by the gateway) are common traffic, and k-means would warn on every drift check."""
     from sklearn.cluster import KMeans
 
-    k = min(k, len(reference))
+    k = min(k, len(np.unique(reference, axis=0)))
     model = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(reference)
     return [int(c) for c in model.labels_], [int(c) for c in model.predict(recent)]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from evolvd.embeddings import embed
-from evolvd.policies.drift import drift_report, mmd_permutation_test, output_divergence
+from evolvd.policies.drift import drift_report, mmd_permutation_test, output_divergence, topic_clusters
 from evolvd.policies.loader import load_policies
 from evolvd.workload import generate
 
@@ -103,3 +103,15 @@ def test_output_divergence_is_zero_for_the_same_answers_and_grows_with_change() 
     assert output_divergence(changed, same) > POLICY.output.max_divergence
     with pytest.raises(ValueError, match="paired, non-empty"):
         output_divergence(same[:1], same)
+
+
+def test_repeated_prompts_cluster_without_a_warning() -> None:
+    # Three distinct prompts, repeated (one client asking the same things): fewer distinct points than
+    # the policy's 8 topic clusters. The suite turns warnings into errors, so a k-means
+    # ConvergenceWarning (logged on every drift check before) fails this test.
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(3, 8))
+    reference = np.repeat(distinct, 10, axis=0)
+    ref_topics, recent_topics = topic_clusters(reference, distinct, k=8)
+    assert len(set(ref_topics)) == 3 and len(recent_topics) == 3
+    assert ref_topics[:10] == [ref_topics[0]] * 10  # a repeated prompt stays in one cluster
