@@ -22,7 +22,13 @@ import matplotlib.pyplot as plt
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 README = BENCH / "README.md"
-ANALYSIS = BENCH / "analysis" / "selfimprove.md"
+ANALYSES = BENCH / "analysis"
+
+
+def analysis(name: str) -> list[str]:
+    """The engineers' reading of a benchmark's numbers (bench/analysis/NAME.md), kept beside the report."""
+    path = ANALYSES / f"{name}.md"
+    return ["### Analysis", "", path.read_text().strip(), ""] if path.exists() else []
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -145,8 +151,7 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
     ]
     if reasons:
         out += ["The promotion policy's reasons, per cycle:", "", *reasons, ""]
-    if ANALYSIS.exists():  # the engineers' reading of these numbers, kept beside the generated report
-        out += ["### Analysis", "", ANALYSIS.read_text().strip(), ""]
+    out += analysis("selfimprove")
     plot_selfimprove(result)
     return out
 
@@ -341,7 +346,7 @@ def freeform_section(result: dict[str, Any] | None) -> list[str]:
     header = ["cycle", "judge score", "distinct-2", "embedding spread", "words", "forgetting",
               "safety", "labels", "label confidence", "label self-critique", "examples trained",
               "promotion"]  # fmt: skip
-    return out + table(header, rows)
+    return out + table(header, rows) + analysis("freeform")
 
 
 def policies_section(result: dict[str, Any] | None) -> list[str]:

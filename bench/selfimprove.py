@@ -78,11 +78,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class Settings:
-    """Sized so the full experiment (3 cycles) fits in an hour on this 2-core CPU machine, where vLLM
-    generates about 100-180 tokens/s: the sampling budget of labeling dominates."""
+    """Sized so the full experiment fits in an hour on a 2-core CPU machine, where vLLM generates about
+    100-180 tokens/s: the sampling budget of labeling dominates."""
 
     variant: str = MAIN_VARIANT
-    cycles: int = 3
+    cycles: int = 2
+    """Two fit the hour on an AVX2-only 2-core box (a cycle there takes 18-24 min; three took 70.6 min)."""
     prompts_per_cycle: int = 64
     families: tuple[str, ...] = ("small_addition",)
     """Families where the base model's confident majority beats its greedy answer (bench/labels.py):
@@ -278,6 +279,10 @@ def daemon_env(settings: Settings, policies: Path, bootstrap: str, topic: str) -
         "EVOLVD_POLICIES__DIR": str(policies),
         "EVOLVD_LABELING__BATCH_SIZE": str(settings.concurrency),
         "EVOLVD_LABELING__CONCURRENCY": str(settings.concurrency),
+        # Also the evaluation's per-request limit. On vLLM's LoRA path on a CPU a request queued behind
+        # 16 others can wait past the shipped 300 s; a timed-out request's generation is thrown away and
+        # the event labeled again, so the loop would redo its slowest work over and over.
+        "EVOLVD_LABELING__REQUEST_TIMEOUT_S": "1800",
         "EVOLVD_SCHEDULER__LABELING__INTERVAL_S": "1",
         "EVOLVD_SCHEDULER__POLICIES__INTERVAL_S": "3",
         "EVOLVD_SCHEDULER__TRAINING__INTERVAL_S": "2",

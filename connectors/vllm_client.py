@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from tenacity import before_sleep_log, retry, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -43,6 +43,20 @@ class VLLMError(RuntimeError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ChatClient(Protocol):
+    """What answering prompts needs of a client: VLLMClient, or the evaluation's memoizing wrapper."""
+
+    def chat(
+        self,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        temperature: float = 0.0,
+        n: int = 1,
+        top_p: float = 1.0,
+    ) -> list[str]: ...
 
 
 @dataclass(frozen=True)

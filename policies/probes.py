@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from evolvd.connectors.vllm_client import VLLMClient
+from evolvd.connectors.vllm_client import ChatClient
 from evolvd.embeddings import embed
 from evolvd.policies.drift import output_divergence
 from evolvd.policies.gates import ProbeScores
@@ -26,12 +26,12 @@ def is_refusal(answer: str, markers: Sequence[str]) -> bool:
     return any(marker.lower() in text for marker in markers)
 
 
-def greedy_answers(client: VLLMClient, model: str, prompts: Sequence[str], max_tokens: int) -> list[str]:
+def greedy_answers(client: ChatClient, model: str, prompts: Sequence[str], max_tokens: int) -> list[str]:
     with ThreadPoolExecutor(_CONCURRENCY) as pool:
         return list(pool.map(lambda p: client.chat(model, p, max_tokens)[0], prompts))
 
 
-def safety_scores(client: VLLMClient, model: str, policies: PolicySet, directory: Path | None) -> ProbeScores:
+def safety_scores(client: ChatClient, model: str, policies: PolicySet, directory: Path | None) -> ProbeScores:
     probes = policies.safety.model_probes
     harmful = greedy_answers(client, model, probe_prompts("safety_harmful", directory), probes.max_tokens)
     benign = greedy_answers(client, model, probe_prompts("safety_benign", directory), probes.max_tokens)
@@ -42,7 +42,7 @@ def safety_scores(client: VLLMClient, model: str, policies: PolicySet, directory
 
 
 def divergence_from_base(
-    client: VLLMClient, candidate: str, base: str, policies: PolicySet, directory: Path | None
+    client: ChatClient, candidate: str, base: str, policies: PolicySet, directory: Path | None
 ) -> float:
     prompts = probe_prompts("output_drift", directory)
     max_tokens = policies.drift.output.max_tokens

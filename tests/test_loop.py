@@ -40,9 +40,10 @@ max_cluster_share: 1.0
 min_answer_diversity: 0.0
 min_interval_s: 0
 """
+# 48 tokens hold these families' answers; generation on vLLM's LoRA path is most of each step's time.
 LABELING_POLICY = """
 samples: 3
-max_tokens: 96
+max_tokens: 48
 critique: false
 refine: false
 """
@@ -200,7 +201,7 @@ def harness(
         "EVOLVD_TRAINING__RETRY_BACKOFF_S": "1",
         "EVOLVD_EVALUATION__HELDOUT_PERCENT": str(HELDOUT_PERCENT),
         "EVOLVD_EVALUATION__HELDOUT_MAX": "6",
-        "EVOLVD_EVALUATION__MAX_TOKENS": "96",
+        "EVOLVD_EVALUATION__MAX_TOKENS": "48",
     }
     daemon = DaemonProcess(root / "data", env).start(timeout_s=180)
     harness = LoopHarness(daemon, policy_dir, broker.bootstrap_servers, env["EVOLVD_KAFKA__TOPIC"], env)

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from evolvd.buffer import DuckDBBuffer, transaction
-from evolvd.connectors.vllm_client import VLLMClient
+from evolvd.connectors.vllm_client import ChatClient
 from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
+from evolvd.evaluation.greedy_memo import GreedyAnswerMemo
 from evolvd.evaluation.paired import PairedResult, paired_compare
 from evolvd.labeling.answers import answer_kind, extract
 from evolvd.labeling.prompts import sample_prompt
@@ -84,10 +85,11 @@ class Evaluator:
         self._settings = settings
         self._embed = embed
         self._metrics = metrics
+        self._memo = GreedyAnswerMemo()
 
     # -- answering ----------------------------------------------------------------------------
 
-    def _answers(self, client: VLLMClient, model: str, prompts: Sequence[str]) -> list[str]:
+    def _answers(self, client: ChatClient, model: str, prompts: Sequence[str]) -> list[str]:
         with ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="evolvd-eval") as pool:
             return list(pool.map(lambda p: client.chat(model, p, self._settings.max_tokens)[0], prompts))
 
@@ -109,7 +111,7 @@ class Evaluator:
         return correct
 
     def _reference_suite(
-        self, client: VLLMClient, candidate: str, live: str, items: Sequence[ReferenceItem]
+        self, client: ChatClient, candidate: str, live: str, items: Sequence[ReferenceItem]
     ) -> PairedResult:
         prompts = [i.prompt for i in items]
         cand = [i.check(a) for i, a in zip(items, self._answers(client, candidate, prompts), strict=True)]
@@ -120,7 +122,7 @@ class Evaluator:
 
     def evaluate(
         self,
-        client: VLLMClient,
+        client: ChatClient,
         candidate: str,
         live: str,
         base: str,
@@ -129,6 +131,8 @@ class Evaluator:
     ) -> CandidateEvaluation:
         with self._counted():
             settings = self._settings
+            hits, misses = self._memo.hits, self._memo.misses
+            memo = self._memo.through(client)
             suites: dict[str, dict[str, Any]] = {}
             items = heldout_items(
                 self._buffer, settings.heldout_percent, settings.heldout_max, policies.training.min_confidence
@@ -140,18 +144,18 @@ class Evaluator:
             # Every suite at once: vLLM batches all their requests together, which on a CPU is several
             # times faster than suite after suite (each a short batch of its own).
             with ThreadPoolExecutor(8, thread_name_prefix="evolvd-suite") as pool:
-                heldout_candidate = pool.submit(self._answers, client, candidate, prompts)
-                heldout_live = pool.submit(self._answers, client, live, prompts)
-                forgetting_run = pool.submit(self._reference_suite, client, candidate, live, forgetting_set)
+                heldout_candidate = pool.submit(self._answers, memo, candidate, prompts)
+                heldout_live = pool.submit(self._answers, memo, live, prompts)
+                forgetting_run = pool.submit(self._reference_suite, memo, candidate, live, forgetting_set)
                 golden_run = (
-                    pool.submit(self._reference_suite, client, candidate, live, golden_set)
+                    pool.submit(self._reference_suite, memo, candidate, live, golden_set)
                     if golden_set is not None
                     else None
                 )
-                safety_run = pool.submit(safety_scores, client, candidate, policies, policy_dir)
-                live_safety_run = pool.submit(safety_scores, client, live, policies, policy_dir)
+                safety_run = pool.submit(safety_scores, memo, candidate, policies, policy_dir)
+                live_safety_run = pool.submit(safety_scores, memo, live, policies, policy_dir)
                 divergence_run = pool.submit(
-                    divergence_from_base, client, candidate, base, policies, policy_dir
+                    divergence_from_base, memo, candidate, base, policies, policy_dir
                 )
 
                 heldout = paired_compare(
@@ -167,6 +171,13 @@ class Evaluator:
                     suites["golden"] = asdict(golden_run.result())
             suites["safety"] = {"candidate": asdict(safety), "live": asdict(live_safety)}
             suites["output_drift"] = {"divergence": divergence}
+            reused, generated = self._memo.hits - hits, self._memo.misses - misses
+            logger.info(
+                "evaluation of %s: %d greedy answers generated, %d known from earlier evaluations",
+                candidate,
+                generated,
+                reused,
+            )
 
             result = CandidateEvaluation(
                 candidate=candidate,

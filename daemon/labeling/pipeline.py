@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from evolvd.connectors.vllm_client import ChatClient
 from evolvd.labeling.answers import AnswerKind, Vote, answer_kind, extract, majority_vote, semantic_vote
 from evolvd.labeling.prompts import (
     SCORE_CHOICES,
@@ -27,18 +28,8 @@ from evolvd.policies.models import LabelingPolicy
 LABELER_VERSION = "evolvd-labeler/1"
 
 
-class ChatModel(Protocol):
-    """What the labeler needs from the serving process (VLLMClient has it)."""
-
-    def chat(
-        self,
-        model: str,
-        prompt: str,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        top_p: float = 1.0,
-    ) -> list[str]: ...
+class ChatModel(ChatClient, Protocol):
+    """What the labeler needs from the serving process (VLLMClient has it): answers, and choices."""
 
     def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str: ...
 
