@@ -103,6 +103,8 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
     for c in result["cycles"]:
         stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in c["stage_seconds"].items())
         decision = c["promotion"]["outcome"] or (c["run"]["status"] or "no run")
+        if c.get("measurement_carried_over"):
+            decision += " (served adapter unchanged: previous measurement)"
         rows.append(
             [
                 c["cycle"],

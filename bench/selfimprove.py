@@ -94,8 +94,12 @@ class Settings:
     max_steps: int = 30
     max_epochs: float = 2.0
     """The daemon's cap on passes over a snapshot (the first run's ~9 epochs memorised wrong labels)."""
-    learning_rate: float = 1e-4
-    batch_size: int = 8
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    """The daemon's shipped learning rate and batch size. Runs until 2026-12-02 halved the rate and
+    doubled the batch (set after the first run memorised wrong labels over ~9 epochs, before max_epochs
+    capped that): a quarter of the shipped updates per cycle. An ad-hoc probe on one cycle's labels
+    (bench/analysis/selfimprove.md) measured 0.53 held-out with those settings and 0.63 with these."""
     answer_max_tokens: int = 64
     """Token budget of a served answer (held-out, probes): the same for the base and every adapter."""
     samples: int = 4
@@ -160,6 +164,9 @@ class Cycle:
     live_after: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     measurement: Measurement | None = None
+    measurement_carried_over: bool = False
+    """The served adapter did not change in this cycle (no run, or the candidate rejected), so the
+    previous measurement of that same adapter stands instead of measuring it again."""
 
     def outcome(self) -> dict[str, Any]:
         """What the daemon did with the cycle, as the results files record it."""
@@ -173,6 +180,7 @@ class Cycle:
             "promotion": {"outcome": self.decision, "reasons": self.decision_reasons},
             "live_after": self.live_after,
             "stage_seconds": self.stage_seconds,
+            "measurement_carried_over": self.measurement_carried_over,
         }
 
 
@@ -576,13 +584,20 @@ def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str
 
         gold: dict[str, Task] = {}
         cycles: list[Cycle] = []
+        served, served_measurement = base_name, base
         for n in range(1, settings.cycles + 1):
             fresh = [t for t in _cycle_tasks(settings, n) if t.prompt not in seen]
             tasks = fresh[: settings.prompts_per_cycle]
             gold.update({cycle_event_id(n, i): task for i, task in enumerate(tasks)})
             cycle = run_cycle(n, rig.admin, rig.bootstrap, rig.topic, [t.prompt for t in tasks])
-            cycle.measurement = measure(rig.gateway, heldout, rig.policies, settings)
-            cycle.stage_seconds["measurement"] = cycle.measurement.seconds
+            measure_cycle(
+                cycle,
+                served,
+                served_measurement,
+                lambda: measure(rig.gateway, heldout, rig.policies, settings),
+            )
+            assert cycle.measurement is not None
+            served, served_measurement = cycle.live_after, cycle.measurement
             cycles.append(cycle)
             print(
                 f"[selfimprove] cycle {n}: run {cycle.run_status} {cycle.adapter} -> {cycle.decision}"
@@ -594,6 +609,21 @@ def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str
     result = report(settings, base, vote_acc, vote_seconds, cycles, lineage, time.monotonic() - wall_started)
     result["slowest_admin_status_s"] = round(rig.admin.slowest_status_s, 1)
     return result
+
+
+def measure_cycle(
+    cycle: Cycle, served_before: str | None, before: Measurement, measure_served: Callable[[], Measurement]
+) -> None:
+    """Measure what is served after the cycle; when that is the adapter already measured (the cycle's
+    candidate was not promoted), its measurement stands: measuring it again would only sample the
+    server's run-to-run noise, at the cost of a full pass over the held-out set and the probes."""
+    if cycle.live_after is not None and cycle.live_after == served_before:
+        cycle.measurement = before
+        cycle.measurement_carried_over = True
+        cycle.stage_seconds["measurement"] = 0.0
+        return
+    cycle.measurement = measure_served()
+    cycle.stage_seconds["measurement"] = cycle.measurement.seconds
 
 
 def _cycle_tasks(settings: Settings, n: int) -> list[Task]:
