@@ -118,7 +118,7 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
             ]
         )
     out += table(
-        ["cycle", "held-out greedy", "forgetting probes", "safety", "examples", "their label acc.",
+        ["cycle", "held-out greedy", "forgetting probes", "safety", "accepted prompts", "their label acc.",
          "promotion", "minutes per stage"],
         rows,
     )  # fmt: skip
@@ -133,11 +133,22 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
     if len(variants) > 1:
         out += ["### Ablations (same harness, same held-out set)", ""]
         out += table(
-            ["variant", "base greedy", "final", "p (final vs base)", "forgetting (final)", "safety (final)"],
+            [
+                "variant",
+                "cycles",
+                "base greedy",
+                "after cycle 1",
+                "final",
+                "p (final vs base)",
+                "forgetting (final)",
+                "safety (final)",
+            ],
             [
                 [
                     name,
+                    len(v["cycles"]),
                     pct(v["base_greedy_acc"]),
+                    pct(v["cycles"][0]["heldout_acc"]) if v["cycles"] else "–",
                     pct(v["final_heldout_acc"]),
                     f"{v['final_vs_base_p_value']:.4g}",
                     pct(v["cycles"][-1]["forgetting_acc"]) if v["cycles"] else "–",
