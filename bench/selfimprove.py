@@ -83,7 +83,8 @@ class Settings:
 
     variant: str = MAIN_VARIANT
     cycles: int = 2
-    """Two fit the hour on an AVX2-only 2-core box (a cycle there takes 18-24 min; three took 70.6 min)."""
+    """Two fit the hour on an AVX2-only 2-core box: the 2-cycle run took 45.4 min (cycles of 17-20 min
+    after about 9 min of startup and base measurement); three took 70.6 min."""
     prompts_per_cycle: int = 64
     families: tuple[str, ...] = ("small_addition",)
     """Families where the base model's confident majority beats its greedy answer (bench/labels.py):
