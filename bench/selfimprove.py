@@ -591,18 +591,17 @@ def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str
             tasks = fresh[: settings.prompts_per_cycle]
             gold.update({cycle_event_id(n, i): task for i, task in enumerate(tasks)})
             cycle = run_cycle(n, rig.admin, rig.bootstrap, rig.topic, [t.prompt for t in tasks])
-            measure_cycle(
+            served_measurement = measure_cycle(
                 cycle,
                 served,
                 served_measurement,
                 lambda: measure(rig.gateway, heldout, rig.policies, settings),
             )
-            assert cycle.measurement is not None
-            served, served_measurement = cycle.live_after, cycle.measurement
+            served = cycle.live_after
             cycles.append(cycle)
             print(
                 f"[selfimprove] cycle {n}: run {cycle.run_status} {cycle.adapter} -> {cycle.decision}"
-                f" {cycle.decision_reasons}; held-out {cycle.measurement.heldout_acc:.3f}",
+                f" {cycle.decision_reasons}; held-out {served_measurement.heldout_acc:.3f}",
                 flush=True,
             )
         rig.stop()
@@ -614,17 +613,18 @@ def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str
 
 def measure_cycle(
     cycle: Cycle, served_before: str | None, before: Measurement, measure_served: Callable[[], Measurement]
-) -> None:
-    """Measure what is served after the cycle; when that is the adapter already measured (the cycle's
-    candidate was not promoted), its measurement stands: measuring it again would only sample the
-    server's run-to-run noise, at the cost of a full pass over the held-out set and the probes."""
+) -> Measurement:
+    """Measure what is served after the cycle (recorded on `cycle`, and returned); when that is the
+    adapter already measured (the cycle's candidate was not promoted), its measurement stands:
+    measuring it again would only sample the server's run-to-run noise, at the cost of a full pass
+    over the held-out set and the probes."""
     if cycle.live_after is not None and cycle.live_after == served_before:
-        cycle.measurement = before
         cycle.measurement_carried_over = True
-        cycle.stage_seconds["measurement"] = 0.0
-        return
-    cycle.measurement = measure_served()
-    cycle.stage_seconds["measurement"] = cycle.measurement.seconds
+        cycle.measurement = before
+    else:
+        cycle.measurement = measure_served()
+    cycle.stage_seconds["measurement"] = 0.0 if cycle.measurement_carried_over else cycle.measurement.seconds
+    return cycle.measurement
 
 
 def _cycle_tasks(settings: Settings, n: int) -> list[Task]:
