@@ -2,9 +2,9 @@
 server, real labeling, real TRL training (tiny), real evaluation, promotion and canary.
 
 One loop daemon for the module; the tests run in file order, each a step of its life:
-promote → a gate rejects → a trainer is killed and retried → a canary regresses and is rolled back →
-the daemon is killed during a promotion and restarted. Policies are steered the way an operator
-does it: by editing the files in its policy directory while it runs.
+promote → a trainer is killed and retried, and a gate rejects its candidate → a canary regresses and
+is rolled back → the daemon is killed during a promotion and restarted. Policies are steered the way
+an operator does it: by editing the files in its policy directory while it runs.
 """
 
 from __future__ import annotations
@@ -243,49 +243,12 @@ def test_prompts_are_labeled_trained_evaluated_and_promoted(harness: LoopHarness
     assert f"kafka {harness.topic}[" in shown.stdout and "promotion decision: promote" in shown.stdout
 
 
-def test_a_failing_gate_rejects_the_candidate_and_live_stays(harness: LoopHarness) -> None:
-    live = harness.live()
-    known = {a["name"] for a in harness.adapters()}
-    harness.edit_policy("promotion", PROMOTE_STRAIGHT.replace("min_heldout: 1", "min_heldout: 1000"))
-    harness.produce_prompts(train=8)
-
-    rejected = wait_for(
-        lambda: harness.adapter_with_status("rejected", known),
-        "the next candidate to be rejected",
-        600,
-        1.0,
-        harness.daemon,
-    )
-    row = next(a for a in harness.adapters() if a["name"] == rejected)
-    assert "promotion.min_heldout" in row["reason"] and "need 1000" in row["reason"]
-    assert harness.live() == live
-    assert harness.ask()[0] == live
-    vllm = httpx.get(harness.daemon.status()["serving"]["url"] + "/v1/models", timeout=30).json()
-    assert rejected not in {m["id"] for m in vllm["data"]}  # the rejected candidate was unloaded
-
-
-def test_a_killed_trainer_fails_with_its_reason_and_is_retried_while_serving_continues(
+def test_a_killed_trainer_is_retried_and_a_failing_gate_rejects_its_candidate_while_serving_continues(
     harness: LoopHarness,
 ) -> None:
     daemon = harness.daemon
     live = harness.live()
-    # The next candidate becomes a canary (the next test judges it): a long window, and rollback on
-    # user feedback only (latency on a 2-core CPU is too noisy to be the signal under test).
-    harness.edit_policy(
-        "promotion",
-        PROMOTE_STRAIGHT.replace(
-            "canary: null",
-            """canary:
-  share: 0.5
-  window_s: 3600
-  min_requests: 1
-rollback:
-  max_error_rate_increase: 0.5
-  max_latency_ratio: 100
-  max_feedback_drop: 0.2
-""",
-        ),
-    )
+    harness.edit_policy("promotion", PROMOTE_STRAIGHT.replace("min_heldout: 1", "min_heldout: 1000"))
     errors: list[str] = []
     answered = 0
     stop = threading.Event()
@@ -320,12 +283,27 @@ rollback:
         assert failed["status"] == "failed"
         assert "trainer killed by SIGKILL" in failed["reason"]
         assert succeeded["attempt"] == failed["attempt"] + 1
+
+        # The retried run's adapter is a candidate like any other: the promotion gate judges it.
+        rejected = succeeded["adapter_name"]
+        wait_for(
+            lambda: any(a["name"] == rejected and a["status"] == "rejected" for a in harness.adapters()),
+            "the retried candidate to be rejected",
+            600,
+            1.0,
+            daemon,
+        )
     finally:
         stop.set()
         client.join(timeout=150)
     assert not errors, errors[:3]
     assert answered > 0
-    assert harness.live() == live  # a candidate, not yet live
+    row = next(a for a in harness.adapters() if a["name"] == rejected)
+    assert "promotion.min_heldout" in row["reason"] and "need 1000" in row["reason"]
+    assert harness.live() == live
+    assert harness.ask()[0] == live
+    vllm = httpx.get(daemon.status()["serving"]["url"] + "/v1/models", timeout=30).json()
+    assert rejected not in {m["id"] for m in vllm["data"]}  # the rejected candidate was unloaded
 
 
 def test_a_regressing_canary_is_rolled_back_automatically(harness: LoopHarness) -> None:
@@ -333,6 +311,24 @@ def test_a_regressing_canary_is_rolled_back_automatically(harness: LoopHarness) 
 
     daemon = harness.daemon
     live = harness.live()
+    # The next candidate becomes a canary: a long window, and rollback on user feedback only
+    # (latency on a 2-core CPU is too noisy to be the signal under test).
+    harness.edit_policy(
+        "promotion",
+        PROMOTE_STRAIGHT.replace(
+            "canary: null",
+            """canary:
+  share: 0.5
+  window_s: 3600
+  min_requests: 1
+rollback:
+  max_error_rate_increase: 0.5
+  max_latency_ratio: 100
+  max_feedback_drop: 0.2
+""",
+        ),
+    )
+    harness.produce_prompts(train=8)
     canary = wait_for(
         lambda: harness.adapter_with_status("canary", set()),
         "the candidate to start its canary",
