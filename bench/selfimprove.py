@@ -68,11 +68,13 @@ RESULTS = ROOT / "bench" / "results" / "selfimprove.json"
 MODEL_CACHE = ROOT / "var" / "test-cache" / "models"
 MAIN_VARIANT = "sc"
 
-# What each ablation switches on. Everything else is the same in every variant.
+# What each ablation switches on. Everything else is the same in every variant. The DPO variant's
+# pairs come from the votes (winning path against the least-voted other answer): the critique's
+# score margins gave 1 pair in 54 prompts on this model, too few for a DPO stage.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "sc": {"critique": False, "refine": False, "dpo_steps": 0},
-    "sc+critique": {"critique": True, "refine": True, "dpo_steps": 0},
-    "sc+critique+dpo": {"critique": True, "refine": True, "dpo_steps": 10},
+    "sc": {"critique": False, "refine": False, "vote_pairs": False, "dpo_steps": 0},
+    "sc+critique": {"critique": True, "refine": True, "vote_pairs": False, "dpo_steps": 0},
+    "sc+critique+dpo": {"critique": True, "refine": True, "vote_pairs": True, "dpo_steps": 10},
 }
 
 
@@ -159,6 +161,8 @@ class Cycle:
     run_id: str | None = None
     run_status: str | None = None
     run_reason: str | None = None
+    run_kind: str | None = None
+    """sft, or sft+dpo when the run had enough preference pairs for its DPO stage."""
     adapter: str | None = None
     decision: str | None = None
     decision_reasons: list[str] = field(default_factory=list)
@@ -176,6 +180,7 @@ class Cycle:
                 "id": self.run_id,
                 "status": self.run_status,
                 "reason": self.run_reason,
+                "kind": self.run_kind,
                 "adapter": self.adapter,
             },
             "promotion": {"outcome": self.decision, "reasons": self.decision_reasons},
@@ -248,6 +253,7 @@ def policy_dir(root: Path, settings: Settings) -> Path:
             "chain_of_thought": settings.chain_of_thought,
             "critique": variant["critique"],
             "refine": variant["refine"],
+            "vote_pairs": variant["vote_pairs"],
         },
         # The harness decides when a run starts (one per cycle), so the size and interval bars are
         # lowered; the quality filters (confidence, cluster share, answer diversity) stay as shipped.
@@ -451,7 +457,7 @@ def run_cycle(n: int, admin: Admin, bootstrap: str, topic: str, prompts: Sequenc
         return cycle
     cycle.stage_seconds["training"] = round(time.monotonic() - started, 1)
     cycle.run_id, cycle.run_status, cycle.run_reason = outcome["run_id"], outcome["status"], outcome["reason"]
-    cycle.adapter = outcome["adapter_name"]
+    cycle.adapter, cycle.run_kind = outcome["adapter_name"], outcome["kind"]
     if cycle.run_status != "succeeded":
         cycle.live_after = admin.status()["serving"]["live"]
         return cycle
@@ -479,6 +485,16 @@ def run_cycle(n: int, admin: Admin, bootstrap: str, topic: str, prompts: Sequenc
 # -- lineage: how accurate were the labels each run learned from ----------------------------------------
 
 
+NO_LINEAGE: dict[str, Any] = {
+    "accepted": 0,
+    "accepted_label_acc": None,
+    "dpo_pairs": 0,
+    "dpo_pair_sources": [],
+    "dpo_chosen_acc": None,
+}
+"""A cycle without a training run: nothing was accepted, no pair trained on."""
+
+
 def label_accuracy(buffer_path: Path, cycles: Sequence[Cycle], gold: dict[str, Task]) -> dict[int, Any]:
     out: dict[int, Any] = {}
     with duckdb.connect(str(buffer_path), read_only=True) as con:
@@ -493,9 +509,21 @@ def label_accuracy(buffer_path: Path, cycles: Sequence[Cycle], gold: dict[str, T
                 [cycle.run_id],
             ).fetchall()
             scored = [answer == gold[event].gold for event, answer in rows if event in gold]
+            # The preference pairs the run trained on (DPO), and how often the chosen side was right.
+            pairs = con.execute(
+                "SELECT p.event_id, l.answer, p.source FROM runs r"
+                " JOIN dataset_pairs d ON d.dataset_id = r.dataset_id"
+                " JOIN preference_pairs p ON p.pair_id = d.pair_id"
+                " JOIN labels l ON l.event_id = p.event_id WHERE r.run_id = ? AND r.kind LIKE '%dpo%'",
+                [cycle.run_id],
+            ).fetchall()
+            chosen_right = [answer == gold[event].gold for event, answer, _ in pairs if event in gold]
             out[cycle.cycle] = {
                 "accepted": len(scored),
                 "accepted_label_acc": round(sum(scored) / len(scored), 4) if scored else None,
+                "dpo_pairs": len(pairs),
+                "dpo_pair_sources": sorted({source for _, _, source in pairs}),
+                "dpo_chosen_acc": round(sum(chosen_right) / len(chosen_right), 4) if chosen_right else None,
             }
     return out
 
@@ -660,7 +688,7 @@ def report(
                 "safety_score": round(m.safety_score, 4),
                 "prompts": c.prompts,
                 "labeled": c.labeled,
-                **lineage.get(c.cycle, {"accepted": 0, "accepted_label_acc": None}),
+                **lineage.get(c.cycle, NO_LINEAGE),
                 **c.outcome(),
             }
         )

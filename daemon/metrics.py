@@ -327,6 +327,7 @@ class LabelMetrics:
         initialise(self.extraction_failures, ("number", "option", "yes_no", "span", "free_form"))
         initialise(self.critique_scores, ("ok", "constrained", "malformed", "missing"))
         initialise(self.refinements, ("accepted", "rejected"))
+        initialise(self.pairs, ("critique", "vote"))
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> LabelMetrics:
@@ -362,7 +363,10 @@ class LabelMetrics:
                 registry=registry,
             ),
             pairs=Counter(
-                "evolvd_preference_pairs_total", "Self-generated preference pairs kept", registry=registry
+                "evolvd_preference_pairs_total",
+                "Self-generated preference pairs kept, by source (critique scores, votes)",
+                ["source"],
+                registry=registry,
             ),
             examples=Counter(
                 "evolvd_training_examples_total", "Training examples written", registry=registry

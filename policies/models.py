@@ -327,7 +327,8 @@ class LabelingPolicy(_Policy):
     prompt as users sent it, read with the question-aware extraction."""
 
     critique: bool
-    """Ask the model to critique and score its selected answer (needed for refinement and pairs)."""
+    """Ask the model to critique and score its selected answer (needed for refinement and for
+    preference pairs of free-form answers)."""
 
     refine: bool
     """Ask the model to refine its answer from the critique; kept only when it scores higher."""
@@ -339,7 +340,15 @@ class LabelingPolicy(_Policy):
     """When a critique has no readable score, ask for one with decoding constrained to 1..10."""
 
     pair_min_margin: float = Field(ge=0.0, le=9.0)
-    """A preference pair is kept only when chosen and rejected scores differ by at least this."""
+    """A critique pair is kept only when chosen and rejected scores differ by at least this."""
+
+    vote_pairs: bool
+    """Where answers can be extracted, pair a winning reasoning path against a minority path that
+    reached a different answer (self-consistency preference pairs): no judge involved."""
+
+    vote_pair_min_margin: int = Field(ge=1, le=32)
+    """A vote pair is kept only when the winner has at least this many more votes than the rejected
+    answer."""
 
     cot_examples_per_prompt: int = Field(ge=0, le=32)
     """Winning reasoning paths kept as training examples per prompt (besides the direct answer)."""

@@ -14,6 +14,7 @@ from evolvd.buffer import DuckDBBuffer
 from evolvd.labeling.labeler import Labeler, pending_events, write_result
 from evolvd.labeling.pipeline import label_prompt
 from evolvd.labeling.prompts import parse_score
+from evolvd.metrics import LabelMetrics, new_registry
 from evolvd.policies.loader import load_candidate, load_policies
 
 POLICIES = load_policies(None)
@@ -54,8 +55,8 @@ class ScriptedModel:
             return [f"A critique.\n{self.scores.get(judged, '')}"]
         if prompt.startswith("Question:"):
             return [self.refinement]
-        assert n == POLICIES.labeling.samples
-        return self.samples[:n]
+        assert n == len(self.samples)  # the policy's sample count is what is asked for
+        return self.samples
 
 
 def _no_embed(texts: Sequence[str]) -> np.ndarray:
@@ -134,6 +135,57 @@ def test_without_critique_only_the_vote_and_examples_are_made() -> None:
     assert [f for f, _ in result.examples] == ["cot", "cot", "direct"]
 
 
+VOTE_PAIRS = "critique: false\nrefine: false\nvote_pairs: true\n"
+
+
+def test_a_vote_pair_sets_the_winning_path_against_the_least_voted_other_answer() -> None:
+    policies = load_candidate(None, {"labeling.yaml": VOTE_PAIRS}, False, "edit")
+    samples = [
+        "7 + 5 = 12. The answer is 12.",
+        "7 + 5 = 13. The answer is 13.",
+        "Seven plus five is twelve. The answer is 12.",
+        "7 + 5 = 11. The answer is 11.",
+        "7 + 5 = 13, I think. The answer is 13.",
+        "Twelve. The answer is 12.",
+        "It is 12. The answer is 12.",
+    ]
+    policy = policies.labeling.model_copy(update={"samples": len(samples)})
+    result = label_prompt(
+        ScriptedModel(samples, {}), "base", "e1", "What is 7 + 5?", policy, PRINCIPLES, _no_embed
+    )
+    assert result.vote.counts == {"12": 4, "13": 2, "11": 1}
+    assert result.pair is not None and result.pair.source == "vote"
+    # 11 has one vote against 12's four: the least-voted wrong answer is the clearest rejection.
+    assert (result.pair.chosen, result.pair.rejected) == (samples[0], samples[3])
+    assert (result.pair.chosen_score, result.pair.rejected_score, result.pair.margin) == (4, 1, 3)
+    assert result.critiques == []  # the vote is the preference: no judge was asked
+
+
+def test_no_vote_pair_from_a_close_vote_or_a_unanimous_one() -> None:
+    policies = load_candidate(None, {"labeling.yaml": VOTE_PAIRS}, False, "edit")
+    close = ["The answer is 12.", "The answer is 13.", "The answer is 12.", "The answer is 13.", "hmm"]
+    result = label_prompt(
+        ScriptedModel(close, {}), "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed
+    )
+    assert result.vote.answer == "12" and result.pair is None  # 2 against 2: below the margin of 2
+    unanimous = ["The answer is 12."] * 4 + ["hmm"]
+    result = label_prompt(
+        ScriptedModel(unanimous, {}), "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed
+    )
+    assert result.pair is None  # an unreadable answer is no evidence of a wrong one
+
+
+def test_with_vote_pairs_and_critique_the_minority_is_not_judged() -> None:
+    policies = load_candidate(None, {"labeling.yaml": "vote_pairs: true\n"}, False, "edit")
+    refined = "7 + 5: 7 + 3 = 10, 10 + 2 = 12. The answer is 12."
+    model = ScriptedModel(SAMPLES, {SAMPLES[0]: "Score: 6", refined: "Score: 9"}, refined)
+    result = label_prompt(model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed)
+    assert result.pair is not None and result.pair.source == "vote"
+    assert (result.pair.chosen, result.pair.rejected, result.pair.margin) == (SAMPLES[0], SAMPLES[2], 2)
+    assert [c.sample_index for c in result.critiques] == [0]  # the winner only: its refinement needs it
+    assert result.refinement is not None and result.refinement.accepted
+
+
 def test_without_chain_of_thought_the_prompt_is_sampled_as_sent() -> None:
     edit = "critique: false\nrefine: false\nchain_of_thought: false\n"
     policies = load_candidate(None, {"labeling.yaml": edit}, False, "edit")
@@ -209,6 +261,26 @@ def test_one_transaction_per_event_and_nothing_is_labeled_twice(buffer: DuckDBBu
     ).fetchall()
     assert rescore == [(True, 8.0)]
     assert [e.event_id for e in pending_events(con, 10)] == ["e1"]
+    assert con.execute("SELECT source FROM preference_pairs").fetchall() == [("critique",)]
+
+
+def test_vote_pairs_are_stored_with_their_source_and_counted(buffer: DuckDBBuffer) -> None:
+    policies = load_candidate(None, {"labeling.yaml": VOTE_PAIRS}, False, "edit")
+    registry = new_registry()
+    labeler = Labeler(buffer, lambda: policies, lambda: (ScriptedModel(SAMPLES, {}), "base"), _no_embed,
+                      LabelMetrics.create(registry), batch_size=10, concurrency=1)  # fmt: skip
+    assert labeler.run_once() == 2
+    rows = (
+        buffer.cursor()
+        .execute(
+            "SELECT event_id, chosen, rejected, chosen_score, rejected_score, margin, source"
+            " FROM preference_pairs"
+        )
+        .fetchall()
+    )
+    assert rows == [("e0", SAMPLES[0], SAMPLES[2], 3.0, 1.0, 2.0, "vote")]  # "Is 9 odd?" got no vote
+    assert registry.get_sample_value("evolvd_preference_pairs_total", {"source": "vote"}) == 1
+    assert registry.get_sample_value("evolvd_preference_pairs_total", {"source": "critique"}) == 0
 
 
 def test_a_failed_write_leaves_no_rows_and_the_event_pending(buffer: DuckDBBuffer) -> None:

@@ -62,7 +62,7 @@ _INSERT_REFINEMENT = (
 )
 _INSERT_PAIR = (
     "INSERT INTO preference_pairs (event_id, prompt, chosen, rejected, chosen_score, rejected_score,"
-    " margin, model_version, labeler_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " margin, source, model_version, labeler_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_EXAMPLE = (
     "INSERT INTO training_examples (event_id, format, prompt, completion, confidence, model_version,"
@@ -120,7 +120,7 @@ def _write_rows(con: duckdb.DuckDBPyConnection, r: LabelResult) -> None:
         _returning(con, _INSERT_CRITIQUE, [*rescore_row, phash, *lineage])
     if r.pair is not None:
         p = r.pair
-        scores = [p.chosen_score, p.rejected_score, p.margin]
+        scores = [p.chosen_score, p.rejected_score, p.margin, p.source]
         con.execute(_INSERT_PAIR, [r.event_id, r.prompt, p.chosen, p.rejected, *scores, *lineage])
     for fmt, completion in r.examples:
         con.execute(_INSERT_EXAMPLE, [r.event_id, fmt, r.prompt, completion, vote.confidence, *lineage])
@@ -249,5 +249,5 @@ class Labeler:
         if result.refinement is not None:
             m.refinements.labels("accepted" if result.refinement.accepted else "rejected").inc()
         if result.pair is not None:
-            m.pairs.inc()
+            m.pairs.labels(result.pair.source).inc()
         m.examples.inc(len(result.examples))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -62,6 +62,8 @@ class Pair:
     rejected: str
     chosen_score: float
     rejected_score: float
+    source: Literal["critique", "vote"]
+    """critique: the scores are the model's 1-10 judgements; vote: they are vote counts."""
 
     @property
     def margin(self) -> float:
@@ -125,6 +127,8 @@ def label_prompt(
         return result  # nothing to learn from: the label row records the failed vote
     # The answer trained on: the medoid for a semantic vote, else the first path that won.
     best = next((i for i in vote.winners if samples[i].text == vote.answer), vote.winners[0])
+    if policy.vote_pairs:
+        result.pair = _vote_pair(samples, vote, best, policy.vote_pair_min_margin)
     if policy.critique:
         _critique_and_refine(chat, model, result, best, policy, principles)
     _examples(result, best, policy)
@@ -170,7 +174,7 @@ def _critique_and_refine(
     first = critique_answer(chat, model, result.prompt, winner.text, policy, principles, best)
     result.critiques.append(first)
     minority = [i for i, s in enumerate(result.samples) if i not in result.vote.winners]
-    if minority:  # a pair needs a scored minority answer to reject
+    if minority and result.pair is None:  # a critique pair needs a scored minority answer to reject
         result.critiques.append(
             critique_answer(
                 chat, model, result.prompt, result.samples[minority[0]].text, policy, principles, minority[0]
@@ -192,9 +196,30 @@ def _critique_and_refine(
         rejected = result.critiques[1]
         if rejected.score.value is not None and chosen_score - rejected.score.value >= policy.pair_min_margin:
             assert rejected.sample_index is not None
-            result.pair = Pair(
-                chosen_text, result.samples[rejected.sample_index].text, chosen_score, rejected.score.value
-            )
+            rejected_text = result.samples[rejected.sample_index].text
+            result.pair = Pair(chosen_text, rejected_text, chosen_score, rejected.score.value, "critique")
+
+
+def _vote_pair(samples: Sequence[Sample], vote: Vote, best: int, min_margin: int) -> Pair | None:
+    """The winning path against the least-voted path that reached another readable answer: the vote
+    is the preference (self-consistency preference optimization, Prasad et al. 2024), so no judge
+    is asked. None for a vote on meanings (no answers to count) or too close a vote."""
+    if samples[best].answer is None or vote.answer is None:
+        return None
+    losers = [i for i, s in enumerate(samples) if s.answer is not None and s.answer != vote.answer]
+    if not losers:
+        return None
+
+    def votes(index: int) -> int:
+        answer = samples[index].answer
+        assert answer is not None
+        return vote.counts[answer]
+
+    rejected = min(losers, key=lambda i: (votes(i), i))
+    chosen_votes, rejected_votes = vote.counts[vote.answer], votes(rejected)
+    if chosen_votes - rejected_votes < min_margin:
+        return None
+    return Pair(samples[best].text, samples[rejected].text, chosen_votes, rejected_votes, "vote")
 
 
 def _judge_refinement(
