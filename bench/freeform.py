@@ -77,14 +77,14 @@ FULL: dict[str, Any] = {
 SMALL: dict[str, Any] = {
     **FULL,
     "cycles": 1,
-    "prompts_per_cycle": 6,
-    "heldout_per_family": 4,
+    "prompts_per_cycle": 4,
+    "heldout_per_family": 3,
     "max_steps": 3,
     "batch_size": 4,
     "answer_max_tokens": 48,
     "label_max_tokens": 64,
     "samples": 3,
-    "probe_limit": 3,
+    "probe_limit": 2,
     "loose_training_filters": True,
 }
 

@@ -57,6 +57,17 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
 # -- self-improvement ---------------------------------------------------------------------------------
 
 
+def training_kind(cycle: dict[str, Any], dpo_steps: int) -> str:
+    """What a cycle's run trained: SFT alone, or SFT then DPO on so many pairs (chosen side right %)."""
+    kind = cycle["run"].get("kind")
+    if kind is None:  # results written before runs recorded their kind: no DPO stage meant SFT
+        succeeded = cycle["run"]["status"] == "succeeded"
+        kind = "sft" if succeeded and dpo_steps == 0 else cycle["run"]["status"] or "no run"
+    if cycle.get("dpo_pairs"):
+        kind += f" on {cycle['dpo_pairs']} pairs (chosen right {pct(cycle['dpo_chosen_acc'])})"
+    return str(kind)
+
+
 def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
     out = ["## Does the loop make the model better?", ""]
     if result is None or "cycles" not in result:
@@ -142,6 +153,7 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
                 "p (final vs base)",
                 "forgetting (final)",
                 "safety (final)",
+                "training per cycle",
             ],
             [
                 [
@@ -153,6 +165,8 @@ def selfimprove_section(result: dict[str, Any] | None) -> list[str]:
                     f"{v['final_vs_base_p_value']:.4g}",
                     pct(v["cycles"][-1]["forgetting_acc"]) if v["cycles"] else "–",
                     pct(v["cycles"][-1]["safety_score"]) if v["cycles"] else "–",
+                    "; ".join(training_kind(c, v["variant_switches"]["dpo_steps"]) for c in v["cycles"])
+                    or "–",
                 ]
                 for name, v in sorted(variants.items())
             ],

@@ -127,16 +127,16 @@ class Settings:
 
 SMALL: dict[str, Any] = {
     "cycles": 1,
-    "prompts_per_cycle": 12,
+    "prompts_per_cycle": 8,
     "families": ("comparison", "parity"),
-    "heldout_per_family": 6,
-    "vote_items": 4,
+    "heldout_per_family": 4,
+    "vote_items": 2,
     "max_steps": 3,
     "batch_size": 4,
     "answer_max_tokens": 48,
     "label_max_tokens": 96,
     "samples": 3,
-    "probe_limit": 3,
+    "probe_limit": 2,
     "loose_training_filters": True,
 }
 

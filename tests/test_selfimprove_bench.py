@@ -50,18 +50,19 @@ def test_small_experiment_runs_a_cycle_and_reports_it(broker: Any, vllm_daemon: 
     report = run_small("selfimprove.py", [], broker, vllm_daemon, tmp_path)
     for key in ("base_greedy_acc", "base_vote_acc", "final_vs_base_p_value"):
         assert 0.0 <= report[key] <= 1.0, key
-    assert report["heldout_n"] == 12 and report["variants"].keys() == {"sc"}
+    assert report["heldout_n"] == 8 and report["variants"].keys() == {"sc"}
     (cycle,) = report["cycles"]
     for key in ("heldout_acc", "ci_low", "ci_high", "forgetting_acc", "safety_score"):
         assert 0.0 <= cycle[key] <= 1.0, key
     assert cycle["ci_low"] <= cycle["heldout_acc"] <= cycle["ci_high"]
-    assert cycle["labeled"] == cycle["prompts"] == 12
+    assert cycle["labeled"] == cycle["prompts"] == 8
     # The daemon trained on the cycle's labels and its promotion policy decided on the result.
     assert cycle["run"]["status"] == "succeeded", json.dumps(cycle["run"])
     assert cycle["promotion"]["outcome"] in ("promote", "reject"), cycle
     promoted = cycle["promotion"]["outcome"] == "promote"
     assert (cycle["live_after"] == cycle["run"]["adapter"]) == promoted, cycle
     assert cycle["accepted"] >= 1 and 0.0 <= cycle["accepted_label_acc"] <= 1.0
+    assert cycle["run"]["kind"] == "sft" and cycle["dpo_pairs"] == 0  # the sc variant has no DPO stage
     assert set(cycle["stage_seconds"]) == {"labeling", "training", "evaluation_and_promotion", "measurement"}
 
 
