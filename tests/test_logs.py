@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from kafka.net.transport import KafkaTCPTransport
 
-from daemon.logs import configure_logging
+from evolvd.logs import configure_logging
 
 
 @pytest.fixture
