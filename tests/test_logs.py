@@ -43,19 +43,26 @@ class _NoNet:
         pass
 
 
+def read_after_close() -> tuple[bytes, object]:
+    """The library's own transport through the race: KafkaConsumer.close() from the daemon's thread,
+    while the network thread was woken for a read. What the transport reports to itself."""
+    ours, theirs = socket.socketpair()
+    try:
+        transport = KafkaTCPTransport(_NoNet(), ours)
+        transport.close()
+        data, error = transport._sock_recv()
+        return data, error
+    finally:
+        theirs.close()
+
+
 def test_kafka_read_racing_its_own_close_is_not_an_error_but_other_transport_errors_are(
     daemon_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     configure_logging("INFO")
-    ours, theirs = socket.socketpair()
-    try:
-        transport = KafkaTCPTransport(_NoNet(), ours)
-        transport.close()  # what KafkaConsumer.close() does from the daemon's thread...
-        data, error = transport._sock_recv()  # ...while the network thread was woken for a read
-        assert data == b"" and error is not None  # the library still reports the failed read to itself
-        logging.getLogger("kafka.net.transport").error("%s: socket disconnected", transport)
-    finally:
-        theirs.close()
+    data, error = read_after_close()
+    assert data == b"" and error is not None  # the library still reports the failed read to itself
+    logging.getLogger("kafka.net.transport").error("%s: socket disconnected", "<transport>")
     stderr = capsys.readouterr().err
     assert "Error receiving network data" not in stderr
     assert "AttributeError" not in stderr
@@ -67,13 +74,7 @@ def test_the_demoted_race_still_shows_when_kafka_logging_is_turned_up_to_debug(
 ) -> None:
     configure_logging("DEBUG")
     logging.getLogger("kafka").setLevel(logging.DEBUG)  # configure_logging keeps kafka at ERROR
-    ours, theirs = socket.socketpair()
-    try:
-        transport = KafkaTCPTransport(_NoNet(), ours)
-        transport.close()
-        transport._sock_recv()
-    finally:
-        theirs.close()
+    read_after_close()
     stderr = capsys.readouterr().err
     assert " DEBUG   kafka.net.transport: " in stderr and "Error receiving network data" in stderr
     assert " ERROR " not in stderr

@@ -206,17 +206,16 @@ def _vote_pair(samples: Sequence[Sample], vote: Vote, best: int, min_margin: int
     is asked. None for a vote on meanings (no answers to count) or too close a vote."""
     if samples[best].answer is None or vote.answer is None:
         return None
-    losers = [i for i, s in enumerate(samples) if s.answer is not None and s.answer != vote.answer]
+    # (votes for its answer, index) of every path that reached another readable answer.
+    losers = [
+        (vote.counts[s.answer], i)
+        for i, s in enumerate(samples)
+        if s.answer is not None and s.answer != vote.answer
+    ]
     if not losers:
         return None
-
-    def votes(index: int) -> int:
-        answer = samples[index].answer
-        assert answer is not None
-        return vote.counts[answer]
-
-    rejected = min(losers, key=lambda i: (votes(i), i))
-    chosen_votes, rejected_votes = vote.counts[vote.answer], votes(rejected)
+    rejected_votes, rejected = min(losers)
+    chosen_votes = vote.counts[vote.answer]
     if chosen_votes - rejected_votes < min_margin:
         return None
     return Pair(samples[best].text, samples[rejected].text, chosen_votes, rejected_votes, "vote")
