@@ -257,6 +257,7 @@ def performance_section(results: dict[str, dict[str, Any] | None]) -> list[str]:
         "",
     ]
     out += table(["measure", "ratio", "target", "", "source"], rows)
+    out += ingest_detail(results.get("ingest"))
     serving = results.get("serving")
     if serving is not None:
         idle, loaded, p95 = (
@@ -281,6 +282,26 @@ def performance_section(results: dict[str, dict[str, Any] | None]) -> list[str]:
         plot_ratios(ratios)
         out += ["![throughput ratios](results/ratios.png)", ""]
     return out
+
+
+def ingest_detail(result: dict[str, Any] | None) -> list[str]:
+    """Where ingest's time goes: CPU per message and busy cores per side (runs since 2026-12-02)."""
+    if result is None or "cpu" not in result:
+        return []
+    raw, ours, threaded = (result["cpu"][k] for k in ("raw", "evolvd", "evolvd_thread_fetcher"))
+    return [
+        f"Ingest, medians of {result['repeats']} runs of {result['messages']:,} messages on"
+        f" {result['cpus']} cores: raw consumer {result['raw_msgs_per_s']:,} msg/s"
+        f" ({raw['consumer_cpu_us_per_msg']:.1f} µs CPU per message, {raw['machine_cores_busy']:.2f}"
+        f" cores busy); evolvd {result['evolvd_msgs_per_s']:,} msg/s with its Kafka fetcher process"
+        f" ({ours['consumer_cpu_us_per_msg']:.1f} µs, {ours['machine_cores_busy']:.2f} cores) and"
+        f" {result['thread_fetcher_msgs_per_s']:,} msg/s (ratio {result['thread_fetcher_ratio']:.3f}) with"
+        f" the consumer in its ingest thread ({threaded['consumer_cpu_us_per_msg']:.1f} µs,"
+        f" {threaded['machine_cores_busy']:.2f} cores). evolvd does about twice the raw consumer's work per"
+        " message (validation, Arrow columns, a DuckDB transaction with the id key check); the fetcher"
+        " process puts that work on the core the raw consumer leaves idle.",
+        "",
+    ]
 
 
 def freshness(result: dict[str, Any]) -> float | None:

@@ -93,6 +93,21 @@ def ensure_topic(config: KafkaConfig, bootstrap_servers: str, partitions: int) -
         admin.close()
 
 
+def partition_lags(
+    highwaters: Mapping[tuple[str, int], int | None], stored: Mapping[int, int], auto_offset_reset: str
+) -> list[PartitionLag]:
+    """Lag per assigned partition: the broker's end minus the buffer's stored position."""
+    out = []
+    for (topic, partition), highwater in sorted(highwaters.items(), key=lambda item: item[0][1]):
+        position = stored.get(partition)
+        if position is None and highwater is not None:
+            # Never stored: reading starts where on_assign sought, the beginning (taken as 0; a
+            # log whose head was deleted by retention reads high until its first message) or the end.
+            position = 0 if auto_offset_reset == "earliest" else highwater
+        out.append(PartitionLag(topic, partition, position, highwater))
+    return out
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, source: KafkaSource) -> None:
         self._source = source
@@ -188,6 +203,13 @@ class KafkaSource(Source):
         self._paused = False
         self._consumer.resume(*self._consumer.assignment())
 
+    def resume_at(self, positions: Mapping[tuple[str, int], int]) -> None:
+        """Resume, first moving each assigned partition found in `positions` to that offset."""
+        for tp in self._consumer.assignment():
+            if (tp.topic, tp.partition) in positions:
+                self._consumer.seek(tp, positions[(tp.topic, tp.partition)])
+        self.resume()
+
     @property
     def paused(self) -> bool:
         return self._paused
@@ -208,17 +230,11 @@ class KafkaSource(Source):
             logger.debug("commit of informational offsets failed: %s", exc)
 
     def lag(self) -> list[PartitionLag]:
-        stored = self._stored_offsets()
-        out = []
-        for tp in sorted(self._consumer.assignment(), key=lambda t: t.partition):
-            highwater = self._consumer.highwater(tp)
-            position = stored.get(tp.partition)
-            if position is None and highwater is not None:
-                # Never stored: reading starts where on_assign sought, the beginning (taken as 0; a
-                # log whose head was deleted by retention reads high until its first message) or the end.
-                position = 0 if self._config.auto_offset_reset == "earliest" else highwater
-            out.append(PartitionLag(tp.topic, tp.partition, position, highwater))
-        return out
+        return partition_lags(self.highwaters(), self._stored_offsets(), self._config.auto_offset_reset)
+
+    def highwaters(self) -> dict[tuple[str, int], int | None]:
+        """(topic, partition) → the broker's end of it as last fetched, for every assigned partition."""
+        return {(tp.topic, tp.partition): self._consumer.highwater(tp) for tp in self._consumer.assignment()}
 
     def close(self) -> None:
         self._commit_acked()

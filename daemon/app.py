@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evolvd import __version__
+from evolvd.abc import Source
 from evolvd.admin import AdminServer, create_app
 from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError, rows_as_dicts
 from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
+from evolvd.connectors.kafka_process import KafkaProcessSource
 from evolvd.connectors.kafka_source import KafkaSource, KafkaUnavailableError, ensure_topic
 from evolvd.ingest import IngestLoop
 from evolvd.metrics import (
@@ -83,6 +85,9 @@ class Daemon:
         self._ingest_thread: threading.Thread | None = None
         self._ingest_metrics = IngestMetrics.create(self.registry)
         self._ingest_restarts = 0
+        self._ingest_last_error: str | None = None
+        self._fetcher_pid: int | None = None
+        """The Kafka fetcher process of the current ingest loop (`ingest.fetcher: process`)."""
         self._buffer_collector: BufferCollector | None = None
         self._serving: ServingService | None = None
         self._policy_store: PolicyStore | None = None
@@ -330,16 +335,10 @@ class Daemon:
 
     def _new_ingest_loop(self) -> IngestLoop:
         assert self._buffer is not None
-        buffer, kafka, topic = self._buffer, self.config.kafka, self.config.kafka.topic
+        buffer, topic = self._buffer, self.config.kafka.topic
         try:
             return IngestLoop(
-                lambda drain: KafkaSource(
-                    kafka,
-                    self._bootstrap_servers,
-                    lambda: buffer.stored_offsets(topic),
-                    drain,
-                    self.config.ingest.batch_max_messages,
-                ),
+                lambda drain: self._new_source(drain, lambda: buffer.stored_offsets(topic)),
                 buffer,
                 self.config.ingest,
                 self._ingest_metrics,
@@ -347,12 +346,31 @@ class Daemon:
         except KafkaUnavailableError as exc:
             raise StartupError(str(exc)) from exc
 
+    def _new_source(self, drain: Callable[[], None], stored: Callable[[], dict[int, int]]) -> Source:
+        kafka, ingest = self.config.kafka, self.config.ingest
+        if ingest.fetcher == "thread":
+            return KafkaSource(kafka, self._bootstrap_servers, stored, drain, ingest.batch_max_messages)
+        log = self.config.logging
+        source = KafkaProcessSource(
+            kafka, self._bootstrap_servers, stored, drain, ingest.batch_max_messages, log.level, log.format
+        )
+        self._fetcher_pid = source.pid
+        return source
+
     def _start_ingest_thread(self) -> None:
         assert self._ingest is not None
         self._ingest_thread = threading.Thread(
-            target=self._ingest.run, args=(self._stop,), name="evolvd-ingest", daemon=True
+            target=self._run_ingest, args=(self._ingest,), name="evolvd-ingest", daemon=True
         )
         self._ingest_thread.start()
+
+    def _run_ingest(self, ingest: IngestLoop) -> None:
+        """The ingest thread. A failure ends it with its reason recorded; `run` restarts it."""
+        try:
+            ingest.run(self._stop)
+        except Exception as exc:
+            self._ingest_last_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("ingest failed: %s", self._ingest_last_error)
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -376,6 +394,7 @@ class Daemon:
             thread = self._ingest_thread
             if thread is not None and not thread.is_alive():
                 self._ingest_restarts += 1
+                self._ingest_metrics.restarts.inc()
                 logger.error(
                     "ingest stopped unexpectedly; restarting in %.0fs (restart %d)",
                     backoff,
@@ -504,6 +523,8 @@ class Daemon:
                 "backlog": ingest.backlog if ingest else None,
                 "backlog_high_watermark": self.config.ingest.backlog_high_watermark,
                 "restarts": self._ingest_restarts,
+                "last_error": self._ingest_last_error,
+                "fetcher_pid": self._fetcher_pid,
                 "lag_total": sum(p["lag"] or 0 for p in partitions),
                 "partitions": partitions,
             },

@@ -114,7 +114,6 @@ class IngestState:
     paused: bool = False
     backlog: int = 0
     partitions: list[PartitionLag] = field(default_factory=list)
-    last_error: str | None = None
 
 
 class IngestLoop:

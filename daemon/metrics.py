@@ -85,6 +85,7 @@ class IngestMetrics:
     paused: Gauge
     backpressure_pauses: Counter
     lag: Gauge
+    restarts: Counter
 
     def __post_init__(self) -> None:
         initialise(self.messages, ("event", "duplicate", "feedback", "dead_letter"))
@@ -131,6 +132,11 @@ class IngestMetrics:
                 "evolvd_ingest_lag_messages",
                 "Messages in the partition not yet durably in the buffer",
                 ["topic", "partition"],
+                registry=registry,
+            ),
+            restarts=Counter(
+                "evolvd_ingest_restarts_total",
+                "Times the ingest loop failed (e.g. its Kafka fetcher process died) and was restarted",
                 registry=registry,
             ),
         )

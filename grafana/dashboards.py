@@ -272,10 +272,11 @@ def ingest() -> dict[str, object]:
                         "s",
                     ),
                     graph(
-                        "Write errors and batches",
+                        "Write errors, batches and restarts",
                         [
                             q(rate("evolvd_ingest_write_errors_total"), "write errors/s"),
                             q(rate("evolvd_ingest_batches_total"), "batches/s"),
+                            q(rate("evolvd_ingest_restarts_total"), "ingest restarts/s"),
                         ],
                         "ops",
                     ),

@@ -42,6 +42,15 @@ def buffer_events(data_dir: Path) -> tuple[int, int, list[str]]:
     return int(total), int(distinct), ids
 
 
+def process_gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its reaper counts: it runs no code)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
 def test_sigkill_during_ingest_loses_and_duplicates_nothing(broker: Any, topic: str, tmp_path: Path) -> None:
     n = 20_000
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(n)])
@@ -50,6 +59,7 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(broker: Any, topic: 
     daemon = DaemonProcess(tmp_path / "data", env)
     rng = random.Random(20261121)
     kills_mid_ingest, seen = 0, 0
+    fetchers: list[int] = []  # each life's Kafka fetcher process (ingest.fetcher: process)
     for _ in range(12):
         daemon.start()
         deadline = time.monotonic() + 60
@@ -59,7 +69,9 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(broker: Any, topic: 
                 break
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.1))
-        before_kill = daemon.status()["buffer"]["tables"]["events"]
+        status = daemon.status()
+        before_kill = status["buffer"]["tables"]["events"]
+        fetchers.append(status["ingest"]["fetcher_pid"])
         daemon.kill()
         if before_kill >= n:
             break
@@ -68,6 +80,12 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(broker: Any, topic: 
     assert kills_mid_ingest >= 3, (
         f"only {kills_mid_ingest} kills landed mid-ingest; the test proves too little"
     )
+    # A killed daemon's fetcher notices and leaves the group by itself: no orphan keeps consuming.
+    assert all(isinstance(pid, int) for pid in fetchers), fetchers
+    deadline = time.monotonic() + 30
+    while not all(map(process_gone, fetchers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(map(process_gone, fetchers)), [p for p in fetchers if not process_gone(p)]
 
     daemon.start()
     deadline = time.monotonic() + 120

@@ -1,7 +1,11 @@
-"""Ingest against the real embedded broker and a real DuckDB file (the loop the daemon runs, in-process)."""
+"""Ingest against the real embedded broker and a real DuckDB file: the loop the daemon runs, with its
+Kafka consumer in a child process (`ingest.fetcher: process`, the default) or in-process (`thread`)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
 import time
 import uuid
@@ -13,8 +17,10 @@ from typing import Any
 import pytest
 from helpers import produce, prompt_message
 
+from evolvd.abc import Source
 from evolvd.buffer import DuckDBBuffer
 from evolvd.config import IngestConfig, KafkaConfig
+from evolvd.connectors.kafka_process import FetcherExitedError, KafkaProcessSource
 from evolvd.connectors.kafka_source import KafkaSource
 from evolvd.ingest import IngestLoop
 from evolvd.metrics import IngestMetrics, new_registry
@@ -31,20 +37,56 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, what: str =
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+@pytest.fixture(params=["process", "thread"])
+def fetcher(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+def new_source(
+    fetcher: str,
+    kafka: KafkaConfig,
+    bootstrap: str,
+    buffer: DuckDBBuffer,
+    drain: Callable[[], None],
+    max_poll_records: int = 500,
+) -> Source:
+    """The source the daemon builds for `ingest.fetcher` (it passes ingest.batch_max_messages)."""
+    stored = lambda: buffer.stored_offsets(kafka.topic)  # noqa: E731
+    if fetcher == "process":
+        return KafkaProcessSource(kafka, bootstrap, stored, drain, max_poll_records)
+    return KafkaSource(kafka, bootstrap, stored, drain, max_poll_records)
+
+
 @contextmanager
 def running_ingest(
-    bootstrap: str, topic: str, buffer: DuckDBBuffer, group: str | None = None, **ingest: Any
+    bootstrap: str,
+    topic: str,
+    buffer: DuckDBBuffer,
+    fetcher: str,
+    group: str | None = None,
+    errors: list[BaseException] | None = None,
+    **ingest: Any,
 ) -> Iterator[IngestLoop]:
+    """The loop on its own thread; what it raises goes to `errors` (or fails the test)."""
     kafka = KafkaConfig(bootstrap_servers=bootstrap, topic=topic, group_id=group or f"g-{uuid.uuid4().hex}")
-    config = IngestConfig(**{"backlog_check_interval_s": 0.1, **ingest})
+    config = IngestConfig(**{"backlog_check_interval_s": 0.1, "batch_max_messages": 500, **ingest})
     loop = IngestLoop(
-        lambda drain: KafkaSource(kafka, bootstrap, lambda: buffer.stored_offsets(topic), drain, 500),
+        lambda drain: new_source(fetcher, kafka, bootstrap, buffer, drain, config.batch_max_messages),
         buffer,
         config,
         IngestMetrics.create(new_registry()),
     )
     stop = threading.Event()
-    thread = threading.Thread(target=loop.run, args=(stop,))
+    raised: list[BaseException] = [] if errors is None else errors
+
+    def run() -> None:
+        try:
+            loop.run(stop)
+        except Exception as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
     thread.start()
     try:
         yield loop
@@ -52,17 +94,19 @@ def running_ingest(
         stop.set()
         thread.join(timeout=60)
         assert not thread.is_alive(), "ingest loop did not stop"
+        if errors is None:
+            assert not raised, raised
 
 
 def count(buffer: DuckDBBuffer, table: str = "events") -> int:
     return buffer.table_counts()[table]
 
 
-def test_n_messages_land_as_exactly_n_events(broker: Any, topic: str, tmp_path: Path) -> None:
+def test_n_messages_land_as_exactly_n_events(broker: Any, topic: str, tmp_path: Path, fetcher: str) -> None:
     n = 3000
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(n)])
     buffer = DuckDBBuffer(tmp_path / "b.duckdb")
-    with running_ingest(broker.bootstrap_servers, topic, buffer):
+    with running_ingest(broker.bootstrap_servers, topic, buffer, fetcher):
         wait_for(lambda: count(buffer) >= n, what=f"{n} events")
         time.sleep(0.5)  # anything extra would show up now
     assert count(buffer) == n
@@ -72,7 +116,7 @@ def test_n_messages_land_as_exactly_n_events(broker: Any, topic: str, tmp_path: 
 
 
 def test_bad_messages_become_dead_letters_and_never_block_the_partition(
-    broker: Any, topic: str, tmp_path: Path
+    broker: Any, topic: str, tmp_path: Path, fetcher: str
 ) -> None:
     bad = [
         (None, "no_value"),
@@ -93,7 +137,7 @@ def test_bad_messages_become_dead_letters_and_never_block_the_partition(
     produce(broker.bootstrap_servers, topic, values, partition=0)
 
     buffer = DuckDBBuffer(tmp_path / "b.duckdb")
-    with running_ingest(broker.bootstrap_servers, topic, buffer, max_message_bytes=1024):
+    with running_ingest(broker.bootstrap_servers, topic, buffer, fetcher, max_message_bytes=1024):
         wait_for(lambda: count(buffer) == len(bad) + 1 and count(buffer, "dead_letters") == len(bad))
     rows = (
         buffer.cursor()
@@ -107,30 +151,30 @@ def test_bad_messages_become_dead_letters_and_never_block_the_partition(
 
 
 def test_restart_resumes_from_buffer_offsets_without_duplicates(
-    broker: Any, topic: str, tmp_path: Path
+    broker: Any, topic: str, tmp_path: Path, fetcher: str
 ) -> None:
     path = tmp_path / "b.duckdb"
     group = f"g-{uuid.uuid4().hex}"
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(1000)])
     buffer = DuckDBBuffer(path)
-    with running_ingest(broker.bootstrap_servers, topic, buffer, group=group):
+    with running_ingest(broker.bootstrap_servers, topic, buffer, fetcher, group=group):
         wait_for(lambda: count(buffer) == 1000)
     buffer.close()
 
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(1000, 1500)])
     buffer = DuckDBBuffer(path)
     # A different group id: Kafka's committed offsets are irrelevant, the buffer's are what count.
-    with running_ingest(broker.bootstrap_servers, topic, buffer):
+    with running_ingest(broker.bootstrap_servers, topic, buffer, fetcher):
         wait_for(lambda: count(buffer) == 1500)
         time.sleep(0.5)
     assert count(buffer) == 1500
     buffer.close()
 
 
-def test_republished_ids_are_deduplicated(broker: Any, topic: str, tmp_path: Path) -> None:
+def test_republished_ids_are_deduplicated(broker: Any, topic: str, tmp_path: Path, fetcher: str) -> None:
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(100)] * 2)
     buffer = DuckDBBuffer(tmp_path / "b.duckdb")
-    with running_ingest(broker.bootstrap_servers, topic, buffer) as loop:
+    with running_ingest(broker.bootstrap_servers, topic, buffer, fetcher) as loop:
         wait_for(lambda: sum(buffer.stored_offsets(topic).values()) == 200)
         registry_value = loop._metrics.messages.labels("duplicate")._value.get()
     assert count(buffer) == 100
@@ -139,7 +183,7 @@ def test_republished_ids_are_deduplicated(broker: Any, topic: str, tmp_path: Pat
 
 
 def test_backpressure_pauses_above_the_limit_and_resumes_below(
-    broker: Any, topic: str, tmp_path: Path
+    broker: Any, topic: str, tmp_path: Path, fetcher: str
 ) -> None:
     high, low = 300, 100
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(2000)])
@@ -148,6 +192,7 @@ def test_backpressure_pauses_above_the_limit_and_resumes_below(
         broker.bootstrap_servers,
         topic,
         buffer,
+        fetcher,
         batch_max_messages=50,
         backlog_high_watermark=high,
         backlog_low_watermark=low,
@@ -166,12 +211,20 @@ def test_backpressure_pauses_above_the_limit_and_resumes_below(
             [held - low],
         )
         wait_for(lambda: count(buffer) > held, what="resume after the backlog fell")
-        buffer.cursor().execute("UPDATE events SET state = 'labeled'")
-        wait_for(lambda: count(buffer) == 2000 or loop.state.paused, what="more ingest")
+
+        def drain_backlog() -> bool:
+            buffer.cursor().execute("UPDATE events SET state = 'labeled'")
+            return count(buffer) == 2000
+
+        # Pause after pause, every record fetched while paused was dropped and read again on resume.
+        wait_for(drain_backlog, what="all 2000 messages through repeated pauses")
+        assert loop._metrics.backpressure_pauses._value.get() >= 3
+    assert buffer.cursor().execute("SELECT count(DISTINCT id) FROM events").fetchone() == (2000,)
+    assert sum(buffer.stored_offsets(topic).values()) == 2000
     buffer.close()
 
 
-def test_an_unreachable_broker_fails_fast_and_leaves_no_thread(tmp_path: Path) -> None:
+def test_an_unreachable_broker_fails_fast_and_leaves_no_thread(tmp_path: Path, fetcher: str) -> None:
     from evolvd.connectors.kafka_source import KafkaUnavailableError
 
     kafka = KafkaConfig(bootstrap_servers="127.0.0.1:9", topic="t", connect_timeout_s=1)
@@ -179,8 +232,37 @@ def test_an_unreachable_broker_fails_fast_and_leaves_no_thread(tmp_path: Path) -
     before = threading.active_count()
     with pytest.raises(KafkaUnavailableError, match=r"no Kafka broker answered at 127\.0\.0\.1:9 within 1s"):
         IngestLoop(
-            lambda drain: KafkaSource(kafka, "127.0.0.1:9", lambda: buffer.stored_offsets("t"), drain),
+            lambda drain: new_source(fetcher, kafka, "127.0.0.1:9", buffer, drain),
             buffer, IngestConfig(), IngestMetrics.create(new_registry()),
         )  # fmt: skip
     assert threading.active_count() == before
+    assert multiprocessing.active_children() == []  # no fetcher process left behind either
+    buffer.close()
+
+
+def test_a_killed_fetcher_process_ends_the_loop_with_its_reason_and_a_restart_loses_nothing(
+    broker: Any, topic: str, tmp_path: Path
+) -> None:
+    n = 20_000
+    produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(n)])
+    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+    errors: list[BaseException] = []
+    with running_ingest(
+        broker.bootstrap_servers, topic, buffer, "process", errors=errors, batch_max_messages=200
+    ):
+        wait_for(lambda: count(buffer) > 0, what="the first events")
+        (child,) = multiprocessing.active_children()  # the fetcher this test's loop started
+        assert child.name == "evolvd-kafka-fetcher" and child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)
+        wait_for(lambda: bool(errors), what="the loop to end")
+    assert isinstance(errors[0], FetcherExitedError)
+    assert str(errors[0]) == f"the Kafka fetcher process exited (code {-signal.SIGKILL})"
+    assert count(buffer) < n, "the kill came too late to test anything"
+
+    # What the daemon does next: a new loop on the same buffer, from its stored offsets.
+    with running_ingest(broker.bootstrap_servers, topic, buffer, "process"):
+        wait_for(lambda: count(buffer) >= n, what=f"{n} events")
+        time.sleep(0.5)
+    assert count(buffer) == n
+    assert buffer.cursor().execute("SELECT count(DISTINCT id) FROM events").fetchone() == (n,)
     buffer.close()
