@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import signal
@@ -117,10 +118,12 @@ class KafkaProcessSource(Source):
     def _wait_until_started(self, timeout_s: float) -> None:
         message: tuple[Any, ...] | None = None
         try:
-            if self._conn.poll(timeout_s):
+            # The sentinel too: a child that dies before it gets to the pipe never closes it.
+            if self._conn in multiprocessing.connection.wait([self._conn, self._process.sentinel], timeout_s):
                 message = self._conn.recv()
         except (EOFError, OSError):
             message = None
+        self._process.join(timeout=0.5 if message is None else 0)
         if message == ("ready",):
             return
         exited = self._process.exitcode
@@ -258,12 +261,27 @@ class _Fetcher:
         self.closing = False
         self.generation = 0
         self.source: KafkaSource | None = None
+        # Sending on its own thread: a large poll's write blocks until the daemon reads it, and
+        # meanwhile the next fetch can be parsed. One queue keeps every message in order.
+        self._outbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=2)
+        threading.Thread(target=self._send_all, name="evolvd-fetcher-sender", daemon=True).start()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._outbox.put(message)
+
+    def _send_all(self) -> None:
+        while True:
+            message = self._outbox.get()
+            try:
+                self._conn.send(message)
+            except _PARENT_GONE:
+                _exit_orphaned()
 
     def rebalance(self) -> None:
         """Called inside a poll on every revoke and assign: wait for the daemon's durable offsets.
         Other messages that arrive meanwhile are applied after the poll, outside the callback."""
         try:
-            self._conn.send(("rebalance",))
+            self.send(("rebalance",))  # after every poll already queued: the daemon drains those first
             while (message := self._conn.recv())[0] != "offsets":
                 self._pending.append(message)
         except _PARENT_GONE:
@@ -326,9 +344,9 @@ def run_fetcher(
             chunks = source.next_batch(max_poll_records, _CHILD_POLL_MS)
             if chunks:
                 columns = [_columns(chunk) for chunk in chunks]
-                conn.send(("records", fetcher.generation, columns, source.highwaters()))
+                fetcher.send(("records", fetcher.generation, columns, source.highwaters()))
             elif time.monotonic() - idle_reported >= _IDLE_REPORT_S:
-                conn.send(("idle", source.highwaters()))
+                fetcher.send(("idle", source.highwaters()))
                 idle_reported = time.monotonic()
             fetcher.apply_control()
     except _PARENT_GONE:

@@ -120,7 +120,7 @@ class Daemon:
             warm_up_in_background()
 
         try:
-            self._buffer = DuckDBBuffer(cfg.buffer_path)
+            self._buffer = DuckDBBuffer(cfg.buffer_path, cfg.buffer.threads)
         except (BufferLockedError, SchemaTooNewError) as exc:
             raise StartupError(str(exc)) from exc
         self._buffer_collector = BufferCollector(

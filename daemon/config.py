@@ -107,8 +107,9 @@ class IngestConfig(_Section):
 
     fetcher: Literal["process", "thread"] = "process"
     """Where kafka-python parses fetched records: `process` runs the consumer in a child process, so
-    its parsing and evolvd's validation and buffer writes each get a core (about 1.5x the rate on 2
-    cores, bench/ingest.py); `thread` keeps everything in the daemon's process."""
+    its parsing and evolvd's validation and buffer writes each get a core (0.90x the raw consumer's
+    rate on 2 cores, against 0.71x for `thread`, bench/ingest.py); `thread` keeps everything in the
+    daemon's process."""
 
     @model_validator(mode="after")
     def _watermarks(self) -> IngestConfig:
@@ -120,6 +121,12 @@ class IngestConfig(_Section):
 class BufferConfig(_Section):
     path: Path | None = None
     """DuckDB file; defaults to `<data_dir>/buffer.duckdb`."""
+
+    threads: int = Field(1, ge=1, le=256)
+    """DuckDB worker threads. The buffer's statements are small (a batch insert, a status count), and
+    more threads mostly take cores from the Kafka fetcher, vLLM and training. On 2 cores, ingest with
+    1 thread ran at 0.90x the raw consumer's rate (bench/ingest.py) against 0.73-0.80x with DuckDB's
+    default of one thread per core."""
 
 
 class AdminConfig(_Section):

@@ -55,6 +55,16 @@ def test_fresh_file_gets_every_table_and_the_latest_version(tmp_path: Path) -> N
     buffer.close()
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_buffer_runs_duckdb_with_the_configured_threads(tmp_path: Path, threads: int) -> None:
+    from evolvd.config import BufferConfig
+
+    assert BufferConfig().threads == 1  # the default leaves the other cores to fetcher, vLLM, training
+    buffer = DuckDBBuffer(tmp_path / "b.duckdb", threads)
+    assert buffer.cursor().execute("SELECT current_setting('threads')").fetchone() == (threads,)
+    buffer.close()
+
+
 def test_migrations_are_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "b.duckdb"
     DuckDBBuffer(path).close()

@@ -75,11 +75,12 @@ class BufferLockedError(RuntimeError):
 class DuckDBBuffer(IngestSink):
     """evolvd's state. Only the daemon opens it; other processes ask the daemon's admin API."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        """`threads`: DuckDB's worker threads (config buffer.threads)."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = duckdb.connect(str(path))
+            self._db = duckdb.connect(str(path), config={"threads": threads})
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise BufferLockedError(
