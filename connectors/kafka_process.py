@@ -2,8 +2,8 @@
 validation and buffer writes on the other.
 
 Parsing fetch responses is pure Python inside kafka-python and takes as much CPU per message as all
-of evolvd's own work; in one process the two share the GIL and ingest ran at about half the rate of
-a bare consumer on a 2-core machine, with most of the second core idle. Here the child runs the
+of evolvd's own work; in one process the two share the GIL, and on a 2-core machine ingest ran at
+0.7x the rate of a bare consumer with 0.6 of a core idle (bench/ingest.py). Here the child runs the
 ordinary `KafkaSource` and ships each poll's values to the daemon as plain columns over a pipe.
 
 Exactly-once is unchanged: the buffer stays the only record of positions. On every rebalance the
