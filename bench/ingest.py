@@ -36,10 +36,10 @@ from kafka import KafkaConsumer, KafkaProducer
 from evolvd.abc import IngestBatch, IngestResult, Source
 from evolvd.app import GIL_SWITCH_INTERVAL_S
 from evolvd.buffer import DuckDBBuffer
-from evolvd.config import IngestConfig, KafkaConfig
+from evolvd.config import FetcherKind, IngestConfig, KafkaConfig
 from evolvd.connectors.embedded_broker import EmbeddedBroker
-from evolvd.connectors.kafka_process import KafkaProcessSource
-from evolvd.connectors.kafka_source import KafkaSource, ensure_topic
+from evolvd.connectors.kafka_process import KafkaProcessSource, open_kafka_source
+from evolvd.connectors.kafka_source import ensure_topic
 from evolvd.ingest import IngestLoop
 from evolvd.metrics import IngestMetrics, new_registry
 
@@ -175,18 +175,18 @@ class TimedBuffer(DuckDBBuffer):
         return result
 
 
-def evolvd_rate(bootstrap: str, topic: str, n: int, workdir: Path, meter: CpuMeter, fetcher: str) -> Run:
+def evolvd_rate(
+    bootstrap: str, topic: str, n: int, workdir: Path, meter: CpuMeter, fetcher: FetcherKind
+) -> Run:
     kafka = KafkaConfig(bootstrap_servers=bootstrap, topic=topic, group_id=f"evolvd-{uuid.uuid4().hex}")
     ingest = IngestConfig(batch_max_messages=BATCH, backlog_high_watermark=10 * n, backlog_low_watermark=n)
     buffer = TimedBuffer(workdir / f"{uuid.uuid4().hex}.duckdb", n, meter)
 
     def new_source(drain: Callable[[], None]) -> Source:
-        stored = lambda: buffer.stored_offsets(topic)  # noqa: E731
-        if fetcher == "thread":
-            meter.fetcher_pid = None
-            return KafkaSource(kafka, bootstrap, stored, drain, BATCH)
-        source = KafkaProcessSource(kafka, bootstrap, stored, drain, BATCH)
-        meter.fetcher_pid = source.pid
+        source = open_kafka_source(
+            fetcher, kafka, bootstrap, lambda: buffer.stored_offsets(topic), drain, BATCH
+        )
+        meter.fetcher_pid = source.pid if isinstance(source, KafkaProcessSource) else None
         return source
 
     loop = IngestLoop(
@@ -237,7 +237,11 @@ def main() -> int:
         thread_runs: list[Run] = []
         for i in range(args.repeats):
             raw_runs.append(raw_rate(broker.bootstrap_servers, topic, args.messages, kafka, meter))
-            for fetcher, runs in (("process", our_runs), ("thread", thread_runs)):
+            sides: tuple[tuple[FetcherKind, list[Run]], ...] = (
+                ("process", our_runs),
+                ("thread", thread_runs),
+            )
+            for fetcher, runs in sides:
                 runs.append(
                     evolvd_rate(broker.bootstrap_servers, topic, args.messages, Path(tmp), meter, fetcher)
                 )

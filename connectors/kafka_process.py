@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple, NoReturn
 
 from evolvd.abc import PartitionLag, Source, SourceRecord
-from evolvd.config import KafkaConfig
+from evolvd.config import FetcherKind, KafkaConfig
 from evolvd.connectors.kafka_source import (
     KafkaSource,
     KafkaUnavailableError,
@@ -56,6 +56,24 @@ _CHILD_POLL_MS = 200
 """The child's longest kafka poll: how quickly it sees a pause, a close or its parent's death."""
 _IDLE_REPORT_S = 1.0
 _PARENT_GONE = (BrokenPipeError, EOFError, ConnectionResetError)
+
+
+def open_kafka_source(
+    fetcher: FetcherKind,
+    config: KafkaConfig,
+    bootstrap_servers: str,
+    stored_offsets: StoredOffsets,
+    before_rebalance: Callable[[], None],
+    max_poll_records: int,
+    log_level: str = "INFO",
+    log_format: str = "text",
+) -> KafkaSource | KafkaProcessSource:
+    """The source `ingest.fetcher` names: the consumer in a child process, or in the calling thread."""
+    if fetcher == "thread":
+        return KafkaSource(config, bootstrap_servers, stored_offsets, before_rebalance, max_poll_records)
+    return KafkaProcessSource(
+        config, bootstrap_servers, stored_offsets, before_rebalance, max_poll_records, log_level, log_format
+    )
 
 
 class FetcherExitedError(RuntimeError):
@@ -111,8 +129,7 @@ class KafkaProcessSource(Source):
         # Receiving on its own thread keeps the pipe drained while the loop decodes the previous poll,
         # so the child's parsing and the daemon's validation overlap instead of taking turns.
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=4)
-        self._receiver = threading.Thread(target=self._receive, name="evolvd-kafka-receiver", daemon=True)
-        self._receiver.start()
+        threading.Thread(target=self._receive, name="evolvd-kafka-receiver", daemon=True).start()
         logger.info("Kafka fetcher process started (pid %d)", self._process.pid)
 
     def _wait_until_started(self, timeout_s: float) -> None:
@@ -123,9 +140,9 @@ class KafkaProcessSource(Source):
                 message = self._conn.recv()
         except (EOFError, OSError):
             message = None
-        self._process.join(timeout=0.5 if message is None else 0)
         if message == ("ready",):
             return
+        self._process.join(timeout=0.5)  # a child that is exiting: read its exit code below
         exited = self._process.exitcode
         self._stop_process()
         if message is not None and message[0] == "failed":

@@ -21,8 +21,8 @@ from evolvd.admin import AdminServer, create_app
 from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError, rows_as_dicts
 from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
-from evolvd.connectors.kafka_process import KafkaProcessSource
-from evolvd.connectors.kafka_source import KafkaSource, KafkaUnavailableError, ensure_topic
+from evolvd.connectors.kafka_process import KafkaProcessSource, open_kafka_source
+from evolvd.connectors.kafka_source import KafkaUnavailableError, ensure_topic
 from evolvd.ingest import IngestLoop
 from evolvd.metrics import (
     BufferCollector,
@@ -347,14 +347,18 @@ class Daemon:
             raise StartupError(str(exc)) from exc
 
     def _new_source(self, drain: Callable[[], None], stored: Callable[[], dict[int, int]]) -> Source:
-        kafka, ingest = self.config.kafka, self.config.ingest
-        if ingest.fetcher == "thread":
-            return KafkaSource(kafka, self._bootstrap_servers, stored, drain, ingest.batch_max_messages)
-        log = self.config.logging
-        source = KafkaProcessSource(
-            kafka, self._bootstrap_servers, stored, drain, ingest.batch_max_messages, log.level, log.format
+        cfg = self.config
+        source = open_kafka_source(
+            cfg.ingest.fetcher,
+            cfg.kafka,
+            self._bootstrap_servers,
+            stored,
+            drain,
+            cfg.ingest.batch_max_messages,
+            cfg.logging.level,
+            cfg.logging.format,
         )
-        self._fetcher_pid = source.pid
+        self._fetcher_pid = source.pid if isinstance(source, KafkaProcessSource) else None
         return source
 
     def _start_ingest_thread(self) -> None:

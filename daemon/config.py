@@ -88,6 +88,10 @@ class KafkaConfig(_Section):
         return self.bootstrap_servers == EMBEDDED
 
 
+FetcherKind = Literal["process", "thread"]
+"""Where the Kafka consumer runs: a child process, or the daemon's ingest thread."""
+
+
 class IngestConfig(_Section):
     batch_max_messages: int = Field(2000, ge=1, le=100_000)
     """Messages per poll and per buffer transaction."""
@@ -105,7 +109,7 @@ class IngestConfig(_Section):
 
     backlog_check_interval_s: float = Field(1.0, gt=0, le=60)
 
-    fetcher: Literal["process", "thread"] = "process"
+    fetcher: FetcherKind = "process"
     """Where kafka-python parses fetched records: `process` runs the consumer in a child process, so
     its parsing and evolvd's validation and buffer writes each get a core (0.90x the raw consumer's
     rate on 2 cores, against 0.71x for `thread`, bench/ingest.py); `thread` keeps everything in the

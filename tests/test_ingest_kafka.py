@@ -19,9 +19,8 @@ from helpers import produce, prompt_message
 
 from evolvd.abc import Source
 from evolvd.buffer import DuckDBBuffer
-from evolvd.config import IngestConfig, KafkaConfig
-from evolvd.connectors.kafka_process import FetcherExitedError, KafkaProcessSource
-from evolvd.connectors.kafka_source import KafkaSource
+from evolvd.config import FetcherKind, IngestConfig, KafkaConfig
+from evolvd.connectors.kafka_process import FetcherExitedError, open_kafka_source
 from evolvd.ingest import IngestLoop
 from evolvd.metrics import IngestMetrics, new_registry
 
@@ -38,13 +37,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, what: str =
 
 
 @pytest.fixture(params=["process", "thread"])
-def fetcher(request: pytest.FixtureRequest) -> str:
-    kind: str = request.param
+def fetcher(request: pytest.FixtureRequest) -> FetcherKind:
+    kind: FetcherKind = request.param
     return kind
 
 
 def new_source(
-    fetcher: str,
+    fetcher: FetcherKind,
     kafka: KafkaConfig,
     bootstrap: str,
     buffer: DuckDBBuffer,
@@ -52,10 +51,9 @@ def new_source(
     max_poll_records: int = 500,
 ) -> Source:
     """The source the daemon builds for `ingest.fetcher` (it passes ingest.batch_max_messages)."""
-    stored = lambda: buffer.stored_offsets(kafka.topic)  # noqa: E731
-    if fetcher == "process":
-        return KafkaProcessSource(kafka, bootstrap, stored, drain, max_poll_records)
-    return KafkaSource(kafka, bootstrap, stored, drain, max_poll_records)
+    return open_kafka_source(
+        fetcher, kafka, bootstrap, lambda: buffer.stored_offsets(kafka.topic), drain, max_poll_records
+    )
 
 
 @contextmanager
@@ -63,7 +61,7 @@ def running_ingest(
     bootstrap: str,
     topic: str,
     buffer: DuckDBBuffer,
-    fetcher: str,
+    fetcher: FetcherKind,
     group: str | None = None,
     errors: list[BaseException] | None = None,
     **ingest: Any,
@@ -102,7 +100,9 @@ def count(buffer: DuckDBBuffer, table: str = "events") -> int:
     return buffer.table_counts()[table]
 
 
-def test_n_messages_land_as_exactly_n_events(broker: Any, topic: str, tmp_path: Path, fetcher: str) -> None:
+def test_n_messages_land_as_exactly_n_events(
+    broker: Any, topic: str, tmp_path: Path, fetcher: FetcherKind
+) -> None:
     n = 3000
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(n)])
     buffer = DuckDBBuffer(tmp_path / "b.duckdb")
@@ -116,7 +116,7 @@ def test_n_messages_land_as_exactly_n_events(broker: Any, topic: str, tmp_path: 
 
 
 def test_bad_messages_become_dead_letters_and_never_block_the_partition(
-    broker: Any, topic: str, tmp_path: Path, fetcher: str
+    broker: Any, topic: str, tmp_path: Path, fetcher: FetcherKind
 ) -> None:
     bad = [
         (None, "no_value"),
@@ -151,7 +151,7 @@ def test_bad_messages_become_dead_letters_and_never_block_the_partition(
 
 
 def test_restart_resumes_from_buffer_offsets_without_duplicates(
-    broker: Any, topic: str, tmp_path: Path, fetcher: str
+    broker: Any, topic: str, tmp_path: Path, fetcher: FetcherKind
 ) -> None:
     path = tmp_path / "b.duckdb"
     group = f"g-{uuid.uuid4().hex}"
@@ -171,7 +171,9 @@ def test_restart_resumes_from_buffer_offsets_without_duplicates(
     buffer.close()
 
 
-def test_republished_ids_are_deduplicated(broker: Any, topic: str, tmp_path: Path, fetcher: str) -> None:
+def test_republished_ids_are_deduplicated(
+    broker: Any, topic: str, tmp_path: Path, fetcher: FetcherKind
+) -> None:
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(100)] * 2)
     buffer = DuckDBBuffer(tmp_path / "b.duckdb")
     with running_ingest(broker.bootstrap_servers, topic, buffer, fetcher) as loop:
@@ -183,7 +185,7 @@ def test_republished_ids_are_deduplicated(broker: Any, topic: str, tmp_path: Pat
 
 
 def test_backpressure_pauses_above_the_limit_and_resumes_below(
-    broker: Any, topic: str, tmp_path: Path, fetcher: str
+    broker: Any, topic: str, tmp_path: Path, fetcher: FetcherKind
 ) -> None:
     high, low = 300, 100
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(2000)])
@@ -224,7 +226,7 @@ def test_backpressure_pauses_above_the_limit_and_resumes_below(
     buffer.close()
 
 
-def test_an_unreachable_broker_fails_fast_and_leaves_no_thread(tmp_path: Path, fetcher: str) -> None:
+def test_an_unreachable_broker_fails_fast_and_leaves_no_thread(tmp_path: Path, fetcher: FetcherKind) -> None:
     from evolvd.connectors.kafka_source import KafkaUnavailableError
 
     kafka = KafkaConfig(bootstrap_servers="127.0.0.1:9", topic="t", connect_timeout_s=1)
