@@ -1,6 +1,6 @@
 """Does the loop run on open-ended traffic? The free-form run of the self-improvement experiment.
 
-It streams real human-written instructions (the self-instruct seed tasks, ../shared/data/
+It streams real human-written instructions (the self-instruct seed tasks, bench/data/
 seed_tasks.jsonl) through Kafka into the same daemon and harness as bench/selfimprove.py: K cycles
 of label -> policies -> train -> evaluate -> promote. These prompts have no gold answer, so no
 accuracy is claimed. What is measured, on held-out instructions the loop never sees, before the
@@ -59,7 +59,7 @@ from evolvd.policies.probes import greedy_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "freeform.json"
-SEED_TASKS = ROOT.parent / "shared" / "data" / "seed_tasks.jsonl"
+SEED_TASKS = ROOT / "bench" / "data" / "seed_tasks.jsonl"
 
 # The full run: the main run's settings, with critique on so that labels carry self-judge scores, and
 # room for answers longer than a sum. Sized for vLLM's LoRA path on a 2-core CPU, where cycle 2 labels

@@ -1,7 +1,7 @@
 """Policy quality: drift-test power and false-alarm rate, PII precision and recall, each beside a
 plain baseline measured in the same run.
 
-Drift. Windows of prompts drawn from real human-written instructions (../shared/data/seed_tasks.jsonl)
+Drift. Windows of prompts drawn from real human-written instructions (bench/data/seed_tasks.jsonl)
 and from the task families evolvd generates. A "shift" scenario compares a reference window with a
 window from another distribution; a "same" scenario compares two disjoint windows of one
 distribution. Power = share of shift draws the embedding MMD test flags at the configured
@@ -14,7 +14,7 @@ look-alike sentences with none (non-Luhn card-length numbers, versions, dates, o
 invalid addresses). A number written in SSN format (NNN-NN-NNNN) counts as an SSN by design, so
 look-alikes avoid that shape. Span-level precision/recall of evolvd's detector vs a plain regex baseline.
 
-    python bench/policies.py [--draws 20] [--seed-data ../shared/data/seed_tasks.jsonl]
+    python bench/policies.py [--draws 20] [--seed-data bench/data/seed_tasks.jsonl]
 
 Exits 1 when a target is missed: drift power >= 0.9, false alarms <= 0.05, PII precision >= 0.95,
 PII recall >= 0.9.
@@ -49,7 +49,7 @@ from evolvd.policies.pii import PiiDetector
 from evolvd.workload import generate
 
 RESULTS = Path(__file__).parent / "results" / "policies.json"
-SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_tasks.jsonl"
+SEED_DATA = Path(__file__).resolve().parent / "data" / "seed_tasks.jsonl"
 TARGETS = {"drift_power": 0.9, "drift_false_alarm_rate": 0.05, "pii_precision": 0.95, "pii_recall": 0.9}
 
 Corpus = tuple[list[str], np.ndarray]

@@ -15,7 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Public data the tests read, kept in the project (bench/data/README.md names its source and licence).
+SEED_TASKS = REPO / "bench" / "data" / "seed_tasks.jsonl"
 MODEL_CACHE = REPO / "var" / "test-cache" / "models"  # the bundled model, converted once per machine
 
 

@@ -4,17 +4,16 @@ and stays quiet (at its configured false-alarm level) on two samples of one dist
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SEED_TASKS
 
 from evolvd.embeddings import embed
 from evolvd.policies.drift import drift_report, mmd_permutation_test, output_divergence, topic_clusters
 from evolvd.policies.loader import load_policies
 from evolvd.workload import generate
 
-SEED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_tasks.jsonl"
 POLICY = load_policies(None).drift
 
 

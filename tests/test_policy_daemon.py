@@ -211,7 +211,7 @@ def test_dry_run_reports_the_effect_of_an_edit_and_applies_nothing(
 def test_the_daemon_detects_a_topic_shift_in_its_stream_and_the_guard_blocks_training(
     broker: Any, topic: str, tmp_path: Path
 ) -> None:
-    from conftest import SHARED_DATA
+    from conftest import SEED_TASKS
 
     from evolvd.workload import generate
 
@@ -221,10 +221,7 @@ def test_the_daemon_detects_a_topic_shift_in_its_stream_and_the_guard_blocks_tra
         "window: 40\nreference: first_window\nfeatures:\n  topic_clusters: 4\n"
     )
     daemon = DaemonProcess(tmp_path / "data", _policy_env(broker, topic, policy_dir)).start()
-    human = [
-        json.loads(line)["instruction"]
-        for line in (SHARED_DATA / "seed_tasks.jsonl").read_text().splitlines()
-    ]
+    human = [json.loads(line)["instruction"] for line in SEED_TASKS.read_text().splitlines()]
     first = [json.dumps({"id": f"h-{i}", "prompt": p}).encode() for i, p in enumerate(human[:40])]
     produce(broker.bootstrap_servers, topic, first, partition=0)
     wait_for(lambda: daemon.status()["buffer"]["tables"]["events"] == 40, "the first window")

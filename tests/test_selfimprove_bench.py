@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SEED_TASKS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
@@ -69,8 +70,7 @@ def test_small_experiment_runs_a_cycle_and_reports_it(broker: Any, vllm_daemon: 
 def test_small_free_form_run_labels_trains_and_judges_open_ended_prompts(
     broker: Any, vllm_daemon: Any, tmp_path: Path
 ) -> None:
-    source = ROOT.parent / "shared" / "data" / "seed_tasks.jsonl"
-    report = run_small("freeform.py", ["--source", str(source)], broker, vllm_daemon, tmp_path)
+    report = run_small("freeform.py", ["--source", str(SEED_TASKS)], broker, vllm_daemon, tmp_path)
     base, cycle = report["cycles"]
     assert base["cycle"] == "base" and cycle["cycle"] == "1"
     for row in (base, cycle):
