@@ -158,6 +158,10 @@ class DeadLetter:
     reason: str
     detail: str
     raw: bytes | None
+    """The value as received, or a bounded prefix of it (None for a tombstone)."""
+    raw_bytes: int | None = None
+    """The full value's length, when `raw` was cut to a prefix or taken whole."""
+    raw_sha256: str | None = None
 
 
 @dataclass(slots=True)
@@ -202,6 +206,11 @@ class IngestSink(ABC):
 
     @abstractmethod
     def write_ingest_batch(self, batch: IngestBatch) -> IngestResult: ...
+
+    @abstractmethod
+    def probe_ingest_batch(self, batch: IngestBatch) -> None:
+        """Try the write of `batch` and undo it: raises exactly when `write_ingest_batch` would.
+        The writer bisects a failing batch with it to find the records the sink refuses."""
 
     @abstractmethod
     def stored_offsets(self, topic: str) -> dict[int, int]:

@@ -490,11 +490,20 @@ class Daemon:
             return False, self._state
         if self._ingest is None or not self._ingest.state.running:
             return False, "ingest is not running"
+        if (stalled := self._ingest.writer_stall.unready_reason()) is not None:
+            return False, stalled
         if self._serving is not None and not (
             self._serving.supervisor and self._serving.supervisor.is_ready()
         ):
             return False, "serving is not ready"
         return True, "ok"
+
+    def _writer_status(self) -> dict[str, Any]:
+        stall = self._ingest.writer_stall if self._ingest is not None else None
+        if stall is None:
+            return {"failing_s": 0.0, "attempts": 0, "last_error": None}
+        failing_s = round(stall.seconds(), 1)
+        return {"failing_s": failing_s, "attempts": stall.attempts, "last_error": stall.last_error}
 
     def status(self) -> dict[str, Any]:
         assert self._buffer is not None
@@ -528,6 +537,7 @@ class Daemon:
                 "backlog_high_watermark": self.config.ingest.backlog_high_watermark,
                 "restarts": self._ingest_restarts,
                 "last_error": self._ingest_last_error,
+                "writer": self._writer_status(),
                 "fetcher_pid": self._fetcher_pid,
                 "lag_total": sum(p["lag"] or 0 for p in partitions),
                 "partitions": partitions,

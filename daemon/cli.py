@@ -185,6 +185,10 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
         f"ingest   running={ingest['running']}  backlog={ingest['backlog']}"
         f"/{ingest['backlog_high_watermark']}  lag={ingest['lag_total']}{paused}"
     )
+    writer = ingest["writer"]
+    if writer["failing_s"]:
+        stalled = f"{writer['failing_s']}s ({writer['attempts']} attempts)"
+        click.echo(f"  WRITER STALLED for {stalled}: {writer['last_error']}")
     for p in ingest["partitions"]:
         at, end, lag = (p[k] if p[k] is not None else "-" for k in ("buffer_offset", "highwater", "lag"))
         click.echo(f"  partition {p['partition']}: buffer at {at}, end {end}, lag {lag}")

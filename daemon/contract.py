@@ -6,6 +6,7 @@ path, where a pure-Python validator would cost more than the Kafka client itself
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -27,9 +28,32 @@ class DeadLetterReason(StrEnum):
     EMPTY_PROMPT = "empty_prompt"
     NO_PROMPT = "no_prompt"
     AMBIGUOUS_PROMPT = "ambiguous_prompt"
+    TOO_DEEP = "too_deep"
+    BAD_TIMESTAMP = "bad_timestamp"
+    UNDECODABLE = "undecodable"
+    """The decoder failed in a way none of the reasons above names (a bug to report, not a stop)."""
+    UNSTORABLE = "unstorable"
+    """Valid by the contract, but the buffer refused the row; isolated from its batch by the writer."""
+
+
+DEAD_LETTER_PREFIX_BYTES = 4096
+"""How much of a dead letter's value is kept: enough to read what went wrong, bounded so that a
+stream of oversized values cannot fill the disk. The full length and a sha256 are kept beside it."""
+
+MAX_JSON_DEPTH = 64
+"""How deep a message's JSON may nest. Chat content and metadata need a handful of levels; a value
+nested hundreds deep is an attack on every reader that recurses (the decoder, the buffer's JSON
+functions, the labeler), so it is refused here, once, with a reason."""
+
+# The range Python's datetime (and so every reader of the buffer) can represent, in epoch seconds.
+_MIN_EPOCH_S = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+_MAX_EPOCH_S = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
 
 
 NonEmptyId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+FeedbackScore = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
+"""A numeric feedback is a score on the scale of up (1) and down (-1): the canary's rollback check
+averages feedback, so a score of 1e300 in one message would otherwise outweigh every thumbs-down."""
 
 
 class ChatMessage(msgspec.Struct, frozen=True):
@@ -44,7 +68,7 @@ class PromptMessage(msgspec.Struct, frozen=True):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     response: str | None = None
-    feedback: Literal["up", "down"] | float | None = None
+    feedback: Literal["up", "down"] | FeedbackScore | None = None
     # Kept as the raw JSON slice: it is stored as JSON anyway, so re-encoding would be wasted work.
     metadata: msgspec.Raw = msgspec.Raw()
     ts: datetime | float | None = None
@@ -61,12 +85,26 @@ def decode_into(record: SourceRecord, max_bytes: int, batch: IngestBatch) -> Non
     Never raises: every failure becomes a dead letter with a reason code and a precise detail.
     Does not touch `batch.next_offsets`; the caller advances positions.
     """
+    try:
+        _decode_into(record, max_bytes, batch)
+    except RecursionError:
+        _dead(batch, record, DeadLetterReason.TOO_DEEP, "JSON is nested deeper than the decoder's limit")
+    except Exception as exc:
+        _dead(batch, record, DeadLetterReason.UNDECODABLE, f"the decoder failed: {type(exc).__name__}: {exc}")
+
+
+def _decode_into(record: SourceRecord, max_bytes: int, batch: IngestBatch) -> None:
     raw = record.value
     if raw is None:
         _dead(batch, record, DeadLetterReason.NO_VALUE, "record has no value (tombstone)")
         return
     if len(raw) > max_bytes:
         _dead(batch, record, DeadLetterReason.OVERSIZED, f"{len(raw)} bytes exceeds the limit of {max_bytes}")
+        return
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and (depth := nesting_depth(raw)) > MAX_JSON_DEPTH:
+        # The cheap count first: only a value with many brackets pays for the exact scan.
+        detail = f"JSON nests {depth} levels deep; the limit is {MAX_JSON_DEPTH}"
+        _dead(batch, record, DeadLetterReason.TOO_DEEP, detail)
         return
     try:
         msg = _decoder.decode(raw)
@@ -75,18 +113,11 @@ def decode_into(record: SourceRecord, max_bytes: int, batch: IngestBatch) -> Non
         _dead(batch, record, reason, detail)
         return
 
-    problem = _check_prompt(msg)
+    metadata = bytes(msg.metadata) if msg.metadata else None
+    ts_epoch_s = _epoch_seconds(msg.ts)
+    problem = _check_prompt(msg) or _check_metadata(metadata) or _check_timestamp(msg, ts_epoch_s)
     if problem is not None:
         _dead(batch, record, *problem)
-        return
-    metadata = bytes(msg.metadata) if msg.metadata else None
-    if metadata is not None and metadata != b"null" and not metadata.startswith(b"{"):
-        _dead(
-            batch,
-            record,
-            DeadLetterReason.WRONG_TYPE,
-            "Expected `object`, got another type - at `$.metadata`",
-        )
         return
 
     if msg.feedback is not None:
@@ -106,7 +137,7 @@ def decode_into(record: SourceRecord, max_bytes: int, batch: IngestBatch) -> Non
     ev.messages_json.append(_encoder.encode(msg.messages).decode() if msg.messages is not None else None)
     ev.response.append(msg.response)
     ev.metadata_json.append(metadata.decode() if metadata is not None and metadata != b"null" else None)
-    ev.ts_epoch_s.append(_epoch_seconds(msg.ts))
+    ev.ts_epoch_s.append(ts_epoch_s)
     ev.kafka_ts_ms.append(record.timestamp)
 
 
@@ -125,9 +156,60 @@ def _check_prompt(msg: PromptMessage) -> tuple[DeadLetterReason, str] | None:
     return None
 
 
+def nesting_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets inside strings ignored)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _check_metadata(metadata: bytes | None) -> tuple[DeadLetterReason, str] | None:
+    if metadata is None or metadata == b"null":
+        return None
+    if not metadata.startswith(b"{"):
+        return DeadLetterReason.WRONG_TYPE, "Expected `object`, got another type - at `$.metadata`"
+    return None
+
+
+def _check_timestamp(msg: PromptMessage, ts_epoch_s: float | None) -> tuple[DeadLetterReason, str] | None:
+    if ts_epoch_s is not None and not _MIN_EPOCH_S <= ts_epoch_s <= _MAX_EPOCH_S:
+        return (
+            DeadLetterReason.BAD_TIMESTAMP,
+            f"`ts` {msg.ts!r} is outside years 1-9999 (epoch seconds, or milliseconds above 1e11)",
+        )
+    return None
+
+
 def _dead(batch: IngestBatch, record: SourceRecord, reason: DeadLetterReason, detail: str) -> None:
     batch.dead_letters.append(
-        DeadLetter(record.topic, record.partition, record.offset, reason.value, detail, record.value)
+        dead_letter(record.topic, record.partition, record.offset, reason, detail, record.value)
+    )
+
+
+def dead_letter(
+    topic: str, partition: int, offset: int, reason: DeadLetterReason, detail: str, value: bytes | None
+) -> DeadLetter:
+    """A dead letter that keeps a bounded prefix of `value`, its full length and its sha256."""
+    if value is None:
+        return DeadLetter(topic, partition, offset, reason.value, detail, None)
+    prefix = value[:DEAD_LETTER_PREFIX_BYTES]
+    return DeadLetter(
+        topic, partition, offset, reason.value, detail, prefix, len(value), hashlib.sha256(value).hexdigest()
     )
 
 

@@ -11,12 +11,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from evolvd.abc import IngestBatch, IngestSink, PartitionLag, Source
 from evolvd.config import IngestConfig
 from evolvd.contract import decode_into
+from evolvd.ingest_bisect import isolate_unstorable
 from evolvd.metrics import IngestMetrics
 
 logger = logging.getLogger("evolvd.ingest")
@@ -26,16 +27,44 @@ _MAX_GROUP_COMMIT = 16
 _GROUP_COMMIT_LINGER_S = 0.1
 """How long the writer waits for more polls before committing what it has (the ingest latency cost)."""
 
+WRITER_STALL_UNREADY_S = 5.0
+"""/readyz fails once the writer has failed this long on one batch: longer than a transient error's
+first retries (0.1 + 0.2 + ... s), short enough that an orchestrator sees a buffer that is stuck."""
+
+OnDurable = Callable[[Mapping[tuple[str, int], int], int], None]
+"""Called with a written batch's next offsets and the number of events it was submitted with."""
+
+
+@dataclass
+class WriterStall:
+    """Whether the writer is stuck on a batch the buffer keeps refusing; read by /readyz and /status."""
+
+    failing_since: float | None = None
+    """time.time() of the first failed attempt at the batch in hand; None while writes succeed."""
+    attempts: int = 0
+    last_error: str | None = None
+    """The latest write error, kept after recovery so that /status can still show it."""
+
+    def seconds(self) -> float:
+        since = self.failing_since
+        return 0.0 if since is None else max(0.0, time.time() - since)
+
+    def unready_reason(self) -> str | None:
+        """Why the daemon is not ready, while the writer has been stuck past the grace period."""
+        failing_s = self.seconds()
+        if failing_s < WRITER_STALL_UNREADY_S:
+            return None
+        return (
+            f"the ingest writer cannot write to the buffer: {self.attempts} attempts failed in "
+            f"{failing_s:.0f}s, the last with {self.last_error}"
+        )
+
 
 class BatchWriter:
     """Commits ingest batches on its own thread; a full queue makes the poller wait (bounded memory)."""
 
-    def __init__(
-        self, sink: IngestSink, metrics: IngestMetrics, on_durable: Callable[[IngestBatch], None]
-    ) -> None:
-        self._sink = sink
-        self._metrics = metrics
-        self._on_durable = on_durable
+    def __init__(self, sink: IngestSink, metrics: IngestMetrics, on_durable: OnDurable) -> None:
+        self._writer = IngestWriter(sink, metrics, on_durable)
         self._queue: queue.Queue[IngestBatch | None] = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._run, name="evolvd-ingest-writer", daemon=True)
         self._thread.start()
@@ -50,6 +79,10 @@ class BatchWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+
+    @property
+    def stall(self) -> WriterStall:
+        return self._writer.stall
 
     def _run(self) -> None:
         stopping = False
@@ -73,28 +106,58 @@ class BatchWriter:
                     break
                 batch.merge(later)
                 merged += 1
-            self._write_until_done(batch)
+            self._writer.write(batch)
             for _ in range(merged):
                 self._queue.task_done()
 
-    def _write_until_done(self, batch: IngestBatch) -> None:
+
+class IngestWriter:
+    """Writes one batch at a time to the sink, on the caller's thread, until it is durable."""
+
+    def __init__(self, sink: IngestSink, metrics: IngestMetrics, on_durable: OnDurable) -> None:
+        self._sink = sink
+        self._metrics = metrics
+        self._on_durable = on_durable
+        self.stall = WriterStall()
+        metrics.writer_failing_seconds.set_function(self.stall.seconds)
+
+    def write(self, batch: IngestBatch) -> None:
         # Nothing may be lost, and the batch's records are not acknowledged anywhere until this
-        # succeeds, so a failing write is retried (with backoff) rather than skipped.
+        # succeeds. A batch the buffer refuses is bisected: the records it refuses become dead
+        # letters and the rest is written at once. Only a buffer that refuses everything (disk
+        # full, file gone) is retried with backoff, and that shows as a stall in /readyz.
+        submitted_events = batch.event_count
         delay = 0.1
         while True:
             started = time.perf_counter()
             try:
                 result = self._sink.write_ingest_batch(batch)
-            except Exception:
+            except Exception as exc:
                 self._metrics.write_errors.inc()
-                logger.exception(
-                    "writing %d events to the buffer failed; retrying in %.1fs", batch.event_count, delay
+                self._note_failure(exc)
+                try:
+                    batch, refused = isolate_unstorable(self._sink, batch)
+                except Exception:
+                    logger.exception(
+                        "writing %d events to the buffer failed; retrying in %.1fs (attempt %d)",
+                        batch.event_count,
+                        delay,
+                        self.stall.attempts,
+                    )
+                    time.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                logger.error(
+                    "the buffer refused %d record(s) of a batch (%s); they are dead letters "
+                    "(reason unstorable), the other %d events are written",
+                    refused,
+                    self.stall.last_error,
+                    batch.event_count,
                 )
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
                 continue
             self._metrics.write_seconds.observe(time.perf_counter() - started)
             break
+        self.stall.failing_since, self.stall.attempts = None, 0
         m = self._metrics
         m.batches.inc()
         m.messages.labels("event").inc(result.inserted)
@@ -103,7 +166,14 @@ class BatchWriter:
         m.messages.labels("dead_letter").inc(len(batch.dead_letters))
         for dl in batch.dead_letters:
             m.dead_letters.labels(dl.reason).inc()
-        self._on_durable(batch)
+        self._on_durable(batch.next_offsets, submitted_events)
+
+    def _note_failure(self, exc: Exception) -> None:
+        stall = self.stall
+        if stall.failing_since is None:
+            stall.failing_since = time.time()
+        stall.attempts += 1
+        stall.last_error = f"{type(exc).__name__}: {exc}"[:1000]
 
 
 @dataclass
@@ -141,10 +211,14 @@ class IngestLoop:
             raise
         self.state = IngestState()
 
-    def _note_durable(self, batch: IngestBatch) -> None:
+    @property
+    def writer_stall(self) -> WriterStall:
+        return self._writer.stall
+
+    def _note_durable(self, next_offsets: Mapping[tuple[str, int], int], events: int) -> None:
         with self._durable_lock:
-            self._durable.update(batch.next_offsets)
-            self._durable_events += batch.event_count
+            self._durable.update(next_offsets)
+            self._durable_events += events
 
     def run(self, stop: threading.Event) -> None:
         self.state.running = True

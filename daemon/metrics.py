@@ -82,6 +82,7 @@ class IngestMetrics:
     batches: Counter
     write_seconds: Histogram
     write_errors: Counter
+    writer_failing_seconds: Gauge
     paused: Gauge
     backpressure_pauses: Counter
     lag: Gauge
@@ -118,6 +119,11 @@ class IngestMetrics:
             write_errors=Counter(
                 "evolvd_ingest_write_errors_total",
                 "Failed buffer writes (retried; nothing is acknowledged)",
+                registry=registry,
+            ),
+            writer_failing_seconds=Gauge(
+                "evolvd_ingest_writer_failing_seconds",
+                "Seconds the ingest writer has failed to write the batch in hand (0 while writes succeed)",
                 registry=registry,
             ),
             paused=Gauge(

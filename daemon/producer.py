@@ -19,7 +19,7 @@ def _key_of(line: bytes) -> bytes | None:
     """The message `id` as the Kafka key, so one id always lands in one partition (order for feedback)."""
     try:
         doc = msgspec.json.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # lines are published as-is, even ones the daemon rejects
         return None
     ident = doc.get("id") if isinstance(doc, dict) else None
     return ident.encode() if isinstance(ident, str) else None

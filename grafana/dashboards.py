@@ -280,6 +280,11 @@ def ingest() -> dict[str, object]:
                         ],
                         "ops",
                     ),
+                    graph(
+                        "Writer stalled on a batch (the buffer refuses every write)",
+                        [q(f"max(evolvd_ingest_writer_failing_seconds{{{I}}})", "failing for")],
+                        "s",
+                    ),
                     graph("Rows per table", [q(f"sum by (table) (evolvd_buffer_rows{{{I}}})", "{{table}}")]),
                     graph(
                         "Buffer file and free disk",

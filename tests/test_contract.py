@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 
 import pytest
 
 from evolvd.abc import IngestBatch, Record
-from evolvd.contract import DeadLetterReason, decode_into, encode_message
+from evolvd.contract import (
+    DEAD_LETTER_PREFIX_BYTES,
+    DeadLetterReason,
+    decode_into,
+    encode_message,
+    nesting_depth,
+)
 
 LIMIT = 1024
 
@@ -103,6 +110,29 @@ def test_unknown_fields_are_tolerated() -> None:
             "content",
         ),
         (b'{"id": "a"}', DeadLetterReason.NO_PROMPT, "neither"),
+        # Values that used to pass the contract and then stop ingest (issue 20's poison pills).
+        (
+            b'{"id": "a", "prompt": "p", "metadata": {"x": ' + b"[" * 100 + b"]" * 100 + b"}}",
+            DeadLetterReason.TOO_DEEP,
+            "JSON nests 102 levels deep; the limit is 64",
+        ),
+        (b"[" * 400 + b"]" * 400, DeadLetterReason.TOO_DEEP, "400 levels"),
+        (b'{"id": "a", "prompt": "p", "ts": 1e20}', DeadLetterReason.BAD_TIMESTAMP, "`ts` 1e+20 is outside"),
+        (b'{"id": "a", "prompt": "p", "ts": -1e15}', DeadLetterReason.BAD_TIMESTAMP, "years 1-9999"),
+        (
+            b'{"id": "a", "prompt": "p", "ts": "9999-12-31T23:59:59-14:00"}',
+            DeadLetterReason.BAD_TIMESTAMP,
+            "`ts`",
+        ),
+        (b'{"id": "a", "prompt": "p", "feedback": 1e400}', DeadLetterReason.WRONG_TYPE, "$.feedback"),
+        (b'{"id": "a", "prompt": "p", "feedback": -1e300}', DeadLetterReason.WRONG_TYPE, ">= -1.0"),
+        (b'{"id": "a", "feedback": 5}', DeadLetterReason.WRONG_TYPE, "<= 1.0 - at `$.feedback`"),
+        (
+            b'{"id": "a", "prompt": "p", "metadata": {"k": "\\ud800"}}',
+            DeadLetterReason.NOT_JSON,
+            "not JSON",
+        ),
+        (b'{"id": "a", "prompt": "\\udc00"}', DeadLetterReason.NOT_JSON, "not JSON"),
         (
             b'{"id": "a", "prompt": "p", "messages": [{"role": "user", "content": "q"}]}',
             DeadLetterReason.AMBIGUOUS_PROMPT,
@@ -116,3 +146,19 @@ def test_bad_messages_become_dead_letters_with_a_reason(
     got_reason, got_detail = dead_reason(value)
     assert got_reason == reason
     assert detail in got_detail
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    prompt = "[" * 300 + "{" * 300
+    batch = decode(encode_message("b1", prompt, metadata={"a": {"b": [[1]]}}))
+    assert batch.events.prompt == [prompt] and not batch.dead_letters
+    assert nesting_depth(encode_message("b2", '\\"[[[', metadata={"a": [1]})) == 3
+
+
+def test_a_dead_letter_keeps_a_bounded_prefix_the_full_length_and_a_hash() -> None:
+    value = b'{"id": "big", "prompt": "' + b"x" * 200_000 + b'"}'
+    batch = decode(value)
+    (dl,) = batch.dead_letters
+    assert dl.reason == DeadLetterReason.OVERSIZED
+    assert dl.raw == value[:DEAD_LETTER_PREFIX_BYTES] and len(dl.raw) == 4096
+    assert dl.raw_bytes == len(value) and dl.raw_sha256 == hashlib.sha256(value).hexdigest()

@@ -125,20 +125,31 @@ def test_embedded_defaults_produce_status_and_ctrl_c(tmp_path: Path) -> None:
     assert host == "127.0.0.1"
 
     lines = tmp_path / "prompts.jsonl"
+    # With the poison pills that stopped ingest (and `evolvd produce` itself): nested 1,000 deep,
+    # and a timestamp the buffer cannot store.
+    poison = '{"id": "deep", "prompt": "p", "metadata": ' + "[" * 1000 + "]" * 1000 + "}\n"
+    poison += '{"id": "late", "prompt": "p", "ts": 1e20}\n'
     lines.write_text(
-        "".join(f'{{"id": "p{i}", "prompt": "What is {i} + {i}?"}}\n' for i in range(50)) + "oops\n"
+        "".join(f'{{"id": "p{i}", "prompt": "What is {i} + {i}?"}}\n' for i in range(50)) + "oops\n" + poison
     )
     produced = run_cli("produce", str(lines), env=daemon.env)
     assert produced.returncode == 0, produced.stderr
-    assert "published 51 messages" in produced.stdout
+    assert "published 53 messages" in produced.stdout
 
     deadline = time.monotonic() + 30
-    while daemon.status()["buffer"]["tables"]["events"] < 50 and time.monotonic() < deadline:
+    while (
+        daemon.status()["buffer"]["tables"]["events"] < 50 or daemon.status()["dead_letters"]["total"] < 3
+    ) and time.monotonic() < deadline:
         time.sleep(0.1)
     shown = run_cli("status", env=daemon.env)
     assert shown.returncode == 0, shown.stderr
     assert "events=50" in shown.stdout
-    assert "dead letters 1: not_json=1" in shown.stdout
+    assert "dead letters 3: " in shown.stdout
+    for reason in ("not_json=1", "too_deep=1", "bad_timestamp=1"):
+        assert reason in shown.stdout
+    ingest = daemon.status()["ingest"]
+    assert ingest["restarts"] == 0 and ingest["last_error"] is None
+    assert ingest["writer"] == {"failing_s": 0.0, "attempts": 0, "last_error": None}  # no batch was refused
 
     daemon.interrupt_group()  # Ctrl-C: the broker must not die before the daemon has closed its consumer
     assert daemon.wait(60) == 0, daemon.tail()

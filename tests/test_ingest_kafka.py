@@ -120,7 +120,7 @@ def test_bad_messages_become_dead_letters_and_never_block_the_partition(
 ) -> None:
     bad = [
         (None, "no_value"),
-        (b"x" * 2000, "oversized"),
+        (b"x" * 5000, "oversized"),
         (b'{"id": "u", "prompt": "caf\xe9"}', "not_utf8"),
         (b"{{{{", "not_json"),
         (b"[1]", "not_object"),
@@ -128,6 +128,11 @@ def test_bad_messages_become_dead_letters_and_never_block_the_partition(
         (b'{"id": "e", "prompt": ""}', "empty_prompt"),
         (b'{"id": "n"}', "no_prompt"),
         (b'{"id": "m", "prompt": "p", "messages": [{"role": "user", "content": "q"}]}', "ambiguous_prompt"),
+        # Poison pills that stopped every partition: nested 1,000 deep (2 KB), and timestamps the
+        # buffer cannot store (each failed its whole batch, retried forever).
+        (b'{"id": "d", "prompt": "p", "metadata": {"x": ' + b"[" * 1000 + b"]" * 1000 + b"}}", "too_deep"),
+        (b'{"id": "ts1", "prompt": "p", "ts": 1e20}', "bad_timestamp"),
+        (b'{"id": "ts2", "prompt": "p", "ts": -1e15}', "bad_timestamp"),
     ]
     values: list[bytes | None] = []
     for i, (value, _reason) in enumerate(bad):  # good, bad, good, bad, ... all on one partition
@@ -137,7 +142,7 @@ def test_bad_messages_become_dead_letters_and_never_block_the_partition(
     produce(broker.bootstrap_servers, topic, values, partition=0)
 
     buffer = DuckDBBuffer(tmp_path / "b.duckdb")
-    with running_ingest(broker.bootstrap_servers, topic, buffer, fetcher, max_message_bytes=1024):
+    with running_ingest(broker.bootstrap_servers, topic, buffer, fetcher, max_message_bytes=4096):
         wait_for(lambda: count(buffer) == len(bad) + 1 and count(buffer, "dead_letters") == len(bad))
     rows = (
         buffer.cursor()
