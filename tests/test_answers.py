@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from evolvd.buffer import DuckDBBuffer
 from evolvd.embeddings import embed
-from evolvd.labeling.answers import AnswerKind, answer_kind, extract, majority_vote, semantic_vote
+from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator, HeldoutItem
+from evolvd.labeling.answers import (
+    AnswerKind,
+    answer_kind,
+    extract,
+    majority_vote,
+    normal_words,
+    same_answer,
+    semantic_vote,
+    short_answer_identity,
+)
 from evolvd.workload import generate
 
 
@@ -39,7 +52,14 @@ CASES: list[tuple[str, AnswerKind, str | None]] = [
     ("The answer is -8.", "number", "-8"),
     ("So, the answer is 277 + 1 = 288 hours.", "number", "288"),  # an expression: its result
     ("Final answer: 3 (not 5, as I said before)", "number", "3"),  # several numbers: the one at the marker
-    ("The answer is forty-two.", "number", None),  # a marker with no number: no guess from elsewhere
+    ("The answer is forty-two.", "number", "42"),  # number words are numbers
+    ("The answer is a lot.", "number", None),  # a marker with no number: no guess from elsewhere
+    ("The answer is 3/4.", "number", "0.75"),  # a fraction is one number (it used to read as 3)
+    ("The answer is 6/8 of the cake.", "number", "0.75"),
+    ("The answer is 1/3.", "number", "1/3"),  # no finite decimal: kept as a reduced fraction
+    ("The answer is 1e3.", "number", "1000"),  # an exponent is part of the number (it read as 1)
+    ("The answer is 1,000.", "number", "1000"),
+    ("The answer is 2.50 dollars.", "number", "2.5"),
     ("I am not sure how to solve this.", "number", None),
     ("", "number", None),
     ("Comparing 12 and 40, 40 is larger. The answer is B.", "option", "B"),
@@ -49,7 +69,7 @@ CASES: list[tuple[str, AnswerKind, str | None]] = [
     ("Yes, 12 is even.", "yes_no", "yes"),
     ("Maybe yes, maybe no.", "yes_no", None),
     ("The capital of France is Paris. The answer is Paris.", "span", "paris"),
-    ("Paris", "span", None),  # a span needs the marker: free text is not a label
+    ("Paris", "span", "paris"),  # a short answer is read without the marker too
     ("The answer is that it depends on a great many things we cannot know here.", "span", None),
     ("The sea is wide.", "free_form", None),
 ]
@@ -113,3 +133,82 @@ def test_semantic_vote_picks_the_medoid_of_the_largest_meaning_cluster() -> None
     assert vote.answer in answers[:3] and vote.confidence == pytest.approx(0.6)
     assert semantic_vote(["only one"], embed).confidence == 1.0
     assert semantic_vote([], embed).answer is None
+
+
+PLANET = "What is the largest planet in the solar system?"
+
+
+@pytest.mark.parametrize(
+    ("answer", "identity"),
+    [
+        ("The largest planet in the solar system is Jupiter.", "jupiter"),  # the restated subject goes
+        ("Jupiter.", "jupiter"),
+        ("It's Jupiter!", "jupiter"),
+        ("Jupiter is the largest planet. It is a gas giant.", "jupiter"),  # the first sentence
+        ("The answer is JUPITER", "jupiter"),
+        ("The largest planet in the solar system is Saturn.", "saturn"),
+        ("Jupiter, the fifth planet from the Sun.", "jupiter"),  # the first clause with new words
+        ("The largest planet is the largest planet.", None),  # restates the question, asserts nothing
+        ("Well, that depends on how you measure size, mass or volume, and on which moons count.", None),
+    ],
+)
+def test_a_short_answer_is_what_it_asserts_not_its_sentence(answer: str, identity: str | None) -> None:
+    assert extract(answer, "span", PLANET) == identity
+
+
+def test_normalisation_drops_case_accents_articles_and_spells_numbers_as_digits() -> None:
+    assert (
+        short_answer_identity("The city is São Paulo.", "Which city is the largest in Brazil?") == "sao paulo"
+    )
+    assert (
+        short_answer_identity("It is about twenty-nine thousand feet.", "How high is Everest?")
+        == "about 29000 feet"
+    )
+    assert normal_words("Twenty-one Éclairs, the BEST!") == ["21", "eclairs", "the", "best"]
+
+
+def test_the_vote_keeps_contradictions_apart_and_merges_paraphrases_and_spellings() -> None:
+    texts = [
+        "The largest planet in the solar system is Jupiter.",
+        "Jupiter.",
+        "It is Jupitor.",  # a misspelling counts with Jupiter
+        "The largest planet in the solar system is Saturn.",
+        "Saturn is the largest planet.",
+    ]
+    vote = majority_vote([extract(t, "span", PLANET) for t in texts])
+    assert (vote.answer, vote.winners, vote.counts) == ("jupiter", (0, 1, 2), {"jupiter": 3, "saturn": 2})
+    assert vote.confidence == 0.6
+
+
+def test_spelling_variants_never_merge_different_numbers_or_short_words() -> None:
+    assert same_answer("jupiter", "jupitor") and same_answer("shakespeare", "shakespear")
+    assert not same_answer("1234567", "1234568")  # 86% alike, another number
+    assert not same_answer("route 66", "route 67")
+    assert not same_answer("cat", "car") and not same_answer("saturn", "jupiter")
+    assert not same_answer(None, "x")
+
+
+def test_the_heldout_suite_scores_short_answers_with_the_votes_identity(tmp_path: Path) -> None:
+    """It used to compare extract(answer, "span") - None without the marker - with the label, so
+    every unmarked short answer scored 0 and no candidate could ever be told from the live one."""
+    evaluator = Evaluator(
+        DuckDBBuffer(tmp_path / "buffer.duckdb"),
+        EvaluationSettings(heldout_percent=30, heldout_max=8, max_tokens=32, concurrency=1, golden_set=None),
+        embed,
+        None,
+    )
+    items = [
+        HeldoutItem("e1", PLANET, "jupiter"),
+        HeldoutItem("e2", PLANET, "jupiter"),
+        HeldoutItem("e3", PLANET, "jupiter"),
+        HeldoutItem("e4", "Who wrote Hamlet?", "william shakespeare"),
+        HeldoutItem("e5", "How much is 3 divided by 4?", "0.75"),
+    ]
+    answers = [
+        "The largest planet in the solar system is Jupiter.",
+        "Saturn.",  # a contradiction stays wrong
+        "It's Jupitor.",  # a misspelling of the label is right
+        "Hamlet was written by William Shakespeare.",
+        "The answer is 3/4.",
+    ]
+    assert evaluator._heldout_correct(items, answers) == [True, False, True, True, True]

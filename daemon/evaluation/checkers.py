@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evolvd.config_file import ConfigError, FieldError
-from evolvd.labeling.answers import AnswerKind, extract
+from evolvd.labeling.answers import AnswerKind, extract, same_answer
 
 
 def _normalise(text: str) -> str:
@@ -36,7 +36,7 @@ def _exact(answer: str, reference: str) -> bool:
 def _extracted(kind: AnswerKind) -> Callable[[str, str], bool]:
     def check(answer: str, reference: str) -> bool:
         got = extract(answer, kind)
-        return got is not None and got in {extract(f"The answer is {r}.", kind) for r in reference.split("|")}
+        return any(same_answer(got, extract(f"The answer is {r}.", kind)) for r in reference.split("|"))
 
     return check
 

@@ -23,7 +23,7 @@ from evolvd.connectors.vllm_client import ChatClient
 from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
 from evolvd.evaluation.greedy_memo import GreedyAnswerMemo
 from evolvd.evaluation.paired import PairedResult, paired_compare
-from evolvd.labeling.answers import answer_kind, extract
+from evolvd.labeling.answers import answer_kind, extract, same_answer
 from evolvd.labeling.prompts import sample_prompt
 from evolvd.metrics import LoopMetrics
 from evolvd.policies.gates import CandidateEvaluation, ProbeScores
@@ -102,7 +102,9 @@ class Evaluator:
                 free_form.append(index)
                 correct.append(False)
             else:
-                correct.append(extract(answer, kind, item.prompt) == item.label)
+                # The vote's own answer identity, so a label and an answer that assert one thing
+                # in two sentences (or two spellings) agree.
+                correct.append(same_answer(extract(answer, kind, item.prompt), item.label))
         if free_form:
             got = self._embed([answers[i] for i in free_form])
             want = self._embed([items[i].label for i in free_form])

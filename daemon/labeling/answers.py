@@ -3,18 +3,28 @@
 The labeler asks the model to end with "The answer is X."; extraction looks for that marker first
 and only then falls back to the text's last candidate, so a reasoning path that mentions several
 numbers is read at its conclusion. An answer that cannot be read is None, never a guess.
+
+A short answer's identity is what it asserts, not its sentence: "The largest planet is Jupiter."
+and "Jupiter." are one answer, "The largest planet is Saturn." another. The words the question
+already says are removed, the rest normalised (case, accents, articles, number words), and the
+first run of new words is the answer. Spelling variants ("Jupitor") count with the answer they
+misspell, never when their digits differ.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
+from rapidfuzz import fuzz
+from text_to_num import alpha2digit
 
 AnswerKind = Literal["number", "option", "yes_no", "span", "free_form"]
 
@@ -30,7 +40,8 @@ _NUMERIC_QUESTION = re.compile(
 )
 _SHORT_QUESTION = re.compile(r"^\s*(what|which|who|where|when|name)\b", re.IGNORECASE)
 _MARKER = re.compile(r"(?:final answer|the answer is|answer is|answer\s*:)\s*(?::|is)?\s*(.+)", re.IGNORECASE)
-_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
+# 42, -3, 1,000, 2.5, 1e3, 3/4: a fraction or an exponent is part of the number, not a second one.
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?")
 _LETTER = re.compile(r"(?:^|[\s(\[])([A-E])(?:$|[\s).:,\]])")
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _OPTION_CONTENT = re.compile(r"(?:^|\s|\()([A-E])\)\s*(.+?)(?=\s+\(?[A-E]\)|[.?!]\s|[.?!]?$)")
@@ -40,6 +51,22 @@ _YES_NO_CLAIM = re.compile(
 _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 _FILLER = {"a", "an", "the", "is", "are", "was", "were", "it", "this", "that"}
 _NEGATION = {"not", "no", "never", "neither", "nor"}
+# Words that frame a short answer without being part of it ("It is called X", "Hamlet was written
+# by X"): the verbs factual questions ask with, in the forms an answer restates them.
+_FRAME = _FILLER | {
+    "be", "been", "its", "these", "those", "of", "in", "on", "at", "to", "for", "by", "with", "from",
+    "as", "and", "or", "answer", "final", "i", "think", "our", "my", "your", "their", "his", "her",
+    "called", "named", "known", "located", "situated", "written", "wrote", "painted", "composed",
+    "invented", "discovered", "founded", "built", "made", "created", "directed", "developed",
+}  # fmt: skip
+_CONTRACTION = re.compile(r"(n['\u2019]t|['\u2019]s)\b", re.IGNORECASE)  # "It's", "isn't"
+_TOKEN = re.compile(r"[^\W_]+(?:\.\d+)?")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_CLAUSE = re.compile(r"[,;:()\[\]]|\s[-\u2013\u2014]\s")
+MAX_SHORT_ANSWER_WORDS = 6
+"""More new words than this in the answer's first sentence: a long answer, voted on by meaning."""
+SPELLING_SIMILARITY = 85.0
+"""rapidfuzz ratio (0-100) at or above which two short answers of 4+ letters are one answer spelt two ways."""
 
 
 def answer_kind(prompt: str) -> AnswerKind:
@@ -65,15 +92,30 @@ def _conclusion(text: str) -> tuple[str, bool]:
 
 
 def _canonical_number(raw: str) -> str | None:
+    """One spelling per value: 1,000 and 1e3 are 1000; 3/4, 6/8 and 0.75 are 0.75; 1/3 stays 1/3."""
+    numerator, _, denominator = raw.replace(",", "").replace(" ", "").partition("/")
     try:
-        value = Decimal(raw.replace(",", ""))
+        top, bottom = Decimal(numerator), Decimal(denominator or "1")
     except InvalidOperation:
         return None
-    normal = value.normalize()
-    return format(normal, "f") if normal == normal.to_integral() else str(normal)
+    if bottom == 0:
+        return None
+    if max(abs(top.adjusted()), abs(bottom.adjusted())) > 60:  # too large for an exact fraction: as written
+        return str(top.normalize()) if not denominator else None
+    value = Fraction(top) / Fraction(bottom)
+    if value.denominator == 1:
+        return str(value.numerator)
+    rest = value.denominator
+    for factor in (2, 5):
+        while rest % factor == 0:
+            rest //= factor
+    if rest != 1:
+        return f"{value.numerator}/{value.denominator}"  # no finite decimal
+    return format((Decimal(value.numerator) / Decimal(value.denominator)).normalize(), "f")
 
 
 def _number(text: str, conclusion: str, marked: bool, question: str) -> str | None:
+    text, conclusion = alpha2digit(text, "en"), alpha2digit(conclusion, "en")  # "forty-two" is 42
     if marked and "=" in conclusion:
         # "the answer is 277 + 1 = 288 hours": the result, after the last "=", is the answer.
         conclusion = conclusion.rsplit("=", 1)[1]
@@ -123,8 +165,48 @@ def _yes_no(text: str, conclusion: str, marked: bool, question: str) -> str | No
 
 
 def _span(text: str, conclusion: str, marked: bool, question: str) -> str | None:
-    span = re.sub(r"\s+", " ", conclusion).strip(" .!\"'*").lower()
-    return span if marked and span and len(span.split()) <= 8 else None
+    # Unmarked, a short answer is its first sentence: "Jupiter is the largest planet. It has ...".
+    answer = conclusion if marked else _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+    return short_answer_identity(answer, question)
+
+
+def normal_words(text: str) -> list[str]:
+    """Lower case, accents off, number words as digits ("twenty one" -> 21), punctuation dropped."""
+    text = _CONTRACTION.sub(lambda m: " not" if m.group(1).lower() == "n't" else " is", text)
+    decomposed = unicodedata.normalize("NFKD", alpha2digit(text, "en").lower())
+    return _TOKEN.findall("".join(c for c in decomposed if not unicodedata.combining(c)))
+
+
+def short_answer_identity(answer: str, question: str = "") -> str | None:
+    """What a short answer asserts: its first run of words that neither the question says nor only
+    frame the sentence. None for an answer that restates the question or runs long."""
+    asked = set(normal_words(question))
+    new = [w for w in normal_words(answer) if w not in asked and w not in _FRAME]
+    if not new or len(new) > MAX_SHORT_ANSWER_WORDS:
+        return None
+    for clause in _CLAUSE.split(answer):
+        run: list[str] = []
+        for word in normal_words(clause):
+            if word in asked or word in _FRAME:
+                if run:
+                    break
+                continue
+            run.append(word)
+        if run:
+            return " ".join(run)
+    return None
+
+
+def same_answer(a: str | None, b: str | None) -> bool:
+    """Whether two extracted answers are one answer: equal, or one spelling variant of the other
+    (4+ characters, rapidfuzz ratio >= SPELLING_SIMILARITY, and exactly the same digits)."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    if min(len(a), len(b)) < 4 or re.sub(r"\D", "", a) != re.sub(r"\D", "", b):
+        return False
+    return fuzz.ratio(a, b) >= SPELLING_SIMILARITY
 
 
 _EXTRACTORS: dict[AnswerKind, Callable[[str, str, bool, str], str | None]] = {
@@ -165,7 +247,9 @@ class Vote:
 
 
 def majority_vote(answers: Sequence[str | None]) -> Vote:
-    """Plain self-consistency over extracted answers; ties go to the answer reached first."""
+    """Self-consistency over extracted answers; ties go to the answer reached first. A spelling
+    variant counts for the answer it varies (the more frequent spelling names the group)."""
+    answers = merge_spellings(answers)
     readable = [a for a in answers if a is not None]
     failures = len(answers) - len(readable)
     if not readable:
@@ -174,6 +258,19 @@ def majority_vote(answers: Sequence[str | None]) -> Vote:
     winner = max(counts, key=lambda a: (counts[a], -readable.index(a)))
     winners = tuple(i for i, a in enumerate(answers) if a == winner)
     return Vote(winner, len(winners) / len(answers), winners, dict(counts), failures)
+
+
+def merge_spellings(answers: Sequence[str | None]) -> list[str | None]:
+    """Each answer as the spelling its group counts under (the group's most frequent spelling)."""
+    counts = Counter(a for a in answers if a is not None)
+    order = {a: i for i, a in reversed(list(enumerate(answers))) if a is not None}  # first position
+    names: list[str] = []
+    spelling: dict[str, str] = {}
+    for answer in sorted(counts, key=lambda a: (-counts[a], order[a])):
+        spelling[answer] = next((n for n in names if same_answer(answer, n)), answer)
+        if spelling[answer] == answer:
+            names.append(answer)
+    return [None if a is None else spelling[a] for a in answers]
 
 
 def semantic_vote(

@@ -12,7 +12,16 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from evolvd.connectors.vllm_client import ChatClient
-from evolvd.labeling.answers import AnswerKind, Vote, answer_kind, extract, majority_vote, semantic_vote
+from evolvd.labeling.answers import (
+    AnswerKind,
+    Vote,
+    answer_kind,
+    extract,
+    majority_vote,
+    merge_spellings,
+    same_answer,
+    semantic_vote,
+)
 from evolvd.labeling.prompts import (
     SCORE_CHOICES,
     SCORE_QUESTION,
@@ -118,8 +127,10 @@ def label_prompt(
         policy.samples,
         policy.top_p,
     )
-    samples = [Sample(t, extract(t, kind, prompt)) for t in texts]
-    vote = majority_vote([s.answer for s in samples])
+    # Each sample keeps the answer identity the vote counted it under (a misspelling: its group's).
+    answers = merge_spellings([extract(t, kind, prompt) for t in texts])
+    samples = [Sample(t, a) for t, a in zip(texts, answers, strict=True)]
+    vote = majority_vote(answers)
     if vote.answer is None and kind in ("span", "free_form"):
         vote = semantic_vote(texts, embed)  # no short answer to count: vote on meaning
     result = LabelResult(event_id, prompt, model, kind, params, samples, vote)
@@ -231,7 +242,7 @@ def _judge_refinement(
         return False, f"re-score {after.value:g} is not above {before.value:g}"
     # The winner had an extractable answer exactly when the vote counted answers (not meanings).
     extractable = result.samples[result.vote.winners[0]].answer is not None
-    if extractable and answer != result.vote.answer:
+    if extractable and not same_answer(answer, result.vote.answer):
         return False, f"the refined answer {answer!r} disagrees with the majority {result.vote.answer!r}"
     return True, f"re-score {after.value:g} > {before.value:g}"
 
