@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from daemon_process import DaemonProcess
 from helpers import produce
 
+from evolvd.admin_client import admin_call
 from evolvd.connectors.vllm_client import VLLMClient
 from evolvd.evaluation.checkers import load_reference_set
 from evolvd.evaluation.paired import paired_compare
@@ -223,7 +224,7 @@ class Admin:
         return status
 
     def job(self, name: str, action: str) -> None:
-        response = httpx.post(f"{self.daemon.url}/jobs/{name}/{action}", timeout=60)
+        response = admin_call(self.daemon.url, "POST", f"/jobs/{name}/{action}", timeout_s=60)
         response.raise_for_status()
 
     def wait(self, check: Callable[[], Any], what: str, timeout_s: float, interval_s: float = 2.0) -> Any:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from adapters import make_adapter
 from daemon_process import DaemonProcess
 
+from evolvd.admin_client import admin_call
 from evolvd.connectors.model_bootstrap import ensure_bundled_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
 
 
 def admin(daemon: DaemonProcess, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    response = httpx.request(method, daemon.url + path, json=body, timeout=300)
+    response = admin_call(daemon.url, method, path, body, timeout_s=300)
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result

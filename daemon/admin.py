@@ -1,12 +1,12 @@
 """The admin HTTP API: health, readiness, status and metrics (and, as the loop grows, control).
 
 /healthz and /readyz stay open for orchestrator probes; everything else needs the bearer token when
-one is configured (always, when bound beyond loopback).
+one is configured (always, when bound beyond loopback). AdminGuard (admin_guard.py) checks the token,
+cross-site requests, the Host header and the body size before a route or a body parser runs.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from collections.abc import Callable
@@ -16,10 +16,11 @@ from typing import Any, Protocol
 
 import httpx
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
+from evolvd.admin_guard import AdminGuard
 from evolvd.config_file import ConfigError
 from evolvd.connectors.vllm_client import VLLMError
 from evolvd.serving.hotswap import SwapError
@@ -33,7 +34,7 @@ class ServingControl(Protocol):
     registry: Any
 
     def register(self, path: Path) -> str: ...
-    def promote(self, name: str) -> Any: ...
+    def promote(self, name: str, force: bool = False) -> Any: ...
     def start_canary(self, name: str, share: float | None) -> Any: ...
     def stop_canary(self) -> Any: ...
     def rollback(self) -> Any: ...
@@ -95,6 +96,11 @@ class DryRunRequest(BaseModel):
     """The operator's path, used in error messages."""
 
 
+class PromoteRequest(BaseModel):
+    force: bool = False
+    """Promote an adapter the gates rejected or a canary rolled back (it skips every gate; audited)."""
+
+
 class RegisterRequest(BaseModel):
     path: str
     """An adapter folder on the daemon's machine (adapter_config.json + adapter_model.safetensors)."""
@@ -107,19 +113,15 @@ def _swap(action: Callable[[], Any]) -> Any:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
 
 
-def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
-    app = FastAPI(title="evolvd admin", docs_url=None, redoc_url=None)
+def create_app(daemon: DaemonView, token: str | None, loopback: bool = True) -> FastAPI:
+    """The admin app. `loopback`: bound to a loopback address, so Host must name loopback."""
+    # /openapi.json is a route of its own below, behind the guard's token check like the rest.
+    app = FastAPI(title="evolvd admin", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(AdminGuard, token=token, loopback_only=loopback)
 
-    def require_token(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(
-                status_code=401,
-                detail="missing or wrong bearer token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -132,11 +134,11 @@ def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
             response.status_code = 503
         return {"ready": ready, "reason": reason}
 
-    @app.get("/status", dependencies=[Depends(require_token)])
+    @app.get("/status")
     def status() -> dict[str, Any]:
         return daemon.status()
 
-    @app.get("/metrics", dependencies=[Depends(require_token)])
+    @app.get("/metrics")
     def metrics() -> Response:
         return Response(generate_latest(daemon.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -145,28 +147,29 @@ def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
             raise HTTPException(status_code=409, detail="serving is disabled (serving.enabled: false)")
         return daemon.serving
 
-    @app.get("/adapters", dependencies=[Depends(require_token)])
+    @app.get("/adapters")
     def adapters() -> dict[str, Any]:
         control = serving()
         return {"adapters": control.registry.all(), "swaps": control.registry.swaps()}
 
-    @app.post("/adapters", dependencies=[Depends(require_token)])
+    @app.post("/adapters")
     def register(body: RegisterRequest) -> dict[str, Any]:
         return {"name": _swap(lambda: serving().register(Path(body.path)))}
 
-    @app.post("/adapters/{name}/promote", dependencies=[Depends(require_token)])
-    def promote(name: str) -> dict[str, Any]:
-        return asdict(_swap(lambda: serving().promote(name)))
+    @app.post("/adapters/{name}/promote")
+    def promote(name: str, body: PromoteRequest | None = None) -> dict[str, Any]:
+        force = body.force if body is not None else False
+        return asdict(_swap(lambda: serving().promote(name, force)))
 
-    @app.post("/adapters/{name}/canary", dependencies=[Depends(require_token)])
+    @app.post("/adapters/{name}/canary")
     def canary(name: str, body: CanaryRequest | None = None) -> dict[str, Any]:
         return asdict(_swap(lambda: serving().start_canary(name, body.share if body else None)))
 
-    @app.delete("/canary", dependencies=[Depends(require_token)])
+    @app.delete("/canary")
     def stop_canary() -> dict[str, Any]:
         return asdict(_swap(lambda: serving().stop_canary()))
 
-    @app.get("/serving/metrics", dependencies=[Depends(require_token)])
+    @app.get("/serving/metrics")
     def vllm_metrics() -> Response:
         try:
             text = serving().vllm_metrics()
@@ -181,35 +184,35 @@ def create_app(daemon: DaemonView, token: str | None) -> FastAPI:
             raise HTTPException(status_code=409, detail="the policy engine is not running yet")
         return daemon.policies
 
-    @app.get("/policies", dependencies=[Depends(require_token)])
+    @app.get("/policies")
     def policy_status() -> dict[str, Any]:
         return policies().status()
 
-    @app.post("/policies/reload", dependencies=[Depends(require_token)])
+    @app.post("/policies/reload")
     def policy_reload() -> dict[str, Any]:
         control = policies()
         outcome = control.reload()
         return {"outcome": outcome, **control.status()}
 
-    @app.post("/policies/dry-run", dependencies=[Depends(require_token)])
+    @app.post("/policies/dry-run")
     def policy_dry_run(body: DryRunRequest) -> dict[str, Any]:
         try:
             return policies().dry_run(body.files, body.replace_all, body.shown_as)
         except ConfigError as exc:
             raise HTTPException(status_code=422, detail={"errors": [str(e) for e in exc.errors]}) from exc
 
-    @app.post("/rollback", dependencies=[Depends(require_token)])
+    @app.post("/rollback")
     def rollback() -> dict[str, Any]:
         return asdict(_swap(lambda: serving().rollback()))
 
-    _add_loop_routes(app, daemon, require_token)
+    _add_loop_routes(app, daemon)
     return app
 
 
-def _add_loop_routes(app: FastAPI, daemon: DaemonView, require_token: Callable[[Request], None]) -> None:
+def _add_loop_routes(app: FastAPI, daemon: DaemonView) -> None:
     """Lineage of an adapter and the scheduled jobs (pause, resume, run now)."""
 
-    @app.get("/adapters/{name}", dependencies=[Depends(require_token)])
+    @app.get("/adapters/{name}")
     def adapter_lineage(name: str) -> dict[str, Any]:
         found = daemon.lineage(name)
         if found is None:
@@ -221,11 +224,11 @@ def _add_loop_routes(app: FastAPI, daemon: DaemonView, require_token: Callable[[
             raise HTTPException(status_code=409, detail="the scheduler is not running yet")
         return daemon.scheduler
 
-    @app.get("/jobs", dependencies=[Depends(require_token)])
+    @app.get("/jobs")
     def jobs() -> dict[str, Any]:
         return {"jobs": scheduler().status()}
 
-    @app.post("/jobs/{name}/{action}", dependencies=[Depends(require_token)])
+    @app.post("/jobs/{name}/{action}")
     def job_action(name: str, action: str) -> dict[str, Any]:
         control = scheduler()
         try:
@@ -249,9 +252,27 @@ class AdminServer:
 
     `port` is known once started (port 0 picks a free one)."""
 
-    def __init__(self, app: FastAPI, host: str, port: int, name: str = "evolvd-admin") -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        name: str = "evolvd-admin",
+        limit_concurrency: int | None = None,
+    ) -> None:
+        """`limit_concurrency`: connections and requests at once; past it uvicorn answers 503."""
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                limit_concurrency=limit_concurrency,
+                timeout_keep_alive=5,
+                h11_max_incomplete_event_size=16 * 1024,  # the request line and headers
+            )
         )
         self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
         self.host = host

@@ -52,6 +52,9 @@ logger = logging.getLogger("evolvd.daemon")
 # bench/ingest.py). A short interval keeps the hand-offs cheap.
 GIL_SWITCH_INTERVAL_S = 0.0002
 ADMIN_URL_FILE = "admin.url"
+ADMIN_CONNECTION_LIMIT = 64
+"""Connections the admin API serves at once (operators, the CLI, Prometheus): a flood gets 503s
+instead of exhausting the daemon's file descriptors."""
 
 
 class StartupError(RuntimeError):
@@ -132,7 +135,12 @@ class Daemon:
         self._start_kafka()
         self._ingest = self._new_ingest_loop()
 
-        self._admin = AdminServer(create_app(self, token), cfg.admin.host, cfg.admin.port)
+        self._admin = AdminServer(
+            create_app(self, token, loopback=cfg.admin.is_loopback),
+            cfg.admin.host,
+            cfg.admin.port,
+            limit_concurrency=ADMIN_CONNECTION_LIMIT,
+        )
         try:
             self._admin.start()
         except RuntimeError as exc:

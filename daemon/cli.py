@@ -129,10 +129,10 @@ def admin_request(
     import httpx
 
     base = _admin_url(url, config_path)
-    token = os.environ.get("EVOLVD_ADMIN_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    from evolvd.admin_client import admin_call
+
     try:
-        response = httpx.request(method, base + path, headers=headers, json=body, timeout=120)
+        response = admin_call(base, method, path, body, os.environ.get("EVOLVD_ADMIN_TOKEN"))
     except httpx.HTTPError as exc:
         click.echo(f"error: cannot reach the evolvd admin API at {base}: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)
@@ -392,11 +392,16 @@ def adapters_register(path: Path, url: str | None, config_path: Path | None) -> 
 
 @adapters.command("promote")
 @click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote even an adapter the gates rejected or a canary rolled back (recorded in the swap log).",
+)
 @URL_OPTION
 @CONFIG_OPTION
-def adapters_promote(name: str, url: str | None, config_path: Path | None) -> None:
+def adapters_promote(name: str, force: bool, url: str | None, config_path: Path | None) -> None:
     """Hot-swap NAME in as the live adapter (load, probe, flip; the previous stays loaded for rollback)."""
-    result = admin_request(url, config_path, f"/adapters/{name}/promote", "POST")
+    result = admin_request(url, config_path, f"/adapters/{name}/promote", "POST", {"force": force})
     old, new, took = result["from_adapter"] or "base", result["to_adapter"], result["duration_ms"]
     click.echo(f"live: {old} -> {new} in {took:.0f} ms")
 

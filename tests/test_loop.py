@@ -26,6 +26,8 @@ import pytest
 from daemon_process import DaemonProcess
 from helpers import attached_env, produce, run_cli, wait_for
 
+from evolvd.admin_client import admin_call
+
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
 HELDOUT_PERCENT = 30
@@ -131,7 +133,7 @@ class LoopHarness:
         )
 
     def admin(self, method: str, path: str) -> Any:
-        response = httpx.request(method, self.daemon.url + path, timeout=60)
+        response = admin_call(self.daemon.url, method, path, timeout_s=60)
         assert response.status_code == 200, response.text
         return response.json()
 

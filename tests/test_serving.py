@@ -29,6 +29,8 @@ from daemon_process import DaemonProcess
 from helpers import GATEWAY_API_KEY as API_KEY
 from helpers import run_cli
 
+from evolvd.admin_client import admin_call
+
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
 LIGHT_LABELING_POLICY = """
@@ -68,7 +70,7 @@ def client(gateway: str) -> openai.OpenAI:
 
 
 def admin(daemon: DaemonProcess, method: str, path: str, body: Any = None) -> httpx.Response:
-    return httpx.request(method, daemon.url + path, json=body, timeout=120)
+    return admin_call(daemon.url, method, path, body)
 
 
 def register(daemon: DaemonProcess, path: Path) -> str:

@@ -15,13 +15,31 @@ from evolvd.connectors.kafka_source import client_options
 from evolvd.connectors.model_bootstrap import BaseModel, resolve_base_model
 from evolvd.gateway import Gateway
 from evolvd.metrics import ServingMetrics
-from evolvd.serving.hotswap import HotSwapper, SwapResult
-from evolvd.serving.registry import AdapterRegistry
+from evolvd.serving.hotswap import HotSwapper, SwapError, SwapResult
+from evolvd.serving.registry import AdapterRegistry, AdapterRow
 from evolvd.serving.routing import Router
 from evolvd.serving.served_stats import ServedStats
 from evolvd.serving.supervisor import ServingSupervisor
 
 logger = logging.getLogger("evolvd.serving")
+
+GATED_OUT = frozenset({"rejected", "rolled_back"})
+"""Adapter statuses a gate or a canary decided against: an operator's promote of one must be forced."""
+
+
+def manual_promote_reason(name: str, row: AdapterRow | None, force: bool) -> str:
+    """The swap log's reason for an operator's promote of `name`; SwapError when it needs `force`."""
+    if row is None or row.status not in GATED_OUT:
+        return "manual promote (admin API)"
+    if not force:
+        raise SwapError(
+            f"{name} was {row.status} ({row.reason}); promoting it skips every gate: "
+            "promote with force (evolvd adapters promote --force) to do it anyway"
+        )
+    reason = f"FORCED manual promote of a {row.status} adapter (admin API), overriding: {row.reason}"
+    logger.warning("%s: %s", name, reason)
+    return reason
+
 
 GATEWAY_URL_FILE = "gateway.url"
 
@@ -146,9 +164,12 @@ class ServingService:
         assert self.swapper is not None
         return self.swapper.register(path)
 
-    def promote(self, name: str) -> SwapResult:
+    def promote(self, name: str, force: bool = False) -> SwapResult:
+        """An operator's promote. One the gates rejected (or a canary rolled back) needs `force`, and
+        the swap log records that it was forced and what it overrode."""
         assert self.swapper is not None
-        return self.swapper.promote(name, "manual promote (admin API)")
+        reason = manual_promote_reason(name, self.registry.get(name), force)
+        return self.swapper.promote(name, reason)
 
     def start_canary(self, name: str, share: float | None) -> SwapResult:
         assert self.swapper is not None

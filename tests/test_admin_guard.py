@@ -1,0 +1,178 @@
+"""The admin API's front door, on a real uvicorn server on loopback: what a web page the operator opens,
+a rebound DNS name, a wrong token or a huge body can and cannot do (issue 20, the auth surface)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from evolvd.admin import AdminServer, create_app
+from evolvd.admin_client import admin_call
+from evolvd.admin_guard import MAX_BODY_BYTES
+from evolvd.serving.hotswap import SwapError, SwapResult
+from evolvd.serving.registry import AdapterRow
+from evolvd.serving.service import manual_promote_reason
+
+TOKEN = "s3cret-token"
+
+
+@dataclass
+class StubServing:
+    """Records what the API asked of serving (the real swap needs vLLM: tests/test_serving.py)."""
+
+    promoted: list[tuple[str, bool]] = field(default_factory=list)
+    registry: Any = None
+
+    def register(self, path: Path) -> str:
+        return "a-v1"
+
+    def promote(self, name: str, force: bool = False) -> SwapResult:
+        self.promoted.append((name, force))
+        return SwapResult("promote", None, name, 1.0)
+
+    def start_canary(self, name: str, share: float | None) -> SwapResult:
+        return SwapResult("canary", None, name, 1.0)
+
+    def stop_canary(self) -> SwapResult:
+        return SwapResult("canary", "a-v1", None, 0.0)
+
+    def rollback(self) -> SwapResult:
+        return SwapResult("rollback", "a-v1", None, 1.0)
+
+    def vllm_metrics(self) -> str:
+        return ""
+
+
+@dataclass
+class StubDaemon:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    serving: StubServing = field(default_factory=StubServing)
+    scheduler: Any = None
+    policies: Any = None
+
+    def lineage(self, adapter: str) -> dict[str, Any] | None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "running"}
+
+    def readiness(self) -> tuple[bool, str]:
+        return True, "ok"
+
+
+@pytest.fixture(params=[None, TOKEN], ids=["no-token", "token"])
+def api(request: pytest.FixtureRequest) -> Iterator[tuple[AdminServer, StubDaemon, str | None]]:
+    daemon = StubDaemon()
+    server = AdminServer(
+        create_app(daemon, request.param, loopback=True), "127.0.0.1", 0, limit_concurrency=8
+    )
+    server.start()
+    try:
+        yield server, daemon, request.param
+    finally:
+        server.stop()
+
+
+def auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def test_a_cross_site_post_cannot_promote_or_roll_back(
+    api: tuple[AdminServer, StubDaemon, str | None],
+) -> None:
+    server, daemon, token = api
+    # What a page on another site can send without a CORS preflight: text/plain, a form, or no body.
+    for headers, content in [
+        ({"Content-Type": "text/plain"}, b"{}"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"force=true"),
+        ({}, None),
+    ]:
+        response = httpx.post(
+            server.url + "/adapters/bad-v9/promote", headers={**auth(token), **headers}, content=content
+        )
+        assert response.status_code == 415, response.text
+        assert "Content-Type: application/json" in response.json()["detail"]
+    # JSON from a foreign Origin (after a preflight the API never answers, or a misconfigured proxy).
+    foreign = httpx.post(
+        server.url + "/rollback", headers={**auth(token), "Origin": "https://evil.example"}, json={}
+    )
+    assert foreign.status_code == 403 and "evil.example" in foreign.json()["detail"]
+    assert daemon.serving.promoted == []
+    # The operator's own CLI call goes through, same-origin Origin included.
+    own = httpx.post(
+        server.url + "/adapters/a-v1/promote",
+        headers={**auth(token), "Origin": server.url},
+        json={"force": True},
+    )
+    assert own.status_code == 200, own.text
+    assert admin_call(server.url, "POST", "/adapters/a-v2/promote", token=token).status_code == 200
+    assert daemon.serving.promoted == [("a-v1", True), ("a-v2", False)]
+
+
+def test_a_rebound_dns_name_cannot_read_status(api: tuple[AdminServer, StubDaemon, str | None]) -> None:
+    server, _, token = api
+    rebound = httpx.get(
+        server.url + "/status", headers={**auth(token), "Host": f"attacker.example:{server.port}"}
+    )
+    assert rebound.status_code == 421 and "DNS rebinding" in rebound.json()["detail"]
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "127.0.0.1"):
+        assert httpx.get(server.url + "/status", headers={**auth(token), "Host": host}).status_code == 200
+
+
+def test_the_token_is_checked_before_the_body_and_bodies_are_bounded() -> None:
+    daemon = StubDaemon()
+    server = AdminServer(create_app(daemon, TOKEN, loopback=True), "127.0.0.1", 0)
+    server.start()
+    try:
+        # A wrong token with a body over the limit: refused from the headers, the body never read.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(
+                b"POST /policies/dry-run HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer wrong\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 300000000\r\n\r\n{"
+            )
+            assert raw.recv(4096).startswith(b"HTTP/1.1 401")
+        big = {"files": {"safety.yaml": "x" * (MAX_BODY_BYTES + 1)}}
+        too_big = httpx.post(server.url + "/policies/dry-run", headers=auth(TOKEN), json=big)
+        assert too_big.status_code == 413
+        chunked = httpx.post(
+            server.url + "/rollback",
+            headers={**auth(TOKEN), "Content-Type": "application/json"},
+            content=iter([b"{", b"}"]),  # a generator body goes out chunked
+        )
+        assert chunked.status_code == 411
+        # The schema is behind the token; the probes are not.
+        assert httpx.get(server.url + "/openapi.json").status_code == 401
+        assert (
+            httpx.get(server.url + "/openapi.json", headers=auth(TOKEN)).json()["info"]["title"]
+            == "evolvd admin"
+        )
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        assert httpx.get(server.url + "/status").status_code == 401
+    finally:
+        server.stop()
+
+
+def adapter(status: str, reason: str | None) -> AdapterRow:
+    return AdapterRow("m-v3-abc", 3, Path("/adapters/m-v3"), status, "m-v2", reason, {})
+
+
+def test_promoting_a_rejected_adapter_needs_force_and_says_so_in_the_swap_log() -> None:
+    assert (
+        manual_promote_reason("m-v3-abc", adapter("candidate", None), False) == "manual promote (admin API)"
+    )
+    assert manual_promote_reason("nope", None, False) == "manual promote (admin API)"
+    for status in ("rejected", "rolled_back"):
+        with pytest.raises(SwapError, match=rf"m-v3-abc was {status} \(held-out p = 0.4\).*--force"):
+            manual_promote_reason("m-v3-abc", adapter(status, "held-out p = 0.4"), False)
+        forced = manual_promote_reason("m-v3-abc", adapter(status, "held-out p = 0.4"), True)
+        assert (
+            forced == f"FORCED manual promote of a {status} adapter (admin API), overriding: held-out p = 0.4"
+        )
