@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from evolvd.config_file import ConfigError, FieldError, errors_from_validation, read_yaml
@@ -119,6 +120,18 @@ def load_policy_file(name: str, path: Path | None) -> PolicyFile:
     source = default_path
     if path is not None:
         edits, lines = read_yaml(path)
+        if not edits and _is_empty(path):
+            raise ConfigError(
+                [
+                    FieldError(
+                        str(path),
+                        None,
+                        "",
+                        "the file is empty (a truncated write?); the previous policy stays in force. "
+                        "To go back to the shipped defaults, write `{}` in it",
+                    )
+                ]
+            )
         data, source = _merge(data, edits), path
     try:
         policy = POLICY_MODELS[name](**data)
@@ -129,6 +142,11 @@ def load_policy_file(name: str, path: Path | None) -> PolicyFile:
         raise ConfigError(sorted(errors, key=lambda e: e.line or 0)) from exc  # in reading order
     shown = "<default>" if path is None else str(path)
     return PolicyFile(name, policy, shown, content_hash(policy))
+
+
+def _is_empty(path: Path) -> bool:
+    """No YAML document at all (an empty or comment-only file), as against an explicit `{}`."""
+    return yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader) is None
 
 
 def _not_a_policy_file(path: Path) -> FieldError:

@@ -42,6 +42,22 @@ def _fingerprint(directory: Path | None) -> Fingerprint:
     return tuple(out)
 
 
+def _vanished(old: PolicySet, new: PolicySet) -> list[FieldError]:
+    """An operator's file that was in force and is gone: a rejected edit, never a silent return
+    to the shipped defaults (a deploy that lost the file must not loosen every gate it set)."""
+    return [
+        FieldError(
+            old.files[name].source,
+            None,
+            "",
+            "this policy file was in force and is gone; the previous policy stays in force. "
+            "To go back to the shipped defaults, leave the file in place with `{}` in it",
+        )
+        for name, f in new.files.items()
+        if f.source == "<default>" and old.files[name].source != "<default>"
+    ]
+
+
 def _changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     changes: list[str] = []
     for key in sorted(set(old) | set(new)):
@@ -101,6 +117,9 @@ class PolicyStore:
             candidate = load_policies(self.directory)
         except ConfigError as exc:
             return self._reject(exc.errors)
+        vanished = _vanished(self._current, candidate)
+        if vanished:
+            return self._reject(vanished)
         with self._lock:
             old = self._current
             changed = {

@@ -371,3 +371,23 @@ def test_drift_compares_with_the_live_adapters_training_data_when_there_is_one(
     assert inputs.recent == [f"recent prompt {i}" for i in range(3)]
     first_window = load_candidate(None, {"drift.yaml": "reference: first_window\n"}, False, "edit")
     assert isinstance(engine.drift_inputs(first_window), str)  # the operator chose the first window
+
+
+def test_a_policy_file_that_vanishes_or_empties_is_a_rejected_edit(policy_dir: Path) -> None:
+    """A deploy that lost the file, or a write cut short, used to revert silently to the shipped
+    defaults and be logged as applied (an operator's max_p_value 0.01 became 0.05)."""
+    (policy_dir / "promotion.yaml").write_text("max_p_value: 0.01\n")
+    store = PolicyStore(policy_dir)
+    assert store.current.promotion.max_p_value == 0.01
+    (policy_dir / "promotion.yaml").write_text("")
+    assert store.reload() == "rejected"
+    assert store.current.promotion.max_p_value == 0.01
+    assert "the file is empty" in str(store.status())
+    (policy_dir / "promotion.yaml").unlink()
+    assert store.reload() == "rejected"
+    assert store.current.promotion.max_p_value == 0.01
+    assert "was in force and is gone" in str(store.status())
+    # Going back to the defaults is an explicit edit.
+    (policy_dir / "promotion.yaml").write_text("{}\n")
+    assert store.reload() == "applied"
+    assert store.current.promotion.max_p_value == load_policies(None).promotion.max_p_value
