@@ -375,7 +375,7 @@ def _exit_orphaned() -> NoReturn:
     """The daemon died without closing its fetcher (kill -9, OOM): go the same way at once, without
     leaving the group - its session times out as the daemon's own consumer's would have. A clean
     leave from a dead daemon would change nothing for the buffer, and the embedded broker can wedge
-    a group that a member leaves while it is still forming (ENVIRONMENT.md)."""
+    a group that a member leaves while it is still forming (SyncGroup error 27 from then on)."""
     logger.warning("the daemon is gone: the Kafka fetcher exits without leaving the group")
     os._exit(0)
 

@@ -59,7 +59,7 @@ class PolicyFile:
 
 @dataclass(frozen=True)
 class PolicySet:
-    """The four policies in force together."""
+    """Every policy in force together (one per file: safety, drift, training, promotion, labeling)."""
 
     files: dict[str, PolicyFile]
     directory: Path | None = None

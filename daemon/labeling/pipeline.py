@@ -1,6 +1,6 @@
 """One prompt through the self-labeling stages, with the live model: sample k answers and vote
 (LMSI), critique the winner against the principles, refine it (SELF), build a preference pair and
-the training examples. Pure of storage: the result is written by labeling.writer in one go."""
+the training examples. Pure of storage: labeler.write_result stores the result in one transaction."""
 
 from __future__ import annotations
 
