@@ -98,11 +98,19 @@ class PolicySet:
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; any other value (lists included) replaces the default."""
+    """Mappings merge key by key. A list replaces the default list, or adds to it when written as
+    `{extend: [...]}` (one more injection pattern must not drop the shipped ones); any other value
+    replaces the default."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
+        default = out.get(key)
+        if isinstance(default, list) and isinstance(value, Mapping) and set(value) == {"extend"}:
+            added = value["extend"]
+            out[key] = (
+                [*default, *added] if isinstance(added, list) else added
+            )  # not a list: the schema says so
+        elif isinstance(value, Mapping) and isinstance(default, Mapping):
+            out[key] = _merge(default, value)
         else:
             out[key] = value
     return out

@@ -281,3 +281,15 @@ def test_an_explicit_empty_mapping_is_the_defaults_and_an_empty_file_is_an_error
     with pytest.raises(ConfigError, match="the file is empty") as caught:
         load_policies(tmp_path)
     assert caught.value.errors[0].source == str(path)
+
+
+def test_a_list_can_extend_the_shipped_one_instead_of_replacing_it(tmp_path: Path) -> None:
+    shipped = load_policies(None).safety.injection.patterns
+    _write(tmp_path, "safety", "injection:\n  patterns:\n    extend:\n      - '\\bsudo mode\\b'\n")
+    assert load_policies(tmp_path).safety.injection.patterns == [*shipped, "\\bsudo mode\\b"]
+    _write(tmp_path, "safety", "injection:\n  patterns:\n    - '\\bsudo mode\\b'\n")  # a plain list replaces
+    assert load_policies(tmp_path).safety.injection.patterns == ["\\bsudo mode\\b"]
+    path = _write(tmp_path, "safety", "injection:\n  patterns:\n    extend: 'not a list'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_policies(tmp_path)
+    assert caught.value.errors[0].source == str(path) and "injection.patterns" in str(caught.value)
