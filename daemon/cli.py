@@ -228,6 +228,9 @@ def _echo_policies(policies: dict[str, Any] | None) -> None:
     click.echo(f"policies {policies['directory'] or 'shipped defaults'}  {hashes}  (* = operator's file)")
     for line in policies["rejected"]:
         click.echo(f"  REJECTED EDIT (previous policy in force): {line}")
+    for lines in policies.get("weaker_than_shipped", {}).values():
+        for line in lines:
+            click.echo(f"  WEAKER THAN SHIPPED: {line}")
     drift = policies["drift"]
     report = drift["report"]
     if report is None:

@@ -9,6 +9,7 @@ filesystem) still applies within one tick.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from evolvd.config_file import ConfigError, FieldError
 from evolvd.metrics import PolicyMetrics
 from evolvd.policies.audit import Decision
 from evolvd.policies.loader import PolicySet, load_policies
+from evolvd.policies.weakening import weakenings
 
 logger = logging.getLogger("evolvd.policies")
 
@@ -40,6 +42,11 @@ def _fingerprint(directory: Path | None) -> Fingerprint:
         if path.is_file():
             out.append((str(path), stat.st_mtime, stat.st_size))
     return tuple(out)
+
+
+@functools.cache
+def _shipped() -> PolicySet:
+    return load_policies(None)
 
 
 def _vanished(old: PolicySet, new: PolicySet) -> list[FieldError]:
@@ -108,7 +115,21 @@ class PolicyStore:
                 "applied_at": self._applied_at,
                 "rejected": [str(e) for e in self._rejection],
                 "rejected_at": self._rejected_at,
+                "weaker_than_shipped": self._weaker_than_shipped(self._current),
             }
+
+    @staticmethod
+    def _weaker_than_shipped(policies: PolicySet) -> dict[str, list[str]]:
+        """Per policy, every gate the operator's files set looser than the shipped defaults."""
+        shipped = _shipped()
+        found = {
+            name: weakenings(
+                name, shipped.files[name].policy.model_dump(mode="json"), f.policy.model_dump(mode="json")
+            )
+            for name, f in policies.files.items()
+            if f.source != "<default>"
+        }
+        return {name: lines for name, lines in found.items() if lines}
 
     def reload(self) -> str:
         """Re-read the directory: `applied`, `rejected` or `unchanged`."""
@@ -137,9 +158,11 @@ class PolicyStore:
             return "unchanged"
         decisions = []
         for name, f in changed.items():
-            fields = _changed_fields(
-                old.files[name].policy.model_dump(mode="json"), f.policy.model_dump(mode="json")
-            )
+            before, after = old.files[name].policy.model_dump(mode="json"), f.policy.model_dump(mode="json")
+            fields = _changed_fields(before, after)
+            weakened = weakenings(name, before, after)
+            if weakened:
+                logger.warning("policy %s from %s WEAKENS: %s", name, f.source, "; ".join(weakened))
             logger.warning(
                 "policy %s applied: hash %s -> %s from %s; changed %s",
                 name,
@@ -155,8 +178,8 @@ class PolicyStore:
                     "policy_file",
                     f.source,
                     "applied",
-                    tuple(fields),
-                    {"previous_hash": old.files[name].content_hash},
+                    (*fields, *(f"weakens {w}" for w in weakened)),
+                    {"previous_hash": old.files[name].content_hash, "weakened": weakened},
                 )
             )
         self._warn_disabled_guards()

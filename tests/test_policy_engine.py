@@ -391,3 +391,44 @@ def test_a_policy_file_that_vanishes_or_empties_is_a_rejected_edit(policy_dir: P
     (policy_dir / "promotion.yaml").write_text("{}\n")
     assert store.reload() == "applied"
     assert store.current.promotion.max_p_value == load_policies(None).promotion.max_p_value
+
+
+def test_every_weakened_gate_is_named_in_the_audit_row_the_log_and_status(
+    policy_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One valid edit could switch off every gate and only two of them warned."""
+    audit: list[Decision] = []
+    store = PolicyStore(policy_dir, None, audit.extend)
+    assert store.status()["weaker_than_shipped"] == {}
+    (policy_dir / "promotion.yaml").write_text(
+        "min_improvement: -1\nmax_p_value: 1.0\nmin_heldout: 0\ncanary: null\nrequire_safety_probes: false\n"
+    )
+    (policy_dir / "training.yaml").write_text("min_new_examples: 400\n")  # stricter: not a weakening
+    with caplog.at_level("WARNING", logger="evolvd.policies"):
+        assert store.reload() == "applied"
+    rows = {d.policy: d for d in audit if d.outcome == "applied"}
+    weakened = rows["promotion"].inputs["weakened"]
+    assert [line.split(":")[0] for line in weakened] == [
+        "promotion.canary",
+        "promotion.max_p_value",
+        "promotion.min_heldout",
+        "promotion.min_improvement",
+        "promotion.require_safety_probes",
+    ]
+    assert "promotion.canary: set -> None (gate switched off)" in weakened
+    assert "promotion.max_p_value: 0.05 -> 1.0 (looser)" in weakened
+    assert all(f"weakens {line}" in rows["promotion"].reasons for line in weakened)
+    assert rows["training"].inputs["weakened"] == []
+    assert any("policy promotion" in r.message and "WEAKENS" in r.message for r in caplog.records)
+    assert store.status()["weaker_than_shipped"] == {"promotion": weakened}
+
+    # PII let through and the shipped injection patterns replaced by one: named too.
+    (policy_dir / "safety.yaml").write_text(
+        "pii:\n  actions:\n    email: allow\ninjection:\n  patterns: ['\\bfoo\\b']\n"
+    )
+    assert store.reload() == "applied"
+    lines = store.status()["weaker_than_shipped"]["safety"]
+    assert [line.split(":")[0] for line in lines] == ["safety.injection.patterns", "safety.pii.actions.email"]
+    assert lines[0].endswith("(6 pattern(s) dropped)") and lines[1].endswith(
+        "'redact' -> 'allow' (lets more through)"
+    )
