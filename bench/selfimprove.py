@@ -616,8 +616,10 @@ def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str
         cycles: list[Cycle] = []
         served, served_measurement = base_name, base
         for n in range(1, settings.cycles + 1):
-            fresh = [t for t in _cycle_tasks(settings, n) if t.prompt not in seen]
-            tasks = fresh[: settings.prompts_per_cycle]
+            # Distinct prompts never sent before: the daemon labels a prompt once, however often it comes.
+            fresh = {t.prompt: t for t in _cycle_tasks(settings, n) if t.prompt not in seen}
+            tasks = list(fresh.values())[: settings.prompts_per_cycle]
+            seen.update(t.prompt for t in tasks)
             gold.update({cycle_event_id(n, i): task for i, task in enumerate(tasks)})
             cycle = run_cycle(n, rig.admin, rig.bootstrap, rig.topic, [t.prompt for t in tasks])
             served_measurement = measure_cycle(

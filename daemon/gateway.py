@@ -19,6 +19,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from evolvd.capture_seal import seal
 from evolvd.config import GatewayConfig
 from evolvd.connectors.vllm_client import CLIENT_KEEPALIVE_S
 from evolvd.contract import encode_message
@@ -52,7 +53,9 @@ class Gateway:
         api_keys: set[str],
         capture: CaptureSink | None = None,
         served_stats: ServedStats | None = None,
+        seal_key: str | None = None,
     ) -> None:
+        """`seal_key`: the buffer's capture key; each capture record carries its seal (capture_seal)."""
         self._config = config
         self._router = router
         self._is_ready = is_ready
@@ -61,6 +64,7 @@ class Gateway:
         self._api_keys = api_keys
         self._capture = capture
         self._served_stats = served_stats
+        self._seal_key = seal_key
         self._unavailable = {"Retry-After": str(config.retry_after_s)}
         self._client = httpx.AsyncClient(
             base_url=upstream_url,
@@ -193,6 +197,8 @@ class Gateway:
             return
         try:
             metadata = {"source": "gateway", "served_by": served}
+            if self._seal_key is not None:
+                metadata["seal"] = seal(self._seal_key, message_id, served)
             value = encode_message(message_id, prompt, messages=messages, response=text, metadata=metadata,
                                    ts=time.time())  # fmt: skip
             self._capture.publish(value, message_id.encode())

@@ -165,7 +165,9 @@ class BufferCollector(Collector):
             rows.add_metric([table], n)
         yield rows
         yield GaugeMetricFamily(
-            "evolvd_buffer_backlog_events", "Events waiting for the labeler", value=self._backlog()
+            "evolvd_buffer_backlog_events",
+            "Prompts waiting for the labeler (copies of one prompt count once)",
+            value=self._backlog(),
         )
         yield GaugeMetricFamily(
             "evolvd_buffer_file_bytes",
@@ -334,6 +336,7 @@ class LabelMetrics:
     pairs: Counter
     examples: Counter
     errors: Counter
+    duplicates: Counter
 
     def __post_init__(self) -> None:
         initialise(self.extraction_failures, ("number", "option", "yes_no", "span", "free_form"))
@@ -385,6 +388,11 @@ class LabelMetrics:
             ),
             errors=Counter(
                 "evolvd_label_errors_total", "Events whose labeling failed (retried)", registry=registry
+            ),
+            duplicates=Counter(
+                "evolvd_label_duplicates_total",
+                "Events not labeled because their prompt was labeled already (state duplicate)",
+                registry=registry,
             ),
         )
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from evolvd.buffer.heldout import heldout_params, untrained_condition
+
 # A chat message list has no single prompt string; its JSON text is what drift and clusters see.
 _PROMPT = "coalesce(prompt, CAST(messages AS VARCHAR))"
 
@@ -76,12 +78,9 @@ def all_examples(con: duckdb.DuckDBPyConnection) -> list[ExampleRow]:
 
 
 def candidate_examples(con: duckdb.DuckDBPyConnection, heldout_percent: int = 0) -> list[ExampleRow]:
-    """Examples no snapshot has taken yet, outside the held-out slice: what the next run would train on."""
+    """What the next run would train on: the snapshot's own rule (`untrained_condition`)."""
     return _examples(
-        con,
-        "WHERE NOT EXISTS (SELECT 1 FROM dataset_examples d WHERE d.example_id = e.example_id)"
-        " AND (md5_number(e.event_id) % 100) >= ? ORDER BY e.example_id",
-        [heldout_percent],
+        con, f"WHERE {untrained_condition('e')} ORDER BY e.example_id", heldout_params(con, heldout_percent)
     )
 
 

@@ -229,8 +229,8 @@ def buffer(tmp_path: Path) -> Iterator[DuckDBBuffer]:
     for i, prompt in enumerate(["What is 7 + 5?", None]):
         buf.cursor().execute(
             "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, messages, prompt_hash)"
-            " VALUES (?, 't', 0, ?, ?, ?, 'h')",
-            [f"e{i}", i, prompt, None if prompt else '[{"role": "user", "content": "Is 9 odd?"}]'],
+            " VALUES (?, 't', 0, ?, ?, ?, ?)",
+            [f"e{i}", i, prompt, None if prompt else '[{"role": "user", "content": "Is 9 odd?"}]', f"h{i}"],
         )
     yield buf
     buf.close()

@@ -9,17 +9,17 @@ an operator does it: by editing the files in its policy directory while it runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import openai
 import pytest
@@ -27,6 +27,10 @@ from daemon_process import DaemonProcess
 from helpers import attached_env, produce, run_cli, wait_for
 
 from evolvd.admin_client import admin_call
+from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer.heldout import heldout_sides
+from evolvd.buffer.keys import HELDOUT_KEY, buffer_key
+from evolvd.workload import Task
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
@@ -76,27 +80,31 @@ PROBES = {
 }
 
 
-def split_ids(prefix: str, train: int, heldout: int) -> list[str]:
-    """Message ids: `train` outside the held-out slice and `heldout` inside it (the daemon's own rule,
-    md5_number(id) % 100 < evaluation.heldout_percent, computed by DuckDB the same way)."""
-    chosen: list[str] = []
-    need = {False: train, True: heldout}
-    n = 0
-    with duckdb.connect() as con:
-        while need[False] or need[True]:
-            candidate = f"{prefix}-{n}"
-            n += 1
-            row = con.execute("SELECT md5_number(?) % 100 < ?", [candidate, HELDOUT_PERCENT]).fetchone()
-            assert row is not None
-            if need[bool(row[0])]:
-                need[bool(row[0])] -= 1
-                chosen.append(candidate)
+def split_prompts(tasks: Iterable[Task], key: str, train: int, heldout: int, sent: set[str]) -> list[str]:
+    """`train` prompts outside the held-out slice and `heldout` inside it, by the daemon's own rule
+    (evolvd.buffer.heldout: a keyed hash of the prompt), none sent before (a prompt is labeled once)."""
+    fresh = list(dict.fromkeys(t.prompt for t in tasks if t.prompt not in sent))
+    sides = heldout_sides(key, [hashlib.sha256(p.encode()).hexdigest() for p in fresh], HELDOUT_PERCENT)
+    chosen = [p for p, side in zip(fresh, sides, strict=True) if not side][:train]
+    chosen += [p for p, side in zip(fresh, sides, strict=True) if side][:heldout]
+    assert len(chosen) == train + heldout, f"the task pool ran out: {len(chosen)} of {train + heldout}"
+    sent.update(chosen)
     return chosen
 
 
 class LoopHarness:
-    def __init__(self, daemon: DaemonProcess, policy_dir: Path, broker: str, topic: str, env: dict[str, str]):
+    def __init__(
+        self,
+        daemon: DaemonProcess,
+        policy_dir: Path,
+        broker: str,
+        topic: str,
+        env: dict[str, str],
+        heldout_key: str,
+    ):
         self.daemon = daemon
+        self.heldout_key = heldout_key
+        self.sent: set[str] = set()
         self.policy_dir = policy_dir
         self.broker = broker
         self.topic = topic
@@ -109,11 +117,10 @@ class LoopHarness:
         from evolvd.workload import mixed
 
         self.batch += 1
-        ids = split_ids(f"b{self.batch}", train, heldout)
-        tasks = mixed(len(ids), ["arithmetic", "comparison", "parity"], seed=self.batch)
-        values = [
-            json.dumps({"id": i, "prompt": t.prompt}).encode() for i, t in zip(ids, tasks, strict=False)
-        ]
+        pool = mixed(40 * (train + heldout), ["arithmetic", "comparison", "parity"], seed=self.batch)
+        prompts = split_prompts(pool, self.heldout_key, train, heldout, self.sent)
+        ids = [f"b{self.batch}-{n}" for n in range(len(prompts))]
+        values = [json.dumps({"id": i, "prompt": p}).encode() for i, p in zip(ids, prompts, strict=True)]
         produce(self.broker, self.topic, values)
         return ids
 
@@ -205,8 +212,12 @@ def harness(
         "EVOLVD_EVALUATION__HELDOUT_MAX": "6",
         "EVOLVD_EVALUATION__MAX_TOKENS": "48",
     }
+    # The buffer made before the daemon starts: the test reads its held-out key to choose prompts.
+    buffer = DuckDBBuffer(root / "data" / "buffer.duckdb")
+    key = buffer_key(buffer.cursor(), HELDOUT_KEY)
+    buffer.close()
     daemon = DaemonProcess(root / "data", env).start(timeout_s=180)
-    harness = LoopHarness(daemon, policy_dir, broker.bootstrap_servers, env["EVOLVD_KAFKA__TOPIC"], env)
+    harness = LoopHarness(daemon, policy_dir, broker.bootstrap_servers, env["EVOLVD_KAFKA__TOPIC"], env, key)
     yield harness
     assert harness.daemon.stop(timeout_s=120) == 0, harness.daemon.tail()
 
@@ -346,7 +357,14 @@ rollback:
         encode_message(f"gw-{response_id}", None, feedback="down" if model == canary else "up")
         for model, response_id in served
     ]
-    produce(harness.broker, harness.topic, feedback)
+    # A producer forges the opposite: 150 answers it says the canary served, each liked. The gateway
+    # never sealed them (evolvd.capture_seal), so the canary's window must not count them; counted,
+    # they would outvote the users' "down" (a feedback drop under 0.2) and the canary would stay.
+    forged = [
+        encode_message(f"forged-{i}", "Say hello.", metadata={"served_by": canary}, feedback="up")
+        for i in range(150)
+    ]
+    produce(harness.broker, harness.topic, feedback + forged)
 
     def rolled_back() -> dict[str, Any] | None:
         canaries = daemon.status()["loop"]["canaries"]

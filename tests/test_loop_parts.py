@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer.heldout import heldout_condition, heldout_params
 from evolvd.config import JobSchedule, SchedulerConfig
 from evolvd.config_file import ConfigError
 from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
@@ -53,9 +54,13 @@ def _event(con, i: int, outcome: str = "allow", confidence: float = 0.8) -> None
 
 
 def _heldout_ids(con) -> set[str]:  # type: ignore[no-untyped-def]
+    """Events whose prompt is in the held-out slice (the buffer's keyed hash of the prompt)."""
     return {
         r[0]
-        for r in con.execute("SELECT id FROM events WHERE md5_number(id) % 100 < ?", [HELDOUT]).fetchall()
+        for r in con.execute(
+            f"SELECT id FROM events e WHERE {heldout_condition('e.prompt_hash')}",
+            heldout_params(con, HELDOUT),
+        ).fetchall()
     }
 
 

@@ -246,7 +246,12 @@ def buffer(tmp_path: Path) -> Iterator[DuckDBBuffer]:
         ("e4", "My card is 4539 1488 0343 6467, is it valid?", "Yes."),
         ("e5", "What is 3+5?", "8"),
     ]
-    for event_id, prompt, completion in examples:
+    for offset, (event_id, prompt, completion) in enumerate(examples):
+        con.execute(  # each example's event, as labeling leaves it
+            "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash, state)"
+            " VALUES (?, 't', 0, ?, ?, sha256(?), 'labeled')",
+            [event_id, offset, prompt, prompt],
+        )
         con.execute(
             "INSERT INTO training_examples (event_id, format, prompt, completion, confidence, model_version,"
             " labeler_version) VALUES (?, 'direct', ?, ?, 0.9, 'base', 'test')",
@@ -333,18 +338,17 @@ def test_a_dry_run_reports_what_would_change_and_writes_nothing(buffer: DuckDBBu
     assert _snapshot(buffer) == before and store.current.describe() == in_force
 
 
-def test_drift_compares_with_the_live_adapters_training_data_when_there_is_one(
-    buffer: DuckDBBuffer, tmp_path: Path
-) -> None:
+def test_drift_compares_with_the_live_adapters_training_data_when_there_is_one(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    buffer = DuckDBBuffer(tmp_path / "drift.duckdb")  # only the events below
     con = buffer.cursor()
     for i in range(3):
         con.execute(
             "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash)"
-            " VALUES (?, 't', 0, ?, ?, 'h')",
-            [f"ev{i}", i, f"recent prompt {i}"],
+            " VALUES (?, 't', 0, ?, ?, sha256(?))",
+            [f"ev{i}", i, f"recent prompt {i}", f"recent prompt {i}"],
         )
     engine = PolicyEngine(buffer, PolicyStore(None), None, _fake_embed)
     assert engine.drift_inputs(DEFAULTS) == "waiting for 400 prompts (first window + recent window), have 3"
@@ -371,6 +375,7 @@ def test_drift_compares_with_the_live_adapters_training_data_when_there_is_one(
     assert inputs.recent == [f"recent prompt {i}" for i in range(3)]
     first_window = load_candidate(None, {"drift.yaml": "reference: first_window\n"}, False, "edit")
     assert isinstance(engine.drift_inputs(first_window), str)  # the operator chose the first window
+    buffer.close()
 
 
 def test_a_policy_file_that_vanishes_or_empties_is_a_rejected_edit(policy_dir: Path) -> None:

@@ -349,8 +349,8 @@ def test_each_labeling_stage_writes_well_formed_rows_with_the_real_model(
     for i, prompt in enumerate(prompts):
         buffer.cursor().execute(
             "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash)"
-            " VALUES (?, 't', 0, ?, ?, 'h')",
-            [f"ev{i}", i, prompt],
+            " VALUES (?, 't', 0, ?, ?, sha256(?))",
+            [f"ev{i}", i, prompt, prompt],
         )
     registry = new_registry()
     client = VLLMClient(serving["url"], timeout_s=300)

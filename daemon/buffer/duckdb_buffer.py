@@ -198,7 +198,12 @@ class DuckDBBuffer(IngestSink):
         return {int(p): int(o) for p, o in rows}
 
     def backlog(self) -> int:
-        row = self.cursor().execute("SELECT count(*) FROM events WHERE state = 'pending'").fetchone()
+        """Prompts waiting to be labeled: copies of one prompt are labeled once, so they count once."""
+        row = (
+            self.cursor()
+            .execute("SELECT count(DISTINCT prompt_hash) FROM events WHERE state = 'pending'")
+            .fetchone()
+        )
         return int(row[0]) if row else 0
 
     # -- reads for /status and metrics -------------------------------------------------------

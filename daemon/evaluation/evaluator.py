@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from evolvd.buffer import DuckDBBuffer, transaction
+from evolvd.buffer.heldout import heldout_condition, heldout_params
 from evolvd.connectors.vllm_client import ChatClient
 from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
 from evolvd.evaluation.greedy_memo import GreedyAnswerMemo
@@ -57,19 +58,23 @@ class EvaluationSettings:
 def heldout_items(
     buffer: DuckDBBuffer, heldout_percent: int, limit: int, min_confidence: float
 ) -> list[HeldoutItem]:
-    """The newest labeled events of the held-out slice (never in a training snapshot) whose label is
-    as confident as the training policy requires of training data: a 1-in-5 vote is noise, and
-    agreement with noise says nothing about a candidate."""
-    rows = (
-        buffer.cursor()
-        .execute(
-            "SELECT e.id, e.prompt, l.answer FROM events e JOIN labels l ON l.event_id = e.id"
-            " WHERE e.prompt IS NOT NULL AND l.answer IS NOT NULL AND (md5_number(e.id) % 100) < ?"
-            " AND l.confidence >= ? ORDER BY e.ingested_at DESC, e.id LIMIT ?",
-            [heldout_percent, min_confidence, limit],
-        )
-        .fetchall()
-    )
+    """The newest labeled prompts of the held-out slice whose label is as confident as the training
+    policy requires of training data (a 1-in-5 vote is noise, and agreement with noise says nothing
+    about a candidate). Each prompt counts once, however often it was sent: 60 copies of one prompt
+    are one item of evidence, not 60. A prompt some snapshot trained on is never an item (a buffer
+    older than the keyed slice may hold such prompts)."""
+    con = buffer.cursor()
+    rows = con.execute(
+        "SELECT e.id, e.prompt, l.answer FROM events e JOIN labels l ON l.event_id = e.id"  # noqa: S608
+        f" WHERE e.prompt IS NOT NULL AND l.answer IS NOT NULL AND {heldout_condition('e.prompt_hash')}"
+        " AND l.confidence >= ?"
+        " AND NOT EXISTS (SELECT 1 FROM dataset_examples d JOIN training_examples t"
+        "   ON t.example_id = d.example_id JOIN events ev ON ev.id = t.event_id"
+        "   WHERE ev.prompt_hash = e.prompt_hash)"
+        " QUALIFY row_number() OVER (PARTITION BY e.prompt_hash ORDER BY e.ingested_at DESC, e.id) = 1"
+        " ORDER BY e.ingested_at DESC, e.id LIMIT ?",
+        [*heldout_params(con, heldout_percent), min_confidence, limit],
+    ).fetchall()
     return [HeldoutItem(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 

@@ -28,9 +28,24 @@ class PendingEvent:
     prompt: str
 
 
+def mark_duplicates(con: duckdb.DuckDBPyConnection) -> int:
+    """Pending events whose prompt was labeled already become `duplicate`: a prompt is labeled once,
+    however often it is sent (a flood of one prompt would otherwise be labeled, and trained on, again
+    and again). Returns how many were marked."""
+    row = con.execute(
+        "UPDATE events SET state = 'duplicate' WHERE state = 'pending' AND prompt_hash IN"
+        " (SELECT prompt_hash FROM events WHERE state = 'labeled') RETURNING 1"
+    ).fetchall()
+    return len(row)
+
+
 def pending_events(con: duckdb.DuckDBPyConnection, limit: int) -> list[PendingEvent]:
+    """The oldest pending events, one per prompt (its copies wait, and `mark_duplicates` takes them
+    once it is labeled)."""
     rows = con.execute(
         "SELECT id, prompt, CAST(messages AS VARCHAR) FROM events WHERE state = 'pending'"
+        " QUALIFY row_number() OVER (PARTITION BY prompt_hash ORDER BY ingested_at, kafka_partition,"
+        " kafka_offset) = 1"
         " ORDER BY ingested_at, kafka_partition, kafka_offset LIMIT ?",
         [limit],
     ).fetchall()
@@ -199,6 +214,9 @@ class Labeler:
             return 0
         live_chat, model = served
         chat = _StopAwareChat(live_chat, self._stopping)
+        duplicates = mark_duplicates(self._buffer.cursor())
+        if duplicates and self._metrics is not None:
+            self._metrics.duplicates.inc(duplicates)
         events = pending_events(self._buffer.cursor(), self._batch_size)
         if not events:
             return 0

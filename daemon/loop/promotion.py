@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer.keys import CAPTURE_SEAL_KEY, buffer_key
+from evolvd.capture_seal import is_sealed
 from evolvd.evaluation.evaluator import stored_evaluation
 from evolvd.loop.scheduler import JobResult
 from evolvd.metrics import LoopMetrics
@@ -75,6 +77,8 @@ class Promoter:
         self._policies = policies
         self._record_decisions = record_decisions
         self._metrics = metrics
+        self._ignored_feedback: dict[str, int] = {}
+        """Per served model, how many unsealed feedback rows were last reported ignored."""
 
     def step(self) -> JobResult:
         open_canary = self._open_canary()
@@ -164,17 +168,28 @@ class Promoter:
         )
 
     def _feedback(self, served_by: str, since: dt.datetime) -> float | None:
-        """Mean feedback on answers this model served (captured gateway traffic carries `served_by`)."""
-        row = (
-            self._buffer.cursor()
-            .execute(
-                "SELECT avg(f.value) FROM feedback f JOIN events e ON e.id = f.event_id"
-                " WHERE json_extract_string(e.metadata, '$.served_by') = ? AND f.received_at >= ?",
-                [served_by, since],
+        """Mean feedback on answers this model served. Only answers the gateway itself captured
+        count: their metadata carries the gateway's seal (capture_seal), which a producer writing
+        `served_by` into the stream cannot forge."""
+        con = self._buffer.cursor()
+        key = buffer_key(con, CAPTURE_SEAL_KEY)
+        rows = con.execute(
+            "SELECT e.id, json_extract_string(e.metadata, '$.seal'), f.value FROM feedback f"
+            " JOIN events e ON e.id = f.event_id"
+            " WHERE json_extract_string(e.metadata, '$.served_by') = ? AND f.received_at >= ?",
+            [served_by, since],
+        ).fetchall()
+        trusted = [float(v) for event_id, mark, v in rows if is_sealed(key, event_id, served_by, mark)]
+        ignored = len(rows) - len(trusted)
+        if ignored and self._ignored_feedback.get(served_by) != ignored:  # once per new count, not per tick
+            self._ignored_feedback[served_by] = ignored
+            logger.warning(
+                "canary feedback for %s: %d of %d rows ignored (their answers carry no gateway seal)",
+                served_by,
+                ignored,
+                len(rows),
             )
-            .fetchone()
-        )
-        return float(row[0]) if row and row[0] is not None else None
+        return sum(trusted) / len(trusted) if trusted else None
 
     def _judge_canary(self, canary: dict[str, Any]) -> JobResult:
         swapper, router = self._serving.swapper, self._serving.router

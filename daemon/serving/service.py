@@ -10,6 +10,7 @@ from kafka import KafkaProducer
 
 from evolvd.admin import AdminServer
 from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer.keys import CAPTURE_SEAL_KEY, buffer_key
 from evolvd.config import EvolvdConfig
 from evolvd.connectors.kafka_source import client_options
 from evolvd.connectors.model_bootstrap import BaseModel, resolve_base_model
@@ -66,6 +67,7 @@ class ServingService:
         self.config = config
         self.metrics = metrics
         self.registry = AdapterRegistry(buffer)
+        self._buffer = buffer
         self._bootstrap_servers = bootstrap_servers
         self.base: BaseModel | None = None
         self.supervisor: ServingSupervisor | None = None
@@ -129,6 +131,7 @@ class ServingService:
             api_keys=set(cfg.gateway.api_keys()),
             capture=self._capture,
             served_stats=self.served_stats,
+            seal_key=buffer_key(self._buffer.cursor(), CAPTURE_SEAL_KEY),
         ).app()
         self._gateway = AdminServer(app, cfg.gateway.host, cfg.gateway.port, name="evolvd-gateway")
         self._gateway.start()

@@ -1,8 +1,9 @@
 """Freeze what a training run learns from: new usable examples plus a replay share of older ones,
 as a Parquet file named by its content hash, with every example's id recorded (lineage).
 
-Held-out events (a fixed hash slice of event ids) never enter a snapshot: evaluation scores
-candidates on them, so they must stay unseen by every adapter."""
+Held-out prompts (a keyed hash slice, `evolvd.buffer.heldout`) never enter a snapshot: evaluation
+scores candidates on them, so they must stay unseen by every adapter. A prompt sent many times gives
+one event's examples, once."""
 
 from __future__ import annotations
 
@@ -19,12 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from evolvd.buffer import transaction
+from evolvd.buffer.heldout import heldout_condition, heldout_params, untrained_condition
 
 Row = tuple[Any, ...]
 
-# An event is held out when (md5_number(event id) % 100) < heldout_percent: md5, so the slice is
-# the same in every DuckDB version. Training takes only safe texts: what the safety screen let
-# through (allow) or redacted (redact).
+# Training takes only safe texts: what the safety screen let through (allow) or redacted (redact).
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,10 @@ class Snapshot:
 
 def _new_examples(con: duckdb.DuckDBPyConnection, min_confidence: float, heldout_percent: int) -> list[Row]:
     rows: list[Row] = con.execute(
-        "SELECT e.example_id, coalesce(e.safe_prompt, e.prompt), coalesce(e.safe_completion, e.completion)"
+        "SELECT e.example_id, coalesce(e.safe_prompt, e.prompt), coalesce(e.safe_completion, e.completion)"  # noqa: S608
         " FROM training_examples e WHERE e.safety_outcome IN ('allow', 'redact') AND e.confidence >= ?"
-        " AND (md5_number(e.event_id) % 100) >= ?"
-        " AND NOT EXISTS (SELECT 1 FROM dataset_examples d WHERE d.example_id = e.example_id)"
-        " ORDER BY e.example_id",
-        [min_confidence, heldout_percent],
+        f" AND {untrained_condition('e')} ORDER BY e.example_id",
+        [min_confidence, *heldout_params(con, heldout_percent)],
     ).fetchall()
     return rows
 
@@ -70,14 +68,14 @@ def _pairs(con: duckdb.DuckDBPyConnection, example_ids: list[int], heldout_perce
     if not example_ids:
         return []
     rows: list[Row] = con.execute(
-        "SELECT p.pair_id, p.prompt, p.chosen, p.rejected FROM preference_pairs p"
-        " WHERE (md5_number(p.event_id) % 100) >= ?"
+        "SELECT p.pair_id, p.prompt, p.chosen, p.rejected FROM preference_pairs p"  # noqa: S608
+        f" WHERE NOT {heldout_condition('(SELECT prompt_hash FROM events WHERE id = p.event_id)')}"
         " AND NOT EXISTS (SELECT 1 FROM dataset_pairs d WHERE d.pair_id = p.pair_id)"
         " AND p.event_id IN (SELECT event_id FROM training_examples WHERE list_contains(?, example_id))"
         " AND NOT EXISTS (SELECT 1 FROM training_examples x WHERE x.event_id = p.event_id"
         "                 AND coalesce(x.safety_outcome, 'unscreened') <> 'allow')"
         " ORDER BY p.pair_id",
-        [heldout_percent, example_ids],
+        [*heldout_params(con, heldout_percent), example_ids],
     ).fetchall()
     return rows
 

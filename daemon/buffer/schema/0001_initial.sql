@@ -16,7 +16,7 @@ CREATE TABLE events (
     ts              TIMESTAMPTZ,                  -- producer's timestamp (message `ts`)
     kafka_ts        TIMESTAMPTZ,                  -- broker timestamp
     prompt_hash     VARCHAR NOT NULL,             -- sha256 of the prompt text / messages JSON
-    state           VARCHAR NOT NULL DEFAULT 'pending',  -- pending | labeling | labeled | skipped
+    state           VARCHAR NOT NULL DEFAULT 'pending',  -- pending | labeling | labeled | skipped (| duplicate, 0006)
     ingested_at     TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
 );
 
