@@ -147,6 +147,9 @@ class KafkaSource(Source):
                 max_poll_records=max_poll_records,
                 fetch_max_bytes=16 * 1024 * 1024,
                 max_partition_fetch_bytes=4 * 1024 * 1024,
+                # A transactional producer's aborted writes never become events (KIP-98); the default
+                # read_uncommitted would store them.
+                isolation_level="read_committed",
             )
         except KafkaTimeoutError as exc:
             raise KafkaUnavailableError(

@@ -39,7 +39,7 @@ POLICY_OUTCOMES = {
     "promotion": ("promote", "canary", "reject"),
     "policy_file": ("applied", "rejected"),
 }
-SWAP_ACTIONS = ("promote", "canary", "rollback", "evaluate", "register", "reapply")
+SWAP_ACTIONS = ("promote", "canary", "rollback", "evaluate", "register", "reapply", "restore")
 EVALUATION_SUITES = ("heldout", "forgetting", "safety", "output_drift")
 GATEWAY_ROUTES = ("/v1/chat/completions", "/v1/completions")
 TRAINING_PHASES = ("sft", "dpo")

@@ -273,3 +273,20 @@ def test_a_killed_fetcher_process_ends_the_loop_with_its_reason_and_a_restart_lo
     assert count(buffer) == n
     assert buffer.cursor().execute("SELECT count(DISTINCT id) FROM events").fetchone() == (n,)
     buffer.close()
+
+
+def test_the_consumer_reads_committed_records_only(broker: Any, topic: str, tmp_path: Path) -> None:
+    """isolation_level read_committed: records of a transaction its producer aborted are skipped.
+    The embedded Tansu 0.6 broker returns no aborted-transaction list in its fetch responses (a
+    transactional producer's aborted records reach a read_committed kafka-python consumer there),
+    so only the consumer's setting can be checked on this broker."""
+    from evolvd.connectors.kafka_source import KafkaSource
+
+    kafka = KafkaConfig(
+        bootstrap_servers=broker.bootstrap_servers, topic=topic, group_id=f"g-{uuid.uuid4().hex}"
+    )
+    source = KafkaSource(kafka, broker.bootstrap_servers, lambda: {}, lambda: None)
+    try:
+        assert source._consumer.config["isolation_level"] == "read_committed"
+    finally:
+        source.close()

@@ -24,7 +24,7 @@ from evolvd.serving.adapter_check import (
     file_sha256,
 )
 from evolvd.serving.registry import AdapterRegistry
-from evolvd.serving.routing import Router
+from evolvd.serving.routing import Router, Routing
 
 logger = logging.getLogger("evolvd.hotswap")
 
@@ -179,6 +179,27 @@ class HotSwapper:
             # The rolled-back adapter stays loaded until the next swap tidies up; nothing needs it now.
             return SwapResult("rollback", before.live, target, duration_ms)
 
+    def restore(self, live: str, previous: str | None, reason: str = "restored after daemon restart") -> None:
+        """After a daemon restart: serve `live` again, with `previous` loaded for rollback as before the
+        restart (routing lives in memory; the registry and swap log are what survives). A previous
+        adapter that no longer loads is dropped: rollback then goes to the base model."""
+        with self._lock:
+            started = time.perf_counter()
+            self._load_candidate("restore", live, None, None)
+            kept = None
+            if previous is not None and previous != live:
+                row = self._registry.get(previous)
+                try:
+                    if row is None:
+                        raise SwapError(f"{previous} is not in the registry")
+                    self._load_and_probe(previous, row.path)
+                    kept = previous
+                except (SwapError, AdapterRejectedError, VLLMError) as exc:
+                    reason_lost = f"previous adapter not restored: {exc}"
+                    self._reject("restore", live, previous, reason_lost, mark=False)
+            self._router.update(live=live, previous=kept)
+            self._after_flip("restore", kept, live, reason, (time.perf_counter() - started) * 1000)
+
     def load_for_evaluation(self, name: str) -> None:
         """Load and probe a candidate so it can be queried by name; routing is unchanged."""
         with self._lock:
@@ -191,16 +212,17 @@ class HotSwapper:
                 self._unload(name)
 
     def reapply(self) -> None:
-        """After a serving restart: load what the routing names again, or fall back to the base model."""
+        """After a serving restart: load what the routing names again. An adapter that fails to load
+        is routed to no more: a live one falls back to the previous adapter only if that one loaded
+        (else to the base model), and the registry says which adapter is live now."""
         with self._lock:
             self._loaded.clear()
             routing = self._router.routing
-            for name in (routing.live, routing.previous, routing.canary):
-                if name is None:
-                    continue
-                row = self._registry.get(name)
+            failed: dict[str, str] = {}
+            for name in dict.fromkeys(n for n in (routing.live, routing.previous, routing.canary) if n):
                 started = time.perf_counter()
                 try:
+                    row = self._registry.get(name)
                     if row is None:
                         raise SwapError(f"{name} is not in the registry")
                     self._load_and_probe(name, row.path)
@@ -208,13 +230,35 @@ class HotSwapper:
                         "reapply", None, name, "serving restarted", (time.perf_counter() - started) * 1000
                     )
                 except (SwapError, AdapterRejectedError, VLLMError) as exc:
+                    failed[name] = f"failed to reload after restart: {exc}"
                     self._reject("reapply", None, name, f"could not restore after restart: {exc}", mark=False)
-                    if name == routing.live:
-                        self._router.update(live=routing.previous, previous=None)
-                        self._show_live()
-                        self._registry.set_status(
-                            name, "rolled_back", f"failed to reload after restart: {exc}"
-                        )
+            if failed:
+                self._drop_unloadable(routing, failed)
+
+    def _drop_unloadable(self, routing: Routing, failed: dict[str, str]) -> None:
+        previous = routing.previous if routing.previous not in failed else None
+        changes: dict[str, object] = {}
+        statuses: list[tuple[str, str, str | None]] = []
+        if routing.canary in failed:
+            changes.update(canary=None, canary_share=0.0)
+            statuses.append((routing.canary, "candidate", f"canary stopped: {failed[routing.canary]}"))
+        if routing.live in failed:
+            changes.update(live=previous, previous=None)
+            statuses.append((routing.live, "rolled_back", failed[routing.live]))
+            self._registry.record_swap("rollback", "ok", routing.live, previous, failed[routing.live], None)
+            self._metrics.rollbacks.labels("ok").inc()
+            if previous is not None:
+                statuses.append((previous, "live", f"live again: {routing.live} {failed[routing.live]}"))
+            logger.error(
+                "live adapter %s could not be reloaded after the serving restart; %s serves now",
+                routing.live,
+                previous or "the base model",
+            )
+        elif routing.previous in failed:
+            changes.update(previous=None)  # a rollback would have nowhere loaded to go
+        self._router.update(**changes)
+        self._registry.set_statuses(statuses)  # one transaction: never two live adapters, nor none
+        self._show_live()
 
     # -- steps ---------------------------------------------------------------------------------
 

@@ -109,6 +109,23 @@ class AdapterRegistry:
         )
         return str(row[0]) if row else None
 
+    def previous_live(self) -> str | None:
+        """The adapter a rollback would go to, as the swap log left it: the one the latest promote
+        replaced (if it is still merely retired); none after a rollback."""
+        row = (
+            self._buffer.cursor()
+            .execute(
+                "SELECT s.action, s.from_adapter, a.status FROM swaps s"
+                " LEFT JOIN adapters a ON a.name = s.from_adapter"
+                " WHERE s.outcome = 'ok' AND s.action IN ('promote', 'rollback')"
+                " ORDER BY s.swap_id DESC LIMIT 1"
+            )
+            .fetchone()
+        )
+        if row is None or row[0] != "promote" or row[2] != "retired":
+            return None
+        return str(row[1])
+
     def record_swap(
         self,
         action: str,

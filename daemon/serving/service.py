@@ -111,7 +111,7 @@ class ServingService:
         live = self.registry.live()
         if live is not None:  # its row stays `live` while it loads: a crash now loses nothing
             try:
-                self.swapper.promote(live, "restored after daemon restart")
+                self.swapper.restore(live, self.registry.previous_live())
             except Exception:
                 logger.exception("could not restore live adapter %s; serving the base model", live)
 

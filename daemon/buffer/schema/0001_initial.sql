@@ -196,7 +196,7 @@ CREATE TABLE swaps (
     swap_id         BIGINT PRIMARY KEY DEFAULT nextval('swap_seq'),
     from_adapter    VARCHAR,
     to_adapter      VARCHAR,
-    action          VARCHAR NOT NULL,             -- promote | canary | rollback | reapply
+    action          VARCHAR NOT NULL,             -- promote | canary | rollback | reapply | restore
     outcome         VARCHAR NOT NULL,             -- ok | rejected | failed
     reason          VARCHAR,
     duration_ms     DOUBLE,
