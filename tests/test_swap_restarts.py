@@ -146,4 +146,3 @@ def test_a_restarted_daemon_keeps_the_previous_adapter_for_rollback(
     third_again = Serving(buffer, vllm, base_model)
     third_again.swapper.restore(second, third_again.registry.previous_live())
     assert (third_again.router.routing.live, third_again.router.routing.previous) == (second, None)
-

@@ -125,3 +125,75 @@ def _kill_when_training(runner: TrainingRunner) -> None:
             child.kill()
             return
         time.sleep(0.1)
+
+
+_PARENT = """
+import sys, threading, time
+from pathlib import Path
+from evolvd.buffer import DuckDBBuffer
+from evolvd.metrics import TrainingMetrics, new_registry
+from evolvd.training.runner import TrainingRunner
+from evolvd.training.snapshot import freeze_snapshot
+from evolvd.training.spec import Hyperparameters
+
+root, model_path, model_hash = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+buffer = DuckDBBuffer(root / "b.duckdb")
+snapshot = freeze_snapshot(buffer.cursor(), root / "datasets", 0.6, 0.0, heldout_percent=10)
+metrics = TrainingMetrics.create(new_registry())
+runner = TrainingRunner(buffer, root / "runs", model_path, model_hash, metrics, 600)
+
+def report() -> None:
+    while runner.current is None:
+        time.sleep(0.05)
+    print(runner.current.pid, flush=True)
+
+threading.Thread(target=report, daemon=True).start()
+hyper = Hyperparameters(max_steps=200, batch_size=2, max_length=96)
+runner.run(snapshot, hyper, 1, None, threading.Event(), use_pairs=False)
+"""
+
+
+def test_a_daemon_killed_with_9_takes_its_trainer_with_it(tmp_path: Path, base_model: BaseModel) -> None:
+    """The trainer runs in its own session (so a kill takes its helpers), which left it training
+    on, orphaned, after kill -9 of the daemon until it next wrote to its dead stdout pipe (a restarted
+    daemon started a second run beside it); the lifeline ends it with its parent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    _buffer_with_examples(tmp_path / "b.duckdb").close()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(tmp_path), str(base_model.path), base_model.content_hash],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child_pid = 0
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        time.sleep(3)  # the child is importing torch or loading the model by now
+        assert _alive(child_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        # At once (SIGTERM from the kernel), not at its next progress line into the dead pipe.
+        deadline = time.monotonic() + 5
+        while _alive(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(child_pid), "the trainer outlived the daemon that started it"
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if child_pid and _alive(child_pid):
+            os.kill(child_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False

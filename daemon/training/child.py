@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from evolvd.lifeline import die_with_parent
 from evolvd.precision import resolve
 from evolvd.training.spec import TrainSpec
 
@@ -158,6 +159,9 @@ def _finite(value: float) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A daemon killed with -9 takes its trainer with it: a restarted daemon would otherwise start a
+    # second run beside an orphan still training on the old one.
+    die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m evolvd.training.child SPEC.json", file=sys.stderr)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from evolvd.buffer import DuckDBBuffer
+from evolvd.lifeline import child_environment
 from evolvd.metrics import TrainingMetrics
 from evolvd.serving.adapter_check import ADAPTER_MANIFEST, ADAPTER_WEIGHTS, file_sha256
 from evolvd.training.child import PROGRESS_PREFIX
@@ -154,7 +155,7 @@ class TrainingRunner:
     ) -> tuple[bool, str | None, dict[str, Any]]:
         log_path = run_dir / "trainer.log"
         env = {
-            **os.environ,
+            **child_environment(),  # the child dies with the daemon (evolvd.lifeline): no orphan trains on
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
