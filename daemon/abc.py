@@ -60,6 +60,17 @@ class PartitionLag:
         return max(0, self.highwater - self.position)
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionAhead:
+    """A partition whose consumer-group offset is past the buffer's (connectors.group_offsets)."""
+
+    partition: int
+    group_offset: int
+    """What the consumer group committed."""
+    buffer_offset: int | None
+    """What this buffer holds (None: it never stored the partition)."""
+
+
 class Source(ABC):
     """A partitioned, replayable log the daemon consumes (Kafka, in production)."""
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from evolvd.admin import AdminServer, create_app
 from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError, rows_as_dicts
 from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
+from evolvd.connectors.group_offsets import GroupOffsetsCheck
 from evolvd.connectors.kafka_process import KafkaProcessSource, open_kafka_source
 from evolvd.connectors.kafka_source import KafkaUnavailableError, ensure_topic
 from evolvd.ingest import IngestLoop
@@ -350,6 +352,8 @@ class Daemon:
                 buffer,
                 self.config.ingest,
                 self._ingest_metrics,
+                GroupOffsetsCheck(self.config.kafka, self._bootstrap_servers),
+                topic,
             )
         except KafkaUnavailableError as exc:
             raise StartupError(str(exc)) from exc
@@ -549,6 +553,7 @@ class Daemon:
                 "fetcher_pid": self._fetcher_pid,
                 "lag_total": sum(p["lag"] or 0 for p in partitions),
                 "partitions": partitions,
+                "group_ahead": [asdict(a) for a in (ingest.group_ahead if ingest else [])],
             },
             "buffer": {
                 "path": str(self.config.buffer_path),

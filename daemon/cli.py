@@ -189,6 +189,11 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
     if writer["failing_s"]:
         stalled = f"{writer['failing_s']}s ({writer['attempts']} attempts)"
         click.echo(f"  WRITER STALLED for {stalled}: {writer['last_error']}")
+    for a in ingest.get("group_ahead", []):
+        click.echo(
+            f"  GROUP AHEAD OF BUFFER on partition {a['partition']}: group at {a['group_offset']},"
+            f" buffer at {a['buffer_offset']} (another daemon with its own buffer in this group?)"
+        )
     for p in ingest["partitions"]:
         at, end, lag = (p[k] if p[k] is not None else "-" for k in ("buffer_offset", "highwater", "lag"))
         click.echo(f"  partition {p['partition']}: buffer at {at}, end {end}, lag {lag}")

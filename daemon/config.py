@@ -45,7 +45,9 @@ class KafkaConfig(_Section):
     """The prompts topic (message contract in README)."""
 
     group_id: str = Field("evolvd", min_length=1)
-    """Consumer group. Run more daemons with the same group to share partitions."""
+    """Consumer group. One daemon per group: each daemon's buffer holds its own position, so a second
+    daemon with its own buffer in the same group splits the traffic between two buffers (detected:
+    evolvd_ingest_group_partitions_ahead). Several ingest members need one shared buffer."""
 
     client_id: str = "evolvd"
 
@@ -108,6 +110,10 @@ class IngestConfig(_Section):
     """Resume fetching once the backlog falls to this."""
 
     backlog_check_interval_s: float = Field(1.0, gt=0, le=60)
+
+    group_check_interval_s: float = Field(30.0, gt=0, le=3600)
+    """How often the consumer group's offsets are compared with the buffer's: one ahead means
+    another daemon with its own buffer consumes in the group (an error and a metric)."""
 
     fetcher: FetcherKind = "process"
     """Where kafka-python parses fetched records: `process` runs the consumer in a child process, so

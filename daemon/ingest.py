@@ -13,8 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from evolvd.abc import IngestBatch, IngestSink, PartitionLag, Source
+from evolvd.abc import IngestBatch, IngestSink, PartitionAhead, PartitionLag, Source
 from evolvd.config import IngestConfig
 from evolvd.contract import decode_into
 from evolvd.ingest_bisect import isolate_unstorable
@@ -184,6 +185,13 @@ class IngestState:
     paused: bool = False
     backlog: int = 0
     partitions: list[PartitionLag] = field(default_factory=list)
+    group_ahead: list[PartitionAhead] = field(default_factory=list)
+    """Partitions whose consumer-group offset is past the buffer's (another buffer consumes them)."""
+
+
+class GroupCheck(Protocol):
+    def check(self, stored: dict[int, int]) -> list[PartitionAhead] | None: ...
+    def close(self) -> None: ...
 
 
 class IngestLoop:
@@ -195,10 +203,16 @@ class IngestLoop:
         sink: IngestSink,
         config: IngestConfig,
         metrics: IngestMetrics,
+        group_check: GroupCheck | None = None,
+        topic: str = "",
     ) -> None:
+        """`group_check`: compares the consumer group's offsets of `topic` with the buffer's every
+        `config.group_check_interval_s` (connectors.group_offsets)."""
         self._config = config
         self._metrics = metrics
         self._sink = sink
+        self._group_check = group_check
+        self._topic = topic
         self._durable: dict[tuple[str, int], int] = {}
         self._durable_events = 0
         self._durable_lock = threading.Lock()
@@ -223,12 +237,16 @@ class IngestLoop:
     def run(self, stop: threading.Event) -> None:
         self.state.running = True
         next_check = 0.0
+        next_group_check = time.monotonic() + self._config.group_check_interval_s / 10
         try:
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= next_check:
                     self._housekeeping()
                     next_check = now + self._config.backlog_check_interval_s
+                if self._group_check is not None and now >= next_group_check:
+                    self._check_group()
+                    next_group_check = now + self._config.group_check_interval_s
                 chunks = self._source.next_batch(
                     self._config.batch_max_messages, self._config.poll_timeout_ms
                 )
@@ -249,7 +267,26 @@ class IngestLoop:
             self._acknowledge()
             self._writer.close()
             self._source.close()
+            if self._group_check is not None:
+                self._group_check.close()
             logger.info("ingest stopped; every polled message is in the buffer")
+
+    def _check_group(self) -> None:
+        assert self._group_check is not None
+        self._acknowledge()  # the group's informational commits are never ahead of what is durable
+        ahead = self._group_check.check(self._sink.stored_offsets(self._topic))
+        if ahead is None:
+            return
+        if ahead and ahead != self.state.group_ahead:
+            logger.error(
+                "consumer group offsets are ahead of this buffer on partition(s) %s: another daemon "
+                "with its own buffer consumes in this group (its share of the traffic never reaches "
+                "this buffer, and messages both read are stored twice), or this buffer was restored "
+                "from an older backup. Give each daemon its own kafka.group_id, or share one buffer",
+                ", ".join(f"{a.partition} (group {a.group_offset}, buffer {a.buffer_offset})" for a in ahead),
+            )
+        self.state.group_ahead = ahead
+        self._metrics.group_ahead.set(len(ahead))
 
     def _admit(self, events: int) -> None:
         """Count a submitted batch against the backlog at once, so a fast topic overshoots the

@@ -87,6 +87,7 @@ class IngestMetrics:
     backpressure_pauses: Counter
     lag: Gauge
     restarts: Counter
+    group_ahead: Gauge
 
     def __post_init__(self) -> None:
         initialise(self.messages, ("event", "duplicate", "feedback", "dead_letter"))
@@ -143,6 +144,12 @@ class IngestMetrics:
             restarts=Counter(
                 "evolvd_ingest_restarts_total",
                 "Times the ingest loop failed (e.g. its Kafka fetcher process died) and was restarted",
+                registry=registry,
+            ),
+            group_ahead=Gauge(
+                "evolvd_ingest_group_partitions_ahead",
+                "Partitions whose consumer-group offset is past this buffer's (another daemon with its"
+                " own buffer in the group, or a buffer restored from an older backup)",
                 registry=registry,
             ),
         )

@@ -20,6 +20,7 @@ from helpers import produce, prompt_message
 from evolvd.abc import Source
 from evolvd.buffer import DuckDBBuffer
 from evolvd.config import FetcherKind, IngestConfig, KafkaConfig
+from evolvd.connectors.group_offsets import GroupOffsetsCheck, partitions_ahead
 from evolvd.connectors.kafka_process import FetcherExitedError, open_kafka_source
 from evolvd.ingest import IngestLoop
 from evolvd.metrics import IngestMetrics, new_registry
@@ -74,6 +75,8 @@ def running_ingest(
         buffer,
         config,
         IngestMetrics.create(new_registry()),
+        GroupOffsetsCheck(kafka, bootstrap),
+        topic,
     )
     stop = threading.Event()
     raised: list[BaseException] = [] if errors is None else errors
@@ -290,3 +293,43 @@ def test_the_consumer_reads_committed_records_only(broker: Any, topic: str, tmp_
         assert source._consumer.config["isolation_level"] == "read_committed"
     finally:
         source.close()
+
+
+def test_a_second_daemon_with_its_own_buffer_in_the_group_is_detected(
+    broker: Any, topic: str, tmp_path: Path
+) -> None:
+    """Each buffer holds its own position, so two daemons in one group split the traffic between two
+    buffers. The group's offsets are never ahead of the buffer of its only member; they are ahead
+    of a second member's own buffer, which says so (log, metric, /status) and ingests on."""
+    produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(100)])
+    group = f"g-{uuid.uuid4().hex}"
+    first = DuckDBBuffer(tmp_path / "a.duckdb")
+    with running_ingest(
+        broker.bootstrap_servers, topic, first, "thread", group, group_check_interval_s=0.3
+    ) as a:
+        wait_for(lambda: sum(first.stored_offsets(topic).values()) == 100)
+        time.sleep(1.0)  # several checks after everything is stored and committed
+        assert a.state.group_ahead == [] and a._metrics.group_ahead._value.get() == 0
+    first.close()
+
+    second = DuckDBBuffer(tmp_path / "b.duckdb")
+    with running_ingest(
+        broker.bootstrap_servers,
+        topic,
+        second,
+        "thread",
+        group,
+        group_check_interval_s=0.3,
+    ) as b:
+        wait_for(lambda: len(b.state.group_ahead) == 2, what="the group's offsets seen ahead of the buffer")
+        ahead = {x.partition: (x.group_offset, x.buffer_offset) for x in b.state.group_ahead}
+        assert sum(g for g, _ in ahead.values()) == 100 and {s for _, s in ahead.values()} == {None}
+        assert b._metrics.group_ahead._value.get() == 2
+    second.close()
+
+
+def test_group_offsets_ahead_of_the_buffer_are_named_per_partition() -> None:
+    assert partitions_ahead({0: 10, 1: 5}, {0: 10, 1: 7}) == []  # never ahead: our own commits trail
+    (ahead,) = partitions_ahead({0: 10, 1: 9}, {0: 10, 1: 4})
+    assert (ahead.partition, ahead.group_offset, ahead.buffer_offset) == (1, 9, 4)
+    assert [a.buffer_offset for a in partitions_ahead({2: 3}, {})] == [None]
