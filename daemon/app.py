@@ -118,6 +118,17 @@ class Daemon:
                 f"admin.host {cfg.admin.host} is not a loopback address: set a bearer token in "
                 f"${cfg.admin.token_env} or admin.token_file, or bind 127.0.0.1"
             )
+        gateway = cfg.gateway
+        if cfg.serving.enabled and gateway.enabled and not gateway.is_loopback and not gateway.api_keys():
+            where = (
+                f"${gateway.api_keys_env}"
+                if gateway.api_keys_env
+                else "the variable gateway.api_keys_env names"
+            )
+            raise StartupError(
+                f"gateway.host {gateway.host} is not a loopback address: set client API keys in {where}"
+                " (comma-separated), or bind 127.0.0.1"
+            )
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         if cfg.serving.enabled:  # labeling, evaluation and the gateway run: none should stall on it later
             from evolvd.embeddings import warm_up_in_background

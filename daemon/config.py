@@ -154,12 +154,16 @@ class AdminConfig(_Section):
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ServingConfig(_Section):
@@ -218,7 +222,22 @@ class GatewayConfig(_Section):
     """The model name clients use; resolved to the live adapter (or the base model before one)."""
 
     api_keys_env: str | None = None
-    """Variable holding comma-separated client API keys; unset: no key required."""
+    """Variable holding comma-separated client API keys; unset: no key required, which the daemon
+    allows only on a loopback `host`."""
+
+    extra_models: list[str] = []
+    """Served model names clients may ask for by name besides `public_model_name` (say the base
+    model's, to compare with it). Any other name is refused (404): candidates under evaluation,
+    rejected and rolled-back adapters are never served to clients by name."""
+
+    max_tokens: int = Field(4096, ge=1, le=1_000_000)
+    """The most tokens one request may ask for (`max_tokens`, `max_completion_tokens`); 400 above."""
+
+    max_n: int = Field(8, ge=1, le=1024)
+    """The most completions one request may ask for (`n`, `best_of`); 400 above."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    """Largest request body; 413 above (checked while reading, before parsing)."""
 
     canary_share: float = Field(0.0, ge=0.0, le=1.0)
     """Share of alias traffic sent to the canary adapter while one is set."""
@@ -229,6 +248,10 @@ class GatewayConfig(_Section):
     request_timeout_s: float = Field(300.0, gt=0)
     retry_after_s: int = Field(5, ge=1)
     """Retry-After sent with 503 while the serving process is restarting."""
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback_host(self.host)
 
     def api_keys(self) -> list[str]:
         """The client API keys from `api_keys_env`, in the order given (none: no key required)."""

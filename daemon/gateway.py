@@ -40,6 +40,16 @@ def _error(status: int, message: str, kind: str, headers: dict[str, str] | None 
     )
 
 
+def _json_object(raw: bytes) -> dict[str, Any] | JSONResponse:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return _error(400, "request body is not JSON", "invalid_request_error")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object", "invalid_request_error")
+    return body
+
+
 class Gateway:
     def __init__(
         self,
@@ -96,7 +106,9 @@ class Gateway:
             return _error(401, "invalid API key", "authentication_error")
         routing = self._router.routing
         public = self._router.public_name
-        names = dict.fromkeys([public, routing.base, *self._loaded_adapters()])
+        # The public name and the operator's allow-list only: what is loaded for evaluation or kept
+        # for rollback is not for clients.
+        names = dict.fromkeys([public, *self._config.extra_models])
         data = [{"id": n, "object": "model", "owned_by": "evolvd"} for n in names]
         data[0]["root"] = routing.live_or_base  # what the public name means right now
         return JSONResponse({"object": "list", "data": data})
@@ -121,46 +133,82 @@ class Gateway:
     async def _read_body(self, request: Request) -> dict[str, Any] | JSONResponse:
         if not self._authorized(request):
             return _error(401, "invalid API key", "authentication_error")
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "request body is not JSON", "invalid_request_error")
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object", "invalid_request_error")
+        raw = await self._limited_body(request)
+        if raw is None:
+            limit = self._config.max_body_bytes
+            return _error(413, f"request body is over {limit} bytes", "invalid_request_error")
+        body = _json_object(raw)
+        if isinstance(body, JSONResponse):
+            return body
+        if (refused := self._refusal(body)) is not None:
+            return refused
         if not self._is_ready():
             return _error(503, "the serving process is restarting; retry shortly", "service_unavailable",
                           self._unavailable)  # fmt: skip
         return body
 
+    async def _limited_body(self, request: Request) -> bytes | None:
+        """The body, or None past gateway.max_body_bytes (read no further than the limit)."""
+        limit = self._config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _refusal(self, body: dict[str, Any]) -> JSONResponse | None:
+        """A request the gateway does not pass on: a model not served to clients, or caps exceeded."""
+        cfg = self._config
+        model = body.get("model")
+        if model is not None and model != self._router.public_name and model not in cfg.extra_models:
+            return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+        for field, cap in (("max_tokens", cfg.max_tokens), ("max_completion_tokens", cfg.max_tokens),
+                           ("n", cfg.max_n), ("best_of", cfg.max_n)):  # fmt: skip
+            value = body.get(field)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value > cap):
+                return _error(400, f"`{field}` must be an integer of at most {cap}", "invalid_request_error")
+        return None
+
     async def _proxy(self, request: Request, route: str) -> Response:
         body = await self._read_body(request)
         if isinstance(body, JSONResponse):
             return body
-        served = self._router.resolve(str(body.get("model") or self._router.public_name))
+        requested = str(body.get("model") or self._router.public_name)
+        served = self._router.resolve(requested)
+        # Only traffic the alias routed counts in a canary's window: requests that name a model
+        # themselves chose it, and would let anyone fill the window with a quick, tiny sample.
+        judged = served if requested == self._router.public_name else None
         body["model"] = served
         headers = {"x-evolvd-model": served}
         started = time.perf_counter()
         try:
             if body.get("stream"):
                 response = await self._stream(route, body, headers)
-                self._served(served, response.status_code, started)
+                self._served(judged, response.status_code, started)
                 return response
             upstream = await self._client.post(route, json=body)
         except httpx.TransportError as exc:
             logger.warning("upstream failed for %s: %s", route, exc)
-            self._served(served, 503, started)
+            self._served(judged, 503, started)
             return _error(503, "the serving process is not answering; retry shortly", "service_unavailable",
                           self._unavailable)  # fmt: skip
-        self._served(served, upstream.status_code, started)
+        self._served(judged, upstream.status_code, started)
         if self._capture is not None and upstream.status_code == 200:
             self._record(body, upstream.json(), served)
         return Response(
             upstream.content, upstream.status_code, media_type="application/json", headers=headers
         )
 
-    def _served(self, served: str, status: int, started: float) -> None:
+    def _served(self, served: str | None, status: int, started: float) -> None:
         # Client errors (4xx) say nothing about the model; 5xx and transport failures count against it.
-        if self._served_stats is not None:
+        # None: the client named the model itself, which says nothing about the alias's routing.
+        if self._served_stats is not None and served is not None:
             self._served_stats.record(served, status < 500, time.perf_counter() - started)
 
     async def _stream(self, route: str, body: dict[str, Any], headers: dict[str, str]) -> Response:

@@ -193,6 +193,10 @@ def test_a_second_ctrl_c_forces_the_exit(tmp_path: Path) -> None:
             "no Kafka broker answered at 127.0.0.1:9",
         ),
         ({"EVOLVD_ADMIN__TOKEN_FILE": "/nonexistent/token"}, "cannot read admin.token_file"),
+        (
+            {"EVOLVD_SERVING__ENABLED": "true", "EVOLVD_GATEWAY__HOST": "0.0.0.0"},
+            "gateway.host 0.0.0.0 is not a loopback address: set client API keys",
+        ),
     ],
 )
 def test_a_failed_startup_exits_with_its_own_code_and_one_line(

@@ -1,0 +1,107 @@
+"""What the gateway refuses before anything reaches vLLM (issue 20, the gateway): model names it does
+not serve to clients, oversized requests, and canary statistics from traffic the alias did not
+route. The upstream is httpx's mock transport (the real one is tests/test_serving.py's vLLM)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from evolvd.config import GatewayConfig
+from evolvd.gateway import Gateway
+from evolvd.metrics import ServingMetrics, new_registry
+from evolvd.serving.routing import Router
+from evolvd.serving.served_stats import ServedStats
+
+LIVE, CANARY, CANDIDATE = "base-v2-aaaa", "base-v3-bbbb", "base-v4-cccc"
+
+
+@pytest.fixture
+def gateway() -> tuple[TestClient, list[dict[str, Any]], ServedStats]:
+    router = Router("base", "evolvd")
+    router.update(live=LIVE, canary=CANARY, canary_share=0.5)
+    stats = ServedStats()
+    upstream_bodies: list[dict[str, Any]] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        upstream_bodies.append(body)
+        return httpx.Response(200, json={"id": "x", "model": body["model"], "choices": [{"text": "ok"}]})
+
+    app = Gateway(
+        config=GatewayConfig(extra_models=["base"], max_tokens=64, max_n=2, max_body_bytes=2048),
+        router=router,
+        upstream_url="http://upstream",
+        is_ready=lambda: True,
+        loaded_adapters=lambda: [LIVE, CANARY, CANDIDATE],
+        metrics=ServingMetrics.create(new_registry()),
+        api_keys=set(),
+        served_stats=stats,
+    )
+    app._client = httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://upstream")
+    return TestClient(app.app()), upstream_bodies, stats
+
+
+def test_only_the_public_name_and_the_allow_list_are_served(
+    gateway: tuple[TestClient, list[dict[str, Any]], ServedStats],
+) -> None:
+    client, sent, _ = gateway
+    listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert listed == ["evolvd", "base"], "candidates under evaluation must not be listed"
+    for name in (CANDIDATE, CANARY, LIVE, "anything"):
+        refused = client.post("/v1/completions", json={"model": name, "prompt": "hi"})
+        assert refused.status_code == 404, name
+        assert refused.json()["error"]["message"] == f"The model `{name}` does not exist."
+    assert sent == []
+    assert client.post("/v1/completions", json={"model": "base", "prompt": "hi"}).status_code == 200
+    assert client.post("/v1/completions", json={"model": "evolvd", "prompt": "hi"}).status_code == 200
+    assert sent[0]["model"] == "base" and sent[1]["model"] in (LIVE, CANARY)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", 65),
+        ("max_completion_tokens", 10_000),
+        ("n", 3),
+        ("best_of", 50),
+        ("n", "2"),
+        ("n", True),
+    ],
+)
+def test_requests_over_the_caps_are_refused(
+    gateway: tuple[TestClient, list[dict[str, Any]], ServedStats], field: str, value: object
+) -> None:
+    client, sent, _ = gateway
+    refused = client.post("/v1/completions", json={"model": "evolvd", "prompt": "hi", field: value})
+    assert refused.status_code == 400
+    assert f"`{field}` must be an integer of at most" in refused.json()["error"]["message"]
+    assert sent == []
+
+
+def test_an_oversized_body_is_refused_declared_or_streamed(
+    gateway: tuple[TestClient, list[dict[str, Any]], ServedStats],
+) -> None:
+    client, sent, _ = gateway
+    big = json.dumps({"model": "evolvd", "prompt": "x" * 4000}).encode()
+    assert client.post("/v1/completions", content=big).status_code == 413
+    chunked = client.post("/v1/completions", content=iter([big[:1000], big[1000:]]))
+    assert chunked.status_code == 413
+    assert sent == []
+
+
+def test_only_alias_routed_traffic_counts_in_a_canary_window(
+    gateway: tuple[TestClient, list[dict[str, Any]], ServedStats],
+) -> None:
+    client, _, stats = gateway
+    for _ in range(50):  # a client naming a model itself says nothing about the alias's routing
+        client.post("/v1/completions", json={"model": "base", "prompt": "hi"})
+    assert stats.since("base", 0.0).requests == 0
+    for _ in range(20):
+        client.post("/v1/completions", json={"prompt": "hi"})  # no model: the alias
+    routed = stats.since(LIVE, 0.0).requests + stats.since(CANARY, 0.0).requests
+    assert routed == 20
