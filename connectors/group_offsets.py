@@ -10,6 +10,7 @@ from the buffer's own offsets. Real multi-member ingest needs one shared buffer 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
@@ -33,9 +34,13 @@ def partitions_ahead(committed: dict[int, int], stored: dict[int, int]) -> list[
 class GroupOffsetsCheck:
     """One admin client, kept between checks (kafka-python starts a network thread per client)."""
 
-    def __init__(self, config: KafkaConfig, bootstrap_servers: str) -> None:
+    def __init__(
+        self, config: KafkaConfig, bootstrap_servers: str, stored_offsets: Callable[[], dict[int, int]]
+    ) -> None:
+        """`stored_offsets`: the buffer's next offset per partition of `config.topic`."""
         self._config = config
         self._bootstrap = bootstrap_servers
+        self._stored_offsets = stored_offsets
         self._admin: KafkaAdminClient | None = None
 
     def committed(self) -> dict[int, int]:
@@ -51,10 +56,10 @@ class GroupOffsetsCheck:
             if tp.topic == self._config.topic and meta.offset >= 0
         }
 
-    def check(self, stored: dict[int, int]) -> list[PartitionAhead] | None:
+    def check(self) -> list[PartitionAhead] | None:
         """The partitions ahead, or None when the group's offsets could not be read this time."""
         try:
-            return partitions_ahead(self.committed(), stored)
+            return partitions_ahead(self.committed(), self._stored_offsets())
         except KafkaError as exc:
             logger.debug("could not read the group's offsets: %s", exc)
             return None

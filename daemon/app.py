@@ -363,8 +363,9 @@ class Daemon:
                 buffer,
                 self.config.ingest,
                 self._ingest_metrics,
-                GroupOffsetsCheck(self.config.kafka, self._bootstrap_servers),
-                topic,
+                GroupOffsetsCheck(
+                    self.config.kafka, self._bootstrap_servers, lambda: buffer.stored_offsets(topic)
+                ),
             )
         except KafkaUnavailableError as exc:
             raise StartupError(str(exc)) from exc

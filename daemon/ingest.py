@@ -190,7 +190,7 @@ class IngestState:
 
 
 class GroupCheck(Protocol):
-    def check(self, stored: dict[int, int]) -> list[PartitionAhead] | None: ...
+    def check(self) -> list[PartitionAhead] | None: ...
     def close(self) -> None: ...
 
 
@@ -204,15 +204,13 @@ class IngestLoop:
         config: IngestConfig,
         metrics: IngestMetrics,
         group_check: GroupCheck | None = None,
-        topic: str = "",
     ) -> None:
-        """`group_check`: compares the consumer group's offsets of `topic` with the buffer's every
+        """`group_check`: compares the consumer group's offsets with the buffer's every
         `config.group_check_interval_s` (connectors.group_offsets)."""
         self._config = config
         self._metrics = metrics
         self._sink = sink
         self._group_check = group_check
-        self._topic = topic
         self._durable: dict[tuple[str, int], int] = {}
         self._durable_events = 0
         self._durable_lock = threading.Lock()
@@ -273,8 +271,7 @@ class IngestLoop:
 
     def _check_group(self) -> None:
         assert self._group_check is not None
-        self._acknowledge()  # the group's informational commits are never ahead of what is durable
-        ahead = self._group_check.check(self._sink.stored_offsets(self._topic))
+        ahead = self._group_check.check()
         if ahead is None:
             return
         if ahead and ahead != self.state.group_ahead:

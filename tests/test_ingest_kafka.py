@@ -75,8 +75,7 @@ def running_ingest(
         buffer,
         config,
         IngestMetrics.create(new_registry()),
-        GroupOffsetsCheck(kafka, bootstrap),
-        topic,
+        GroupOffsetsCheck(kafka, bootstrap, lambda: buffer.stored_offsets(topic)),
     )
     stop = threading.Event()
     raised: list[BaseException] = [] if errors is None else errors

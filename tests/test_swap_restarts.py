@@ -73,6 +73,14 @@ def serving(tmp_path: Path, base_model: Path) -> Iterator[tuple[Serving, LoraEnd
     buffer.close()
 
 
+def _promote_both(s: Serving, adapters: tuple[Path, Path]) -> tuple[str, str]:
+    """Register both, promote the first, then the second: second live, first previous."""
+    first, second = (s.swapper.register(p) for p in adapters)
+    s.swapper.promote(first)
+    s.swapper.promote(second)
+    return first, second
+
+
 def _statuses(registry: AdapterRegistry) -> dict[str, str]:
     return {a["name"]: a["status"] for a in registry.all()}
 
@@ -81,9 +89,7 @@ def test_a_live_adapter_that_fails_to_reload_falls_back_only_to_one_that_loaded(
     serving: tuple[Serving, LoraEndpoints, DuckDBBuffer], two_adapters: tuple[Path, Path]
 ) -> None:
     s, vllm, _ = serving
-    first, second = (s.swapper.register(p) for p in two_adapters)
-    s.swapper.promote(first)
-    s.swapper.promote(second)
+    first, second = _promote_both(s, two_adapters)
     assert (s.router.routing.live, s.router.routing.previous) == (second, first)
 
     vllm.restart()
@@ -106,9 +112,7 @@ def test_both_failing_never_routes_to_an_adapter_vllm_does_not_hold(
     serving: tuple[Serving, LoraEndpoints, DuckDBBuffer], two_adapters: tuple[Path, Path]
 ) -> None:
     s, vllm, _ = serving
-    first, second = (s.swapper.register(p) for p in two_adapters)
-    s.swapper.promote(first)
-    s.swapper.promote(second)
+    first, second = _promote_both(s, two_adapters)
     vllm.restart()
     vllm.refuse = {first, second}
     s.swapper.reapply()
@@ -122,9 +126,7 @@ def test_a_restarted_daemon_keeps_the_previous_adapter_for_rollback(
     serving: tuple[Serving, LoraEndpoints, DuckDBBuffer], two_adapters: tuple[Path, Path], base_model: Path
 ) -> None:
     s, vllm, buffer = serving
-    first, second = (s.swapper.register(p) for p in two_adapters)
-    s.swapper.promote(first)
-    s.swapper.promote(second)
+    first, second = _promote_both(s, two_adapters)
 
     # The daemon restarts: routing is rebuilt from the registry and the swap log.
     again = Serving(buffer, vllm, base_model)

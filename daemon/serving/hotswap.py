@@ -188,11 +188,8 @@ class HotSwapper:
             self._load_candidate("restore", live, None, None)
             kept = None
             if previous is not None and previous != live:
-                row = self._registry.get(previous)
                 try:
-                    if row is None:
-                        raise SwapError(f"{previous} is not in the registry")
-                    self._load_and_probe(previous, row.path)
+                    self._reload(previous)
                     kept = previous
                 except (SwapError, AdapterRejectedError, VLLMError) as exc:
                     reason_lost = f"previous adapter not restored: {exc}"
@@ -222,10 +219,7 @@ class HotSwapper:
             for name in dict.fromkeys(n for n in (routing.live, routing.previous, routing.canary) if n):
                 started = time.perf_counter()
                 try:
-                    row = self._registry.get(name)
-                    if row is None:
-                        raise SwapError(f"{name} is not in the registry")
-                    self._load_and_probe(name, row.path)
+                    self._reload(name)
                     self._after_flip(
                         "reapply", None, name, "serving restarted", (time.perf_counter() - started) * 1000
                     )
@@ -274,6 +268,13 @@ class HotSwapper:
         except (SwapError, AdapterRejectedError, VLLMError) as exc:
             self._reject(action, live, name, str(exc), mark=row is not None)
             raise SwapError(str(exc)) from exc
+
+    def _reload(self, name: str) -> None:
+        """Load and probe a registered adapter again (after a restart); no status changes."""
+        row = self._registry.get(name)
+        if row is None:
+            raise SwapError(f"{name} is not in the registry")
+        self._load_and_probe(name, row.path)
 
     def _load_and_probe(self, name: str, path: Path) -> None:
         check_adapter(path, self._base_model_path, self._max_rank)
