@@ -207,7 +207,8 @@ def experiment(
         ]
         cycles: list[Cycle] = []
         for n in range(1, settings.cycles + 1):
-            chunk = stream[(n - 1) * settings.prompts_per_cycle : n * settings.prompts_per_cycle]
+            chunk = rig.choose_prompts(stream, settings.prompts_per_cycle)
+            stream = [p for p in stream if p not in chunk]
             cycle = run_cycle(n, rig.admin, rig.bootstrap, rig.topic, chunk)
             measured = measure_open_ended(rig, judge, judge_model, heldout, settings)
             cycle.stage_seconds["measurement"] = measured.seconds

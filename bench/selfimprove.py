@@ -55,6 +55,9 @@ from daemon_process import DaemonProcess
 from helpers import produce
 
 from evolvd.admin_client import admin_call
+from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer.heldout import choose_prompts
+from evolvd.buffer.keys import HELDOUT_KEY, buffer_key
 from evolvd.connectors.vllm_client import VLLMClient
 from evolvd.evaluation.checkers import load_reference_set
 from evolvd.evaluation.paired import paired_compare
@@ -68,6 +71,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "selfimprove.json"
 MODEL_CACHE = ROOT / "var" / "test-cache" / "models"
 MAIN_VARIANT = "sc"
+HELDOUT_PERCENT = 15
+"""The daemon's held-out share in the experiment: its own held-out suite guards each promotion."""
 
 # What each ablation switches on. Everything else is the same in every variant. The DPO variant's
 # pairs come from the votes (winning path against the least-voted other answer): the critique's
@@ -217,14 +222,16 @@ class Admin:
     def status(self) -> dict[str, Any]:
         # A generous timeout: with both cores busy evaluating, /status has taken over 10 s here.
         started = time.monotonic()
-        response = httpx.get(f"{self.daemon.url}/status", timeout=120)
+        response = httpx.get(f"{self.daemon.url}/status", headers=self.daemon.auth, timeout=120)
         response.raise_for_status()
         self.slowest_status_s = max(self.slowest_status_s, time.monotonic() - started)
         status: dict[str, Any] = response.json()
         return status
 
     def job(self, name: str, action: str) -> None:
-        response = admin_call(self.daemon.url, "POST", f"/jobs/{name}/{action}", timeout_s=60)
+        response = admin_call(
+            self.daemon.url, "POST", f"/jobs/{name}/{action}", token=self.daemon.token, timeout_s=60
+        )
         response.raise_for_status()
 
     def wait(self, check: Callable[[], Any], what: str, timeout_s: float, interval_s: float = 2.0) -> Any:
@@ -311,7 +318,7 @@ def daemon_env(settings: Settings, policies: Path, bootstrap: str, topic: str) -
         "EVOLVD_TRAINING__DPO_STEPS": str(variant["dpo_steps"]),
         "EVOLVD_TRAINING__DPO_MIN_PAIRS": "4",
         "EVOLVD_TRAINING__MAX_ATTEMPTS": "1",  # a failed run is the cycle's result, not retried
-        "EVOLVD_EVALUATION__HELDOUT_PERCENT": "15",
+        "EVOLVD_EVALUATION__HELDOUT_PERCENT": str(HELDOUT_PERCENT),
         "EVOLVD_EVALUATION__HELDOUT_MAX": "30",
         "EVOLVD_EVALUATION__MAX_TOKENS": str(settings.answer_max_tokens),
         "EVOLVD_EVALUATION__CONCURRENCY": str(settings.concurrency),
@@ -543,7 +550,14 @@ class Rig:
     bootstrap: str
     topic: str
     policies: Path
+    heldout_key: str
+    """The buffer's held-out key (read before the daemon opened the buffer)."""
     stopped: bool = False
+
+    def choose_prompts(self, candidates: Sequence[str], count: int) -> list[str]:
+        """`count` distinct candidates with the daemon's held-out share on each side, so a small run
+        always has prompts to train on and a few the daemon's own held-out suite scores."""
+        return choose_prompts(self.heldout_key, list(dict.fromkeys(candidates)), count, HELDOUT_PERCENT)
 
     @property
     def buffer_path(self) -> Path:
@@ -577,6 +591,10 @@ def loop_daemon(settings: Settings, bootstrap: str | None, attach: tuple[str, st
             )
         else:
             env["EVOLVD_SERVING__MODEL_PATH"] = str(ensure_bundled_model(MODEL_CACHE).path)
+        # The buffer made before the daemon starts: the harness reads its held-out key to choose prompts.
+        buffer = DuckDBBuffer(work / "data" / "buffer.duckdb")
+        heldout_key = buffer_key(buffer.cursor(), HELDOUT_KEY)
+        buffer.close()
         daemon = DaemonProcess(work / "data", env).start(timeout_s=900)
         rig: Rig | None = None
         try:
@@ -584,7 +602,7 @@ def loop_daemon(settings: Settings, bootstrap: str | None, attach: tuple[str, st
             admin.job("training", "pause")
             admin.wait(lambda: admin.status()["serving"].get("state") == "ready", "serving to be ready", 900)
             gateway = VLLMClient((daemon.data_dir / "gateway.url").read_text().strip(), timeout_s=600)
-            rig = Rig(daemon, admin, gateway, servers, topic, policies)
+            rig = Rig(daemon, admin, gateway, servers, topic, policies, heldout_key)
             yield rig
         finally:
             if rig is not None:
@@ -618,7 +636,7 @@ def experiment(settings: Settings, bootstrap: str | None, attach: tuple[str, str
         for n in range(1, settings.cycles + 1):
             # Distinct prompts never sent before: the daemon labels a prompt once, however often it comes.
             fresh = {t.prompt: t for t in _cycle_tasks(settings, n) if t.prompt not in seen}
-            tasks = list(fresh.values())[: settings.prompts_per_cycle]
+            tasks = [fresh[p] for p in rig.choose_prompts(list(fresh), settings.prompts_per_cycle)]
             seen.update(t.prompt for t in tasks)
             gold.update({cycle_event_id(n, i): task for i, task in enumerate(tasks)})
             cycle = run_cycle(n, rig.admin, rig.bootstrap, rig.topic, [t.prompt for t in tasks])
@@ -659,7 +677,10 @@ def measure_cycle(
 
 
 def _cycle_tasks(settings: Settings, n: int) -> list[Task]:
-    per_family = math.ceil(settings.prompts_per_cycle * 1.2 / len(settings.families))
+    """Candidates for cycle `n`, several times what it streams: prompts already sent are skipped and
+    each side of the held-out slice needs its share (100 or more: a small run's one held-out prompt
+    is then all but sure to be among them, 0.85 ** 100 against)."""
+    per_family = math.ceil(max(settings.prompts_per_cycle * 3, 100) / len(settings.families))
     batches = [generate(f, per_family, seed=settings.seed * 1000 + n) for f in settings.families]
     interleaved = [t for group in zip(*batches, strict=True) for t in group]
     return interleaved

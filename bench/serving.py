@@ -76,7 +76,7 @@ async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
 
 
 def admin(daemon: DaemonProcess, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    response = admin_call(daemon.url, method, path, body, timeout_s=300)
+    response = admin_call(daemon.url, method, path, body, token=daemon.token, timeout_s=300)
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result
@@ -126,7 +126,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         adapters = [make_adapter(base.path, Path(tmp) / f"a{i}", seed=i) for i in range(2 * args.swaps)]
         env = {"EVOLVD_SERVING__ENABLED": "true", "EVOLVD_SERVING__MODEL_PATH": str(base.path),
-               "EVOLVD_GATEWAY__PORT": "0"}  # fmt: skip
+               "EVOLVD_GATEWAY__PORT": "0", "EVOLVD_SERVING__ADAPTER_IMPORT_ROOT": tmp}  # fmt: skip
         daemon = DaemonProcess(Path(tmp) / "data", env).start(timeout_s=600)
         try:
             gateway = (daemon.data_dir / "gateway.url").read_text().strip()

@@ -1,21 +1,20 @@
 """The admin HTTP API: health, readiness, status and metrics (and, as the loop grows, control).
 
-/healthz and /readyz stay open for orchestrator probes; everything else needs the bearer token when
-one is configured (always, when bound beyond loopback). AdminGuard (admin_guard.py) checks the token,
-cross-site requests, the Host header and the body size before a route or a body parser runs.
+/healthz and /readyz stay open for orchestrator probes; everything else needs the bearer token
+(evolvd.admin_token: the operator's, or one generated into data_dir). AdminGuard (admin_guard.py)
+checks the token, cross-site requests, the Host header and the body size before a route or a body
+parser runs.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
@@ -113,8 +112,10 @@ def _swap(action: Callable[[], Any]) -> Any:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
 
 
-def create_app(daemon: DaemonView, token: str | None, loopback: bool = True) -> FastAPI:
+def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI:
     """The admin app. `loopback`: bound to a loopback address, so Host must name loopback."""
+    if not token:
+        raise ValueError("the admin API always has a token (evolvd.admin_token)")
     # /openapi.json is a route of its own below, behind the guard's token check like the rest.
     app = FastAPI(title="evolvd admin", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(AdminGuard, token=token, loopback_only=loopback)
@@ -245,57 +246,3 @@ def _add_loop_routes(app: FastAPI, daemon: DaemonView) -> None:
         except KeyError as exc:
             raise HTTPException(status_code=404, detail=str(exc.args[0])) from exc
         return {"job": name, "action": action, "ok": True}
-
-
-class AdminServer:
-    """A FastAPI app under uvicorn on a background thread (the admin API, the gateway).
-
-    `port` is known once started (port 0 picks a free one)."""
-
-    def __init__(
-        self,
-        app: FastAPI,
-        host: str,
-        port: int,
-        name: str = "evolvd-admin",
-        limit_concurrency: int | None = None,
-    ) -> None:
-        """`limit_concurrency`: connections and requests at once; past it uvicorn answers 503."""
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                limit_concurrency=limit_concurrency,
-                timeout_keep_alive=5,
-                h11_max_incomplete_event_size=16 * 1024,  # the request line and headers
-            )
-        )
-        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
-        self.host = host
-        self.port = port
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        self._thread.start()
-        waited = 0.0
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError(f"admin API could not bind {self.host}:{self.port} (port in use?)")
-            if waited > timeout_s:
-                raise RuntimeError(f"admin API did not start within {timeout_s:g}s")
-            threading.Event().wait(0.02)
-            waited += 0.02
-        sockets = self._server.servers[0].sockets
-        self.port = int(sockets[0].getsockname()[1])
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)

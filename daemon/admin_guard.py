@@ -4,7 +4,8 @@ A daemon on loopback is still reachable from every web page its operator opens: 
 cross-site POST (`text/plain`, or no body at all, needs no CORS preflight) and, through DNS
 rebinding, read responses under its own host name. So, before the app sees a request:
 
-- the bearer token, when one is set, is checked first: a wrong token never gets its body read;
+- the bearer token (there is always one: evolvd.admin_token) is checked first: a wrong token never
+  gets its body read;
 - a mutating request (POST, PUT, PATCH, DELETE) must say `Content-Type: application/json` (a
   browser cannot send that cross-site without a preflight this API never answers) and must not
   come from a foreign `Origin`;
@@ -38,10 +39,10 @@ MAX_BODY_BYTES = 1024 * 1024
 
 class AdminGuard:
     def __init__(
-        self, app: ASGIApp, token: str | None, loopback_only: bool, max_body_bytes: int = MAX_BODY_BYTES
+        self, app: ASGIApp, token: str, loopback_only: bool, max_body_bytes: int = MAX_BODY_BYTES
     ) -> None:
         self._app = app
-        self._expected = f"Bearer {token}".encode() if token is not None else None
+        self._expected = f"Bearer {token}".encode()
         self._loopback_only = loopback_only
         self._max_body_bytes = max_body_bytes
 
@@ -70,8 +71,6 @@ class AdminGuard:
         )
 
     def _auth_refusal(self, headers: dict[str, str]) -> tuple[int, str] | None:
-        if self._expected is None:
-            return None
         given = headers.get("authorization", "").encode("latin-1")
         return None if hmac.compare_digest(given, self._expected) else (401, "missing or wrong bearer token")
 

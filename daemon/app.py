@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from evolvd import __version__
 from evolvd.abc import Source
-from evolvd.admin import AdminServer, create_app
+from evolvd.admin import create_app
+from evolvd.admin_token import AdminTokenError, configured_token, daemon_token
 from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError, rows_as_dicts
 from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from evolvd.connectors.group_offsets import GroupOffsetsCheck
 from evolvd.connectors.kafka_process import KafkaProcessSource, open_kafka_source
 from evolvd.connectors.kafka_source import KafkaUnavailableError, ensure_topic
+from evolvd.http_server import HttpServer
 from evolvd.ingest import IngestLoop
 from evolvd.metrics import (
     BufferCollector,
@@ -63,19 +65,6 @@ class StartupError(RuntimeError):
     """The daemon could not start; the message is one line an operator can act on."""
 
 
-def read_admin_token(config: EvolvdConfig) -> str | None:
-    admin = config.admin
-    if admin.token_file is not None:
-        try:
-            token = admin.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise StartupError(f"cannot read admin.token_file {admin.token_file}: {exc.strerror}") from exc
-        if not token:
-            raise StartupError(f"admin.token_file {admin.token_file} is empty")
-        return token
-    return os.environ.get(admin.token_env) or None
-
-
 class Daemon:
     def __init__(self, config: EvolvdConfig) -> None:
         self.config = config
@@ -85,7 +74,7 @@ class Daemon:
         self._broker: EmbeddedBroker | None = None
         self._bootstrap_servers = config.kafka.bootstrap_servers
         self._buffer: DuckDBBuffer | None = None
-        self._admin: AdminServer | None = None
+        self._admin: HttpServer | None = None
         self._ingest: IngestLoop | None = None
         self._ingest_thread: threading.Thread | None = None
         self._ingest_metrics = IngestMetrics.create(self.registry)
@@ -112,12 +101,7 @@ class Daemon:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StartupError(f"cannot create data_dir {cfg.data_dir}: {exc.strerror}") from exc
-        token = read_admin_token(cfg)
-        if token is None and not cfg.admin.is_loopback:
-            raise StartupError(
-                f"admin.host {cfg.admin.host} is not a loopback address: set a bearer token in "
-                f"${cfg.admin.token_env} or admin.token_file, or bind 127.0.0.1"
-            )
+        token = self._admin_token()
         gateway = cfg.gateway
         if cfg.serving.enabled and gateway.enabled and not gateway.is_loopback and not gateway.api_keys():
             where = (
@@ -148,10 +132,11 @@ class Daemon:
         self._start_kafka()
         self._ingest = self._new_ingest_loop()
 
-        self._admin = AdminServer(
+        self._admin = HttpServer(
             create_app(self, token, loopback=cfg.admin.is_loopback),
             cfg.admin.host,
             cfg.admin.port,
+            name="evolvd-admin",
             limit_concurrency=ADMIN_CONNECTION_LIMIT,
         )
         try:
@@ -175,6 +160,18 @@ class Daemon:
             cfg.kafka.topic,
             cfg.buffer_path,
         )
+
+    def _admin_token(self) -> str:
+        cfg = self.config
+        try:
+            if configured_token(cfg) is None and not cfg.admin.is_loopback:
+                raise StartupError(
+                    f"admin.host {cfg.admin.host} is not a loopback address: set a bearer token in "
+                    f"${cfg.admin.token_env} or admin.token_file, or bind 127.0.0.1"
+                )
+            return daemon_token(cfg)
+        except AdminTokenError as exc:
+            raise StartupError(str(exc)) from exc
 
     def _start_policies(self) -> None:
         from evolvd.config_file import ConfigError

@@ -110,10 +110,9 @@ def run(config_path: Path | None, demo: bool) -> None:
 # -- status -----------------------------------------------------------------------------------
 
 
-def _admin_url(url: str | None, config_path: Path | None) -> str:
+def _admin_url(url: str | None, config: Any) -> str:
     if url:
         return url.rstrip("/")
-    config = _load_config(config_path)
     from evolvd.app import data_dir_admin_url
 
     written = data_dir_admin_url(config.data_dir)
@@ -128,16 +127,27 @@ def admin_request(
     """Call the running daemon's admin API; print the daemon's own reason and exit on an error."""
     import httpx
 
-    base = _admin_url(url, config_path)
     from evolvd.admin_client import admin_call
+    from evolvd.admin_token import GENERATED_TOKEN_FILE, AdminTokenError, client_token
 
+    config = _load_config(config_path)
+    base = _admin_url(url, config)
     try:
-        response = admin_call(base, method, path, body, os.environ.get("EVOLVD_ADMIN_TOKEN"))
+        token = client_token(config)
+    except AdminTokenError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    try:
+        response = admin_call(base, method, path, body, token)
     except httpx.HTTPError as exc:
         click.echo(f"error: cannot reach the evolvd admin API at {base}: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)
     if response.status_code == 401:
-        click.echo(f"error: {base} wants a bearer token: set EVOLVD_ADMIN_TOKEN", err=True)
+        click.echo(
+            f"error: {base} refused the bearer token: set ${config.admin.token_env} (or admin.token_file)"
+            f" to the daemon's, or run as the user that can read {config.data_dir / GENERATED_TOKEN_FILE}",
+            err=True,
+        )
         sys.exit(EXIT_FAILED)
     if response.status_code >= 400:
         try:

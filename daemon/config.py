@@ -205,6 +205,11 @@ class ServingConfig(_Section):
     probe_prompt: str = "Reply with the word ready."
     """Sent to every newly loaded adapter before it may serve traffic."""
 
+    adapter_import_root: Path | None = None
+    """The folder an operator's `evolvd adapters register PATH` (POST /adapters) may name adapters
+    under; default `<data_dir>/import`. Registration copies the adapter into `<data_dir>/adapters/`,
+    and the copy is what serves."""
+
     @model_validator(mode="after")
     def _external_needs_url(self) -> ServingConfig:
         if self.mode == "external" and not self.url:
@@ -369,7 +374,8 @@ class TrainingConfig(_Section):
 
 class EvaluationConfig(_Section):
     heldout_percent: int = Field(10, ge=1, le=50)
-    """Share of events (fixed by a hash of the event id) that no snapshot takes: the held-out suite."""
+    """Share of prompts (a keyed hash of the prompt, evolvd.buffer.heldout) that no snapshot takes: the
+    held-out suite."""
     heldout_max: int = Field(60, ge=1)
     """Newest labeled held-out events scored per evaluation."""
     max_tokens: int = Field(160, ge=8)
@@ -387,6 +393,11 @@ class RetentionConfig(_Section):
     """Newest retired, rejected or rolled-back adapter folders kept (live, previous and canary always)."""
     job_runs_days: float = Field(30.0, gt=0)
     """Job history kept, in days."""
+    events_days: float = Field(30.0, gt=0)
+    """Events kept, in days, with everything derived from them (samples, labels, critiques,
+    refinements, pairs, training examples); events a snapshot trained on stay (lineage)."""
+    dead_letters_days: float = Field(14.0, gt=0)
+    """Dead letters kept, in days."""
 
 
 TaskFamily = Literal["arithmetic", "small_addition", "comparison", "unit_conversion", "parity"]
@@ -460,6 +471,11 @@ class EvolvdConfig(BaseSettings):
     @property
     def buffer_path(self) -> Path:
         return self.buffer.path if self.buffer.path is not None else self.data_dir / "buffer.duckdb"
+
+    @property
+    def adapter_import_root(self) -> Path:
+        root = self.serving.adapter_import_root
+        return root if root is not None else self.data_dir / "import"
 
 
 def as_dict(config: EvolvdConfig) -> dict[str, Any]:

@@ -57,6 +57,8 @@ def vllm_daemon(broker: Any, base_model: Path, tmp_path_factory: pytest.TempPath
         "EVOLVD_GATEWAY__API_KEYS_ENV": "EVOLVD_TEST_GATEWAY_KEYS",
         "EVOLVD_TEST_GATEWAY_KEYS": f"other-key,{GATEWAY_API_KEY}",
         "EVOLVD_LABELING__ENABLED": "false",  # its captured traffic must not load vLLM during swaps
+        # The tests' adapters are made under the session's temporary folder.
+        "EVOLVD_SERVING__ADAPTER_IMPORT_ROOT": str(tmp_path_factory.getbasetemp()),
     }
     process = DaemonProcess(tmp_path_factory.mktemp("serving") / "data", env).start(timeout_s=420)
     yield process

@@ -60,6 +60,8 @@ class DaemonProcess:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.tail()}")
             if url_file.exists() and (url := url_file.read_text().strip()):
                 self.url = url
+                if self.token is None:  # none configured: the one the daemon generated before its URL
+                    self.token = (self.data_dir / "admin.token").read_text().strip()
                 try:
                     if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                         return
@@ -68,10 +70,19 @@ class DaemonProcess:
             time.sleep(0.05)
         raise AssertionError(f"daemon not ready after {timeout_s}s:\n{self.tail()}")
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The admin API's Authorization header."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client_env(self) -> dict[str, str]:
+        """The environment of an `evolvd` command run as the daemon's user on its machine: the CLI
+        finds the admin URL and token in the daemon's data_dir."""
+        return {**os.environ, "EVOLVD_DATA_DIR": str(self.data_dir)}
+
     def get(self, path: str) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         # Generous: on a 2-core machine the vLLM engine and a trainer share the cores with the daemon.
-        response = httpx.get(self.url + path, headers=headers, timeout=30)
+        response = httpx.get(self.url + path, headers=self.auth, timeout=30)
         response.raise_for_status()
         return response.json()
 

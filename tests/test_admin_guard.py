@@ -4,6 +4,7 @@ a rebound DNS name, a wrong token or a huge body can and cannot do (issue 20, th
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,10 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from evolvd.admin import AdminServer, create_app
+from evolvd.admin import create_app
 from evolvd.admin_client import admin_call
 from evolvd.admin_guard import MAX_BODY_BYTES
+from evolvd.http_server import HttpServer
 from evolvd.serving.hotswap import SwapError, SwapResult
 from evolvd.serving.registry import AdapterRow
 from evolvd.serving.service import manual_promote_reason
@@ -67,25 +69,25 @@ class StubDaemon:
         return True, "ok"
 
 
-@pytest.fixture(params=[None, TOKEN], ids=["no-token", "token"])
-def api(request: pytest.FixtureRequest) -> Iterator[tuple[AdminServer, StubDaemon, str | None]]:
+@pytest.fixture
+def api() -> Iterator[tuple[HttpServer, StubDaemon, str]]:
     daemon = StubDaemon()
-    server = AdminServer(
-        create_app(daemon, request.param, loopback=True), "127.0.0.1", 0, limit_concurrency=8
+    server = HttpServer(
+        create_app(daemon, TOKEN, loopback=True), "127.0.0.1", 0, "evolvd-admin", limit_concurrency=8
     )
     server.start()
     try:
-        yield server, daemon, request.param
+        yield server, daemon, TOKEN
     finally:
         server.stop()
 
 
-def auth(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_a_cross_site_post_cannot_promote_or_roll_back(
-    api: tuple[AdminServer, StubDaemon, str | None],
+    api: tuple[HttpServer, StubDaemon, str],
 ) -> None:
     server, daemon, token = api
     # What a page on another site can send without a CORS preflight: text/plain, a form, or no body.
@@ -116,7 +118,7 @@ def test_a_cross_site_post_cannot_promote_or_roll_back(
     assert daemon.serving.promoted == [("a-v1", True), ("a-v2", False)]
 
 
-def test_a_rebound_dns_name_cannot_read_status(api: tuple[AdminServer, StubDaemon, str | None]) -> None:
+def test_a_rebound_dns_name_cannot_read_status(api: tuple[HttpServer, StubDaemon, str]) -> None:
     server, _, token = api
     rebound = httpx.get(
         server.url + "/status", headers={**auth(token), "Host": f"attacker.example:{server.port}"}
@@ -128,7 +130,7 @@ def test_a_rebound_dns_name_cannot_read_status(api: tuple[AdminServer, StubDaemo
 
 def test_the_token_is_checked_before_the_body_and_bodies_are_bounded() -> None:
     daemon = StubDaemon()
-    server = AdminServer(create_app(daemon, TOKEN, loopback=True), "127.0.0.1", 0)
+    server = HttpServer(create_app(daemon, TOKEN, loopback=True), "127.0.0.1", 0, "evolvd-admin")
     server.start()
     try:
         # A wrong token with a body over the limit: refused from the headers, the body never read.
@@ -158,6 +160,50 @@ def test_the_token_is_checked_before_the_body_and_bodies_are_bounded() -> None:
         assert httpx.get(server.url + "/status").status_code == 401
     finally:
         server.stop()
+
+
+def test_clients_that_send_their_headers_slowly_are_cut_off_and_cannot_lock_the_operator_out() -> None:
+    server = HttpServer(
+        create_app(StubDaemon(), TOKEN, loopback=True),
+        "127.0.0.1",
+        0,
+        "evolvd-admin",
+        limit_concurrency=2,
+        header_timeout_s=1.0,
+    )
+    server.start()
+    try:
+        slow = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        for raw in slow:
+            raw.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and then, a byte now and then
+        time.sleep(0.2)
+        assert httpx.get(server.url + "/status", headers=auth(TOKEN)).status_code == 503, "all slots held"
+        started = time.monotonic()
+        for raw in slow:
+            raw.sendall(b"X")
+            assert raw.recv(4096) == b"", "the connection is closed at the deadline, trickle or not"
+        assert time.monotonic() - started < 5
+        assert httpx.get(server.url + "/status", headers=auth(TOKEN)).status_code == 200
+        # A kept-alive connection gets the same deadline for its next request's head (sooner than
+        # uvicorn's 5 s keep-alive timeout, which the first byte of a request cancels).
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as kept:
+            kept.sendall(
+                f"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+            )
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+            kept.sendall(b"GET /status HTTP/1.1\r\n")
+            started = time.monotonic()
+            assert kept.recv(4096) == b""
+            assert time.monotonic() - started < 3
+        for raw in slow:
+            raw.close()
+    finally:
+        server.stop()
+
+
+def test_there_is_no_admin_api_without_a_token() -> None:
+    with pytest.raises(ValueError, match="always has a token"):
+        create_app(StubDaemon(), "", loopback=True)
 
 
 def adapter(status: str, reason: str | None) -> AdapterRow:

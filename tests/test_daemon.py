@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import signal
 import socket
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -239,6 +240,35 @@ def test_token_protects_status_and_metrics_but_not_probes(broker: Any, topic: st
         assert "evolvd_build_info" in metrics
     finally:
         assert daemon.stop() == 0
+
+
+def test_without_a_configured_token_the_daemon_makes_one_only_its_user_can_read(
+    broker: Any, topic: str, tmp_path: Path
+) -> None:
+    env = external_broker_env(broker, topic, EVOLVD_ADMIN_TOKEN="")
+    daemon = DaemonProcess(tmp_path / "data", env).start()
+    token_file = daemon.data_dir / "admin.token"
+    try:
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert httpx.get(daemon.url + "/status").status_code == 401, "loopback is no excuse"
+        assert daemon.status()["state"] == "running"  # with the token from the file
+        assert run_cli("status", env=daemon.env).returncode == 0, "the CLI reads the same file"
+        elsewhere = run_cli(
+            "status", "--url", daemon.url, env={**daemon.env, "EVOLVD_DATA_DIR": str(tmp_path)}
+        )
+        assert elsewhere.returncode == 1 and "refused the bearer token" in elsewhere.stderr
+        first = token_file.read_text()
+    finally:
+        assert daemon.stop() == 0
+    restarted = DaemonProcess(tmp_path / "data", env).start()
+    try:
+        assert token_file.read_text() == first, "a restart keeps the token its clients hold"
+    finally:
+        assert restarted.stop() == 0
+    token_file.chmod(0o644)
+    exposed = DaemonProcess(tmp_path / "data", env).start(wait_ready=False)
+    assert exposed.wait(60) == EXIT_STARTUP_FAILED
+    assert "is readable by other users (mode 644)" in exposed.tail()
 
 
 def test_under_systemd_it_notifies_ready_pings_the_watchdog_and_says_stopping(

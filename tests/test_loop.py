@@ -140,7 +140,7 @@ class LoopHarness:
         )
 
     def admin(self, method: str, path: str) -> Any:
-        response = admin_call(self.daemon.url, method, path, timeout_s=60)
+        response = admin_call(self.daemon.url, method, path, token=self.daemon.token, timeout_s=60)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -251,7 +251,7 @@ def test_prompts_are_labeled_trained_evaluated_and_promoted(harness: LoopHarness
     offsets = lineage["kafka_offsets"]
     assert offsets and {o["topic"] for o in offsets} == {harness.topic}
     assert sum(o["events"] for o in offsets) <= 8
-    shown = run_cli("adapters", "show", live, env={**os.environ, "EVOLVD_ADMIN_URL": daemon.url})
+    shown = run_cli("adapters", "show", live, env=daemon.client_env())
     assert shown.returncode == 0, shown.stderr
     assert f"kafka {harness.topic}[" in shown.stdout and "promotion decision: promote" in shown.stdout
 
@@ -378,7 +378,7 @@ rollback:
     decision = next(d for d in daemon.status()["loop"]["promotion_decisions"] if d["adapter"] == canary)
     assert decision["outcome"] == "rollback"
     assert {harness.ask()[0] for _ in range(6)} == {live}
-    metrics = httpx.get(daemon.url + "/metrics").text
+    metrics = httpx.get(daemon.url + "/metrics", headers=daemon.auth).text
     assert 'evolvd_promotion_decisions_total{outcome="rollback"} 1.0' in metrics
 
 

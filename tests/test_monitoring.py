@@ -79,12 +79,14 @@ def prometheus(daemon: DaemonProcess, tmp_path_factory: pytest.TempPathFactory) 
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],  # the shipped rules, unchanged
         "scrape_configs": [
-            {"job_name": "evolvd", "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]},
             {
-                "job_name": "evolvd-vllm",
-                "metrics_path": "/serving/metrics",
+                "job_name": job,
+                "metrics_path": path,
                 "static_configs": [{"targets": [target]}],
-            },
+                # The token the daemon generated into its data_dir, read as deploy/prometheus does.
+                "authorization": {"credentials_file": str(daemon.data_dir / "admin.token")},
+            }
+            for job, path in (("evolvd", "/metrics"), ("evolvd-vllm", "/serving/metrics"))
         ],
     }
     config_file = root / "prometheus.yml"

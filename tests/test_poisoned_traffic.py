@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from evolvd.buffer import DuckDBBuffer
-from evolvd.buffer.heldout import heldout_condition, heldout_params, heldout_sides, is_heldout
+from evolvd.buffer.heldout import choose_prompts, heldout_condition, heldout_params, heldout_sides, is_heldout
 from evolvd.buffer.keys import CAPTURE_SEAL_KEY, HELDOUT_KEY, buffer_key
 from evolvd.capture_seal import seal
 from evolvd.evaluation.evaluator import heldout_items
@@ -97,6 +98,19 @@ def test_heldout_membership_is_a_keyed_hash_of_the_prompt_not_the_message_id(tmp
     assert held == {f"in-{i}" for i in range(30)}
     reopened.close()
     other.close()
+
+
+def test_a_harness_gets_its_share_of_prompts_on_each_side_of_the_slice() -> None:
+    key = "ab" * 32
+    pool = [f"Question {i}?" for i in range(200)]
+    chosen = choose_prompts(key, pool, 8, 15)  # a small benchmark cycle: 1 held out, 7 to train on
+    sides = heldout_sides(key, [_sha256(p) for p in chosen], 15)
+    assert len(set(chosen)) == 8 and sum(sides) == 1
+    assert chosen == [p for p in pool if p in chosen], "the candidates' order is kept"
+    all_sides = heldout_sides(key, [_sha256(p) for p in pool], 15)
+    outside = [p for p, side in zip(pool, all_sides, strict=True) if not side]
+    with pytest.raises(ValueError, match="only 7 of 8 prompts"):
+        choose_prompts(key, outside, 8, 15)
 
 
 def test_labeling_takes_one_event_per_prompt_and_marks_its_copies_duplicate(tmp_path: Path) -> None:

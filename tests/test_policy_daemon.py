@@ -17,7 +17,7 @@ from test_daemon import external_broker_env
 
 
 def _metric(daemon: DaemonProcess, line_start: str) -> float:
-    text = httpx.get(daemon.url + "/metrics", timeout=10).text
+    text = httpx.get(daemon.url + "/metrics", headers=daemon.auth, timeout=10).text
     for line in text.splitlines():
         if line.startswith(line_start):
             return float(line.rsplit(" ", 1)[1])
@@ -79,7 +79,7 @@ def test_live_edits_apply_reject_reject_apply_while_the_daemon_keeps_ingesting(
         lambda: (p := daemon.get("/policies"))["rejected"] == [bad_value] and p, "value rejection"
     )
     assert rejected["in_force"]["training"]["hash"] == second_hash
-    status = run_cli("status", "--url", daemon.url, env=os.environ)
+    status = run_cli("status", "--url", daemon.url, env=daemon.client_env())
     assert f"REJECTED EDIT (previous policy in force): {bad_value}" in status.stdout
     ingest_still_works()
 
@@ -184,12 +184,14 @@ def test_dry_run_reports_the_effect_of_an_edit_and_applies_nothing(
     edited = tmp_path / "edit" / "safety.yaml"
     edited.parent.mkdir()
     edited.write_text("pii:\n  actions:\n    email: quarantine\nmax_unsafe_share: 0.6\n")
-    result = run_cli("policy", "dry-run", str(edited), "--url", daemon.url, env=os.environ)
+    result = run_cli("policy", "dry-run", str(edited), "--url", daemon.url, env=daemon.client_env())
     assert result.returncode == 0, result.stderr
     assert "examples whose safety outcome would change: redact->quarantine: 1" in result.stdout
     assert "nothing was applied" in result.stdout
     report = json.loads(
-        run_cli("policy", "dry-run", str(edited), "--url", daemon.url, "--json", env=os.environ).stdout
+        run_cli(
+            "policy", "dry-run", str(edited), "--url", daemon.url, "--json", env=daemon.client_env()
+        ).stdout
     )
     assert report["applied"] is False and list(report["policies_changed"]) == ["safety"]
     assert report["examples"]["transitions"] == {"redact->quarantine": 1}
@@ -199,11 +201,12 @@ def test_dry_run_reports_the_effect_of_an_edit_and_applies_nothing(
     assert after["buffer"]["tables"] == before["buffer"]["tables"]
 
     edited.write_text("pii:\n  actions:\n    email: shred\n")
-    invalid = run_cli("policy", "dry-run", str(edited), "--url", daemon.url, env=os.environ)
+    invalid = run_cli("policy", "dry-run", str(edited), "--url", daemon.url, env=daemon.client_env())
     assert invalid.returncode == 2 and f"{edited}:3: pii.actions.email:" in invalid.stderr
     server_side = httpx.post(
         daemon.url + "/policies/dry-run",
         json={"files": {"safety.yaml": "max_unsafe_share: 9\n"}, "shown_as": "ops/safety.yaml"},
+        headers=daemon.auth,
         timeout=30,
     )
     assert server_side.status_code == 422
@@ -249,4 +252,4 @@ def test_the_daemon_detects_a_topic_shift_in_its_stream_and_the_guard_blocks_tra
     )
     assert any(r.startswith("drift.guard: MMD^2") for r in gate["reasons"])
     assert _metric(daemon, "evolvd_drift_guard_tripped ") == 1
-    assert "GUARD TRIPPED" in run_cli("status", "--url", daemon.url, env=os.environ).stdout
+    assert "GUARD TRIPPED" in run_cli("status", "--url", daemon.url, env=daemon.client_env()).stdout

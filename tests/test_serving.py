@@ -70,7 +70,7 @@ def client(gateway: str) -> openai.OpenAI:
 
 
 def admin(daemon: DaemonProcess, method: str, path: str, body: Any = None) -> httpx.Response:
-    return admin_call(daemon.url, method, path, body)
+    return admin_call(daemon.url, method, path, body, token=daemon.token)
 
 
 def register(daemon: DaemonProcess, path: Path) -> str:
@@ -221,7 +221,7 @@ def test_metrics_cover_serving_and_vllm_metrics_are_reachable(daemon: DaemonProc
 
 def test_cli_lists_adapters_through_the_admin_api(daemon: DaemonProcess) -> None:
     live = daemon.status()["serving"]["live"]
-    env = {**os.environ, "EVOLVD_ADMIN_URL": daemon.url}
+    env = daemon.client_env()
     listed = run_cli("adapters", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     assert any(line.startswith(live) and " live " in line for line in listed.stdout.splitlines())
@@ -314,6 +314,14 @@ def test_each_broken_adapter_is_rejected_and_live_keeps_serving(
     assert ask(client) == live
     swaps = admin(daemon, "GET", "/adapters").json()["swaps"]
     assert swaps[0]["outcome"] == "rejected" and reason in swaps[0]["reason"]
+
+
+def test_an_adapter_outside_the_import_root_is_not_registered(daemon: DaemonProcess) -> None:
+    response = admin(daemon, "POST", "/adapters", {"path": "/etc"})
+    assert response.status_code == 409
+    assert "/etc is outside serving.adapter_import_root" in response.json()["detail"]
+    swaps = admin(daemon, "GET", "/adapters").json()["swaps"]
+    assert swaps[0]["action"] == "register" and swaps[0]["outcome"] == "rejected"
 
 
 def test_promoting_an_unknown_adapter_is_refused(daemon: DaemonProcess) -> None:

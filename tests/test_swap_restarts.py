@@ -5,6 +5,8 @@ is tests/test_serving.py's killed-vLLM test)."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from adapters import make_adapter
 from evolvd.buffer import DuckDBBuffer
 from evolvd.connectors.vllm_client import VLLMError
 from evolvd.metrics import ServingMetrics, new_registry
-from evolvd.serving.hotswap import HotSwapper
+from evolvd.serving.adapter_check import ADAPTER_WEIGHTS, AdapterRejectedError
+from evolvd.serving.adapter_store import AdapterStore, check_import_path
+from evolvd.serving.hotswap import HotSwapper, SwapError
 from evolvd.serving.registry import AdapterRegistry
 from evolvd.serving.routing import Router
 
@@ -51,13 +55,14 @@ def two_adapters(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 class Serving:
     """One daemon's serving side over a buffer: what a daemon restart rebuilds from scratch."""
 
-    def __init__(self, buffer: DuckDBBuffer, vllm: LoraEndpoints, base_model: Path) -> None:
+    def __init__(self, buffer: DuckDBBuffer, vllm: LoraEndpoints, base_model: Path, store: Path) -> None:
         self.router = Router("base", "evolvd")
         self.registry = AdapterRegistry(buffer)
         self.swapper = HotSwapper(
             vllm,  # type: ignore[arg-type]
             self.router,
             self.registry,
+            AdapterStore(store),
             ServingMetrics.create(new_registry()),
             base_model,
             64,
@@ -69,7 +74,7 @@ class Serving:
 def serving(tmp_path: Path, base_model: Path) -> Iterator[tuple[Serving, LoraEndpoints, DuckDBBuffer]]:
     buffer = DuckDBBuffer(tmp_path / "b.duckdb")
     vllm = LoraEndpoints()
-    yield Serving(buffer, vllm, base_model), vllm, buffer
+    yield Serving(buffer, vllm, base_model, tmp_path / "adapters"), vllm, buffer
     buffer.close()
 
 
@@ -123,13 +128,16 @@ def test_both_failing_never_routes_to_an_adapter_vllm_does_not_hold(
 
 
 def test_a_restarted_daemon_keeps_the_previous_adapter_for_rollback(
-    serving: tuple[Serving, LoraEndpoints, DuckDBBuffer], two_adapters: tuple[Path, Path], base_model: Path
+    serving: tuple[Serving, LoraEndpoints, DuckDBBuffer],
+    two_adapters: tuple[Path, Path],
+    base_model: Path,
+    tmp_path: Path,
 ) -> None:
     s, vllm, buffer = serving
     first, second = _promote_both(s, two_adapters)
 
     # The daemon restarts: routing is rebuilt from the registry and the swap log.
-    again = Serving(buffer, vllm, base_model)
+    again = Serving(buffer, vllm, base_model, tmp_path / "adapters")
     vllm.restart()
     live = again.registry.live()
     assert live == second
@@ -141,10 +149,63 @@ def test_a_restarted_daemon_keeps_the_previous_adapter_for_rollback(
     assert again.registry.previous_live() is None  # after a rollback there is nothing to go back to
 
     # A previous adapter that no longer loads is dropped, and the live one still serves.
-    third = Serving(buffer, vllm, base_model)
+    third = Serving(buffer, vllm, base_model, tmp_path / "adapters")
     third.swapper.promote(second, "operator promote")  # second is rolled back: promote takes any row
     vllm.restart()
     vllm.refuse = {first}
-    third_again = Serving(buffer, vllm, base_model)
+    third_again = Serving(buffer, vllm, base_model, tmp_path / "adapters")
     third_again.swapper.restore(second, third_again.registry.previous_live())
     assert (third_again.router.routing.live, third_again.router.routing.previous) == (second, None)
+
+
+def test_registration_serves_a_private_copy_and_refuses_weights_changed_after_it(
+    serving: tuple[Serving, LoraEndpoints, DuckDBBuffer], two_adapters: tuple[Path, Path], tmp_path: Path
+) -> None:
+    s, vllm, _ = serving
+    source = tmp_path / "operator" / "mine"
+    shutil.copytree(two_adapters[0], source)
+    name = s.swapper.register(source)
+    row = s.registry.get(name)
+    assert row is not None and row.path == tmp_path / "adapters" / name, "the registry names the copy"
+    # The operator's folder changes (or is deleted) after registration: what serves is unaffected.
+    shutil.copy(two_adapters[1] / ADAPTER_WEIGHTS, source / ADAPTER_WEIGHTS)
+    s.swapper.promote(name)
+    assert s.registry.live() == name
+    shutil.rmtree(source)
+
+    # The store's own copy is changed behind the daemon's back: no load of it happens again.
+    other = s.swapper.register(two_adapters[1])
+    shutil.copy(two_adapters[0] / ADAPTER_WEIGHTS, tmp_path / "adapters" / other / ADAPTER_WEIGHTS)
+    with pytest.raises(SwapError, match="differ from the ones registered"):
+        s.swapper.promote(other)
+    assert s.registry.live() == name and other not in vllm.loaded
+    assert _statuses(s.registry)[other] == "rejected"
+
+
+def test_a_folder_with_symbolic_links_is_not_registered(
+    serving: tuple[Serving, LoraEndpoints, DuckDBBuffer], two_adapters: tuple[Path, Path], tmp_path: Path
+) -> None:
+    s, _, _ = serving
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copy(two_adapters[0] / "adapter_config.json", linked / "adapter_config.json")
+    (linked / ADAPTER_WEIGHTS).symlink_to(two_adapters[0] / ADAPTER_WEIGHTS)
+    with pytest.raises(SwapError, match=re.escape(f"{ADAPTER_WEIGHTS} is a symbolic link")):
+        s.swapper.register(linked)
+    assert s.registry.all() == []
+    assert s.registry.swaps()[0]["action"] == "register" and s.registry.swaps()[0]["outcome"] == "rejected"
+    assert not [p for p in (tmp_path / "adapters").iterdir()], "no staged copy is left behind"
+
+
+def test_an_operator_registers_only_from_the_import_root(tmp_path: Path) -> None:
+    root = tmp_path / "import"
+    (root / "ok").mkdir(parents=True)
+    check_import_path(root / "ok", root)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(AdapterRejectedError, match=r"outside serving\.adapter_import_root"):
+        check_import_path(tmp_path / "elsewhere", root)
+    with pytest.raises(AdapterRejectedError, match=r"outside serving\.adapter_import_root"):
+        check_import_path(root / ".." / "elsewhere", root)
+    (root / "sneaky").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(AdapterRejectedError, match="is a symbolic link"):
+        check_import_path(root / "sneaky", root)

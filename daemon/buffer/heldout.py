@@ -7,6 +7,8 @@ scored on at once. md5_number is computed by DuckDB the same way in every versio
 
 from __future__ import annotations
 
+import hashlib
+
 import duckdb
 
 from evolvd.buffer.keys import HELDOUT_KEY, buffer_key
@@ -34,6 +36,24 @@ def heldout_sides(key: str, prompt_hashes: list[str], heldout_percent: int) -> l
             [key, heldout_percent, prompt_hashes],
         ).fetchall()
     return [bool(r[0]) for r in rows]
+
+
+def choose_prompts(key: str, prompts: list[str], count: int, heldout_percent: int) -> list[str]:
+    """`count` of `prompts` (in their order) of which round(count * heldout_percent / 100) fall in the
+    held-out slice and the rest outside it: a harness streaming a few prompts gets the share it asked
+    for on each side, not the luck of a random key. Raises ValueError when `prompts` run out."""
+    # The buffer's prompt_hash is DuckDB's sha256 of the prompt text, hex-encoded like hashlib's.
+    sides = heldout_sides(key, [hashlib.sha256(p.encode()).hexdigest() for p in prompts], heldout_percent)
+    wanted_heldout = round(count * heldout_percent / 100)
+    want = {True: wanted_heldout, False: count - wanted_heldout}
+    chosen = []
+    for prompt, side in zip(prompts, sides, strict=True):
+        if want[side] > 0:
+            want[side] -= 1
+            chosen.append(prompt)
+    if len(chosen) < count:
+        raise ValueError(f"only {len(chosen)} of {count} prompts fit the held-out share {heldout_percent}%")
+    return chosen
 
 
 def untrained_condition(example: str = "e") -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer.retention import RetentionCutoffs, age_out
 from evolvd.config import EvolvdConfig
 from evolvd.connectors.vllm_client import VLLMClient
 from evolvd.evaluation.evaluator import Evaluator
@@ -24,7 +25,7 @@ from evolvd.loop.scheduler import JobResult
 from evolvd.metrics import TrainingMetrics
 from evolvd.policies.engine import PolicyEngine
 from evolvd.serving.hotswap import SwapError
-from evolvd.serving.service import ServingService
+from evolvd.serving.service import ADAPTER_STORE_DIR, ServingService
 from evolvd.training.runner import TrainingRunner
 from evolvd.training.snapshot import Snapshot, freeze_snapshot
 from evolvd.training.spec import Hyperparameters, capped_steps
@@ -331,18 +332,22 @@ class Loop:
             " ORDER BY version DESC OFFSET ?",
             [cfg.keep_adapters],
         ).fetchall()
+        store = self._config.data_dir / ADAPTER_STORE_DIR
         for name, path, run_id in old_adapters:
-            if name in keep or run_id is None:  # never delete what serves, nor a folder evolvd did not write
+            if name in keep:  # never delete what serves
                 continue
-            run_dir = Path(path).parent
-            if run_dir.name == run_id and run_dir.exists():
-                shutil.rmtree(run_dir)
-                removed += 1
-        con.execute(
-            "DELETE FROM job_runs WHERE started_at < now() - to_seconds(?)", [cfg.job_runs_days * 86_400]
-        )
-        return (
-            JobResult("ok", f"removed {removed} old files")
-            if removed
-            else JobResult("idle", "nothing to remove")
-        )
+            # The registered copy in the daemon's store, and the run folder evolvd trained it in; never
+            # a folder evolvd did not write (an adapter registered before the store is served in place).
+            owned = [Path(path)] if Path(path).parent == store else []
+            if run_id is not None:
+                owned.append(self._config.data_dir / "runs" / run_id)
+            for folder in owned:
+                if folder.exists():
+                    shutil.rmtree(folder)
+                    removed += 1
+        aged = age_out(con, RetentionCutoffs(cfg.events_days, cfg.dead_letters_days, cfg.job_runs_days))
+        if not removed and not aged.total:
+            return JobResult("idle", "nothing to remove")
+        rows = ", ".join(f"{table} {n}" for table, n in aged.deleted.items()) or "none"
+        space = "" if aged.checkpointed else "; checkpoint deferred (a write was in progress)"
+        return JobResult("ok", f"removed {removed} old files; rows aged out: {rows}{space}")

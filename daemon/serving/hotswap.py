@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from evolvd.connectors.vllm_client import VLLMClient, VLLMError
 from evolvd.metrics import ServingMetrics
@@ -23,7 +23,8 @@ from evolvd.serving.adapter_check import (
     check_adapter,
     file_sha256,
 )
-from evolvd.serving.registry import AdapterRegistry
+from evolvd.serving.adapter_store import AdapterStore
+from evolvd.serving.registry import AdapterRegistry, AdapterRow
 from evolvd.serving.routing import Router, Routing
 
 logger = logging.getLogger("evolvd.hotswap")
@@ -55,12 +56,23 @@ def _training_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def _check_registered_weights(row: AdapterRow) -> None:
+    """The weights about to be loaded are the ones registered (the store's copy was not changed)."""
+    expected = row.manifest.get("weights_sha256")
+    if expected is None or file_sha256(row.path / ADAPTER_WEIGHTS) != expected:
+        raise AdapterRejectedError(
+            f"adapter {row.name}: its weights at {row.path} differ from the ones registered"
+            f" (sha256 {str(expected)[:12]}...): changed after registration, not loaded"
+        )
+
+
 class HotSwapper:
     def __init__(
         self,
         client: VLLMClient,
         router: Router,
         registry: AdapterRegistry,
+        store: AdapterStore,
         metrics: ServingMetrics,
         base_model_path: Path,
         max_rank: int,
@@ -69,6 +81,7 @@ class HotSwapper:
         self._client = client
         self._router = router
         self._registry = registry
+        self._store = store
         self._metrics = metrics
         self._base_model_path = base_model_path
         self._max_rank = max_rank
@@ -85,26 +98,38 @@ class HotSwapper:
     # -- registration --------------------------------------------------------------------------
 
     def register(self, path: Path, parent: str | None = None, run_id: str | None = None) -> str:
-        """Validate an adapter folder and add it to the registry as a candidate; returns its name."""
+        """Copy an adapter folder into the daemon's store, validate the copy and add it to the registry
+        as a candidate; returns its name. What serves is the copy: the source may change or go."""
         try:
-            info = check_adapter(path, self._base_model_path, self._max_rank)
+            staged = self._store.stage(path)
         except AdapterRejectedError as exc:
-            self._registry.record_swap("register", "rejected", None, None, str(exc), None)
-            self._metrics.swaps.labels("register", "rejected").inc()
-            raise SwapError(str(exc)) from exc
+            self.refuse_registration(str(exc))
+        try:
+            info = check_adapter(staged, self._base_model_path, self._max_rank)
+        except AdapterRejectedError as exc:
+            self._store.discard(staged)
+            self.refuse_registration(str(exc))
         with self._lock:  # version numbers are handed out one at a time
             version = self._registry.next_version()
-            weights_sha256 = file_sha256(path / ADAPTER_WEIGHTS)
+            weights_sha256 = file_sha256(staged / ADAPTER_WEIGHTS)
             name = adapter_name(self._router.routing.base, version, weights_sha256)
             manifest = {
-                **_training_manifest(path),  # run, base model and snapshot hashes, parent, metrics
+                **_training_manifest(staged),  # run, base model and snapshot hashes, parent, metrics
                 "rank": info.rank,
                 "target_modules": list(info.target_modules),
                 "weights_sha256": weights_sha256,
+                "registered_from": str(path.resolve()),
             }
-            self._registry.add(name, version, path.resolve(), manifest, parent, run_id)
-        logger.info("registered adapter %s from %s", name, path)
+            kept = self._store.keep(staged, name)
+            self._registry.add(name, version, kept, manifest, parent, run_id)
+        logger.info("registered adapter %s from %s (copied to %s)", name, path, kept)
         return name
+
+    def refuse_registration(self, reason: str) -> NoReturn:
+        """Record a refused registration (swap log, metric) and raise SwapError with the reason."""
+        self._registry.record_swap("register", "rejected", None, None, reason, None)
+        self._metrics.swaps.labels("register", "rejected").inc()
+        raise SwapError(reason)
 
     # -- swaps ---------------------------------------------------------------------------------
 
@@ -264,7 +289,7 @@ class HotSwapper:
                 raise SwapError(f"no adapter named {name} in the registry")
             if invalid is not None:
                 raise SwapError(invalid)
-            self._load_and_probe(name, row.path)
+            self._load_and_probe(row)
         except (SwapError, AdapterRejectedError, VLLMError) as exc:
             self._reject(action, live, name, str(exc), mark=row is not None)
             raise SwapError(str(exc)) from exc
@@ -274,12 +299,14 @@ class HotSwapper:
         row = self._registry.get(name)
         if row is None:
             raise SwapError(f"{name} is not in the registry")
-        self._load_and_probe(name, row.path)
+        self._load_and_probe(row)
 
-    def _load_and_probe(self, name: str, path: Path) -> None:
-        check_adapter(path, self._base_model_path, self._max_rank)
+    def _load_and_probe(self, row: AdapterRow) -> None:
+        name = row.name
+        check_adapter(row.path, self._base_model_path, self._max_rank)
+        _check_registered_weights(row)
         if name not in self._loaded:
-            self._client.load_adapter(name, str(path))
+            self._client.load_adapter(name, str(row.path))
             self._loaded.add(name)
         try:
             self._client.probe(name, self._probe_prompt)

@@ -8,14 +8,16 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from evolvd.admin import AdminServer
 from evolvd.buffer import DuckDBBuffer
 from evolvd.buffer.keys import CAPTURE_SEAL_KEY, buffer_key
 from evolvd.config import EvolvdConfig
 from evolvd.connectors.kafka_source import client_options
 from evolvd.connectors.model_bootstrap import BaseModel, resolve_base_model
 from evolvd.gateway import Gateway
+from evolvd.http_server import HttpServer
 from evolvd.metrics import ServingMetrics
+from evolvd.serving.adapter_check import AdapterRejectedError
+from evolvd.serving.adapter_store import AdapterStore, check_import_path
 from evolvd.serving.hotswap import HotSwapper, SwapError, SwapResult
 from evolvd.serving.registry import AdapterRegistry, AdapterRow
 from evolvd.serving.routing import Router
@@ -43,6 +45,7 @@ def manual_promote_reason(name: str, row: AdapterRow | None, force: bool) -> str
 
 
 GATEWAY_URL_FILE = "gateway.url"
+ADAPTER_STORE_DIR = "adapters"
 
 
 class KafkaCapture:
@@ -73,7 +76,7 @@ class ServingService:
         self.supervisor: ServingSupervisor | None = None
         self.router: Router | None = None
         self.swapper: HotSwapper | None = None
-        self._gateway: AdminServer | None = None
+        self._gateway: HttpServer | None = None
         self._capture: KafkaCapture | None = None
         self.served_stats = ServedStats()
         """Gateway outcomes per served model (what a canary is judged on)."""
@@ -82,6 +85,7 @@ class ServingService:
         cfg = self.config
         self.base = resolve_base_model(cfg.serving.model_path, cfg.data_dir / "models")
         self.router = Router(self.base.name, cfg.gateway.public_model_name)
+        cfg.adapter_import_root.mkdir(parents=True, exist_ok=True)  # where operators put adapters to register
         self.supervisor = ServingSupervisor(
             cfg.serving,
             cfg.data_dir / "serving",
@@ -93,6 +97,7 @@ class ServingService:
             self.supervisor.client,
             self.router,
             self.registry,
+            AdapterStore(cfg.data_dir / ADAPTER_STORE_DIR),
             self.metrics,
             self.base.path,
             cfg.serving.max_lora_rank,
@@ -133,7 +138,7 @@ class ServingService:
             served_stats=self.served_stats,
             seal_key=buffer_key(self._buffer.cursor(), CAPTURE_SEAL_KEY),
         ).app()
-        self._gateway = AdminServer(app, cfg.gateway.host, cfg.gateway.port, name="evolvd-gateway")
+        self._gateway = HttpServer(app, cfg.gateway.host, cfg.gateway.port, name="evolvd-gateway")
         self._gateway.start()
         (cfg.data_dir / GATEWAY_URL_FILE).write_text(self._gateway.url + "\n")
         logger.info("gateway serving %r at %s/v1", cfg.gateway.public_model_name, self._gateway.url)
@@ -164,7 +169,12 @@ class ServingService:
         return self._gateway.url if self._gateway is not None else None
 
     def register(self, path: Path) -> str:
+        """An operator's registration: only of a folder under serving.adapter_import_root."""
         assert self.swapper is not None
+        try:
+            check_import_path(path, self.config.adapter_import_root)
+        except AdapterRejectedError as exc:
+            self.swapper.refuse_registration(str(exc))
         return self.swapper.register(path)
 
     def promote(self, name: str, force: bool = False) -> SwapResult:

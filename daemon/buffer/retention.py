@@ -1,0 +1,110 @@
+"""Ageing rows out of the buffer: events with everything derived from them, and dead letters.
+
+Without it the buffer grows with every message for ever. What goes, once older than its cutoff:
+- an event (by `ingested_at`) with its feedback, samples, label, critiques, refinements, preference
+  pairs, training examples and their safety decisions - unless a snapshot took one of its training
+  examples or pairs: those events are lineage (`evolvd adapters show` walks from an adapter to the
+  Kafka offsets it learned from) and stay as long as the datasets rows do;
+- a dead letter (by `received_at`);
+- a job run (by `started_at`).
+What stays: the Kafka offsets (the buffer's position), datasets, runs, adapters, evaluations, swaps,
+canaries and policy audit rows other than per-example safety decisions (few rows, the audit trail).
+
+All deletions happen in one transaction, then a CHECKPOINT writes them to the file so the space is
+reused (DuckDB frees it at checkpoints, not at DELETE). A checkpoint cannot run while another
+connection has a transaction open (ingest writes all the time): it is then left to DuckDB's own
+automatic checkpoint, and the result says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from evolvd.buffer.duckdb_buffer import transaction
+
+DAY_S = 86_400
+
+
+@dataclass(frozen=True)
+class AgedOut:
+    deleted: dict[str, int]
+    """Rows deleted per table (tables with none left out)."""
+    checkpointed: bool
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+
+@dataclass(frozen=True)
+class RetentionCutoffs:
+    events_days: float
+    dead_letters_days: float
+    job_runs_days: float
+
+
+# The event ids to delete: old, and with nothing a snapshot took.
+_DOOMED_EVENTS = """
+CREATE OR REPLACE TEMP TABLE retention_doomed AS
+SELECT e.id FROM events e
+WHERE e.ingested_at < now() - to_seconds(?)
+  AND NOT EXISTS (
+      SELECT 1 FROM training_examples t JOIN dataset_examples d ON d.example_id = t.example_id
+      WHERE t.event_id = e.id)
+  AND NOT EXISTS (
+      SELECT 1 FROM preference_pairs p JOIN dataset_pairs d ON d.pair_id = p.pair_id
+      WHERE p.event_id = e.id)
+"""
+
+# Children before parents; the safety decisions name their example by id.
+_EVENT_DELETES = {
+    "policy_decisions": (
+        "DELETE FROM policy_decisions WHERE subject_kind = 'example' AND subject_id IN ("
+        " SELECT CAST(t.example_id AS VARCHAR) FROM training_examples t"
+        " WHERE t.event_id IN (SELECT id FROM retention_doomed))"
+    ),
+    "training_examples": "DELETE FROM training_examples WHERE event_id IN (SELECT id FROM retention_doomed)",
+    "preference_pairs": "DELETE FROM preference_pairs WHERE event_id IN (SELECT id FROM retention_doomed)",
+    "refinements": "DELETE FROM refinements WHERE event_id IN (SELECT id FROM retention_doomed)",
+    "critiques": "DELETE FROM critiques WHERE event_id IN (SELECT id FROM retention_doomed)",
+    "labels": "DELETE FROM labels WHERE event_id IN (SELECT id FROM retention_doomed)",
+    "samples": "DELETE FROM samples WHERE event_id IN (SELECT id FROM retention_doomed)",
+    "feedback": "DELETE FROM feedback WHERE event_id IN (SELECT id FROM retention_doomed)",
+    "events": "DELETE FROM events WHERE id IN (SELECT id FROM retention_doomed)",
+}
+
+
+def age_out(con: duckdb.DuckDBPyConnection, cutoffs: RetentionCutoffs) -> AgedOut:
+    """Delete what is past its cutoff, in one transaction, then checkpoint."""
+    deleted: dict[str, int] = {}
+    with transaction(con):
+        con.execute(_DOOMED_EVENTS, [cutoffs.events_days * DAY_S])
+        for table, sql in _EVENT_DELETES.items():
+            deleted[table] = _count(con.execute(sql))
+        con.execute("DROP TABLE retention_doomed")
+        deleted["dead_letters"] = _count(
+            con.execute(
+                "DELETE FROM dead_letters WHERE received_at < now() - to_seconds(?)",
+                [cutoffs.dead_letters_days * DAY_S],
+            )
+        )
+        deleted["job_runs"] = _count(
+            con.execute(
+                "DELETE FROM job_runs WHERE started_at < now() - to_seconds(?)",
+                [cutoffs.job_runs_days * DAY_S],
+            )
+        )
+    try:
+        con.execute("CHECKPOINT")
+        checkpointed = True
+    except duckdb.Error:
+        checkpointed = False
+    return AgedOut({table: n for table, n in deleted.items() if n}, checkpointed)
+
+
+def _count(result: duckdb.DuckDBPyConnection) -> int:
+    """DuckDB answers a DELETE with one row: the number of rows it deleted."""
+    row = result.fetchone()
+    return int(row[0]) if row else 0
