@@ -199,7 +199,9 @@ def experiment(
     with ExitStack() as stack:
         rig = stack.enter_context(loop_daemon(settings, bootstrap, attach))
         serving = rig.admin.status()["serving"]
-        judge = stack.enter_context(closing(VLLMClient(serving["url"], timeout_s=600)))
+        judge = stack.enter_context(
+            closing(VLLMClient(serving["url"], timeout_s=600, api_key=rig.daemon.vllm_key))
+        )
         judge_model = serving["base_model"]["name"]
         print(f"[freeform] {settings.variant}: measuring the base model {judge_model}", flush=True)
         rows: list[tuple[str, OpenEndedMeasurement, Cycle | None]] = [

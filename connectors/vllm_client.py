@@ -37,6 +37,11 @@ SERVER_KEEPALIVE_S = 30
 ALREADY_LOADED = "has already been loaded"
 
 
+def bearer_header(api_key: str | None) -> dict[str, str]:
+    """The Authorization header for a server with `api_key` (none for a server without one)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class VLLMError(RuntimeError):
     """vLLM answered with an error; `status` is its HTTP status (0: no answer)."""
 
@@ -77,10 +82,13 @@ def _error_text(response: httpx.Response) -> str:
 
 
 class VLLMClient:
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 30.0, api_key: str | None = None) -> None:
+        """`api_key`: the server's API key (vLLM's `--api-key`), sent as a bearer token."""
         self.base_url = base_url.rstrip("/")
         limits = httpx.Limits(keepalive_expiry=CLIENT_KEEPALIVE_S)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, limits=limits)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout_s, limits=limits, headers=bearer_header(api_key)
+        )
 
     def close(self) -> None:
         self._http.close()

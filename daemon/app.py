@@ -61,6 +61,10 @@ ADMIN_CONNECTION_LIMIT = 64
 instead of exhausting the daemon's file descriptors."""
 
 
+START_EXTENSION_S = 30.0
+"""How much longer than TimeoutStartSec= each progress report asks systemd for (every 10 s)."""
+
+
 class StartupError(RuntimeError):
     """The daemon could not start; the message is one line an operator can act on."""
 
@@ -268,12 +272,15 @@ class Daemon:
         """A client for the serving process while it is ready (one per URL: it restarts on a new port)."""
         from evolvd.connectors.vllm_client import VLLMClient
 
-        served = self._serving.live_model() if self._serving is not None else None
-        if served is None:
+        serving = self._serving
+        served = serving.live_model() if serving is not None else None
+        if serving is None or served is None:
             return None
         url = served[0]
         if url not in self._clients:
-            self._clients[url] = VLLMClient(url, timeout_s=self.config.labeling.request_timeout_s)
+            self._clients[url] = VLLMClient(
+                url, timeout_s=self.config.labeling.request_timeout_s, api_key=serving.vllm_api_key
+            )
         return self._clients[url]
 
     def _new_labeler(self) -> Labeler:
@@ -322,7 +329,12 @@ class Daemon:
 
         assert self._buffer is not None
         self._serving = ServingService(
-            self.config, self._buffer, ServingMetrics.create(self.registry), self._bootstrap_servers
+            self.config,
+            self._buffer,
+            ServingMetrics.create(self.registry),
+            self._bootstrap_servers,
+            # Under systemd: a start that is still loading the model asks for more time, and says why.
+            on_waiting=lambda waiting: self._systemd.extend_start(waiting, START_EXTENSION_S),
         )
         try:
             self._serving.start()

@@ -425,7 +425,7 @@ def adapters_promote(name: str, force: bool, url: str | None, config_path: Path 
 
 
 @adapters.command("canary")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option(
     "--share",
     type=click.FloatRange(0.0, 1.0, min_open=True),
@@ -436,13 +436,16 @@ def adapters_promote(name: str, force: bool, url: str | None, config_path: Path 
 @URL_OPTION
 @CONFIG_OPTION
 def adapters_canary(
-    name: str, share: float | None, stop: bool, url: str | None, config_path: Path | None
+    name: str | None, share: float | None, stop: bool, url: str | None, config_path: Path | None
 ) -> None:
-    """Send a share of the alias traffic to NAME (live keeps the rest); --stop ends it."""
+    """Send a share of the alias traffic to NAME (live keeps the rest); --stop ends the running canary
+    (no NAME needed: there is one at most)."""
     if stop:
         admin_request(url, config_path, "/canary", "DELETE")
         click.echo("canary stopped")
         return
+    if name is None:
+        raise click.UsageError("NAME is required (or --stop to end the running canary)")
     admin_request(url, config_path, f"/adapters/{name}/canary", "POST", {"share": share})
     click.echo(f"canary: {name}")
 

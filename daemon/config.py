@@ -210,10 +210,26 @@ class ServingConfig(_Section):
     under; default `<data_dir>/import`. Registration copies the adapter into `<data_dir>/adapters/`,
     and the copy is what serves."""
 
+    api_key_env: str = "EVOLVD_VLLM_API_KEY"
+    """Variable holding the vLLM server's API key. Managed mode: vLLM is started with it or, when the
+    variable is unset, with a key generated into `<data_dir>/vllm.key` (mode 0600), so no other local
+    process can load adapters into it or use it past the gateway. External mode: the key the server
+    was started with (its `--api-key`); unset: the server wants none."""
+
     @model_validator(mode="after")
     def _external_needs_url(self) -> ServingConfig:
         if self.mode == "external" and not self.url:
             raise ValueError("serving.mode external needs serving.url")
+        return self
+
+    @model_validator(mode="after")
+    def _managed_stays_on_loopback(self) -> ServingConfig:
+        if self.mode == "managed" and not is_loopback_host(self.host):
+            raise ValueError(
+                f"serving.host {self.host} is not a loopback address: the vLLM server evolvd manages"
+                " serves only the daemon on its machine (clients use the gateway); to share a vLLM"
+                " server, run it yourself and use serving.mode external"
+            )
         return self
 
 

@@ -21,11 +21,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from evolvd.capture_seal import seal
 from evolvd.config import GatewayConfig
-from evolvd.connectors.vllm_client import CLIENT_KEEPALIVE_S
+from evolvd.connectors.vllm_client import CLIENT_KEEPALIVE_S, bearer_header
 from evolvd.contract import encode_message
 from evolvd.metrics import ServingMetrics
 from evolvd.serving.routing import Router
 from evolvd.serving.served_stats import ServedStats
+from evolvd.sse_text import StreamedText
 
 logger = logging.getLogger("evolvd.gateway")
 
@@ -34,19 +35,28 @@ class CaptureSink(Protocol):
     def publish(self, value: bytes, key: bytes | None) -> None: ...
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": status}}, status, headers=headers
-    )
+def _error(
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+) -> JSONResponse:
+    """An error in OpenAI's shape: `type`, then `code` (a string or null) and `param` (the request
+    field at fault, or null), which OpenAI's client libraries read."""
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": error}, status, headers=headers)
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | JSONResponse:
     try:
         body = json.loads(raw)
     except ValueError:
-        return _error(400, "request body is not JSON", "invalid_request_error")
+        return _error(400, "request body is not JSON")
     if not isinstance(body, dict):
-        return _error(400, "request body must be a JSON object", "invalid_request_error")
+        return _error(400, "request body must be a JSON object")
     return body
 
 
@@ -57,6 +67,7 @@ class Gateway:
         config: GatewayConfig,
         router: Router,
         upstream_url: str,
+        upstream_api_key: str | None,
         is_ready: Callable[[], bool],
         loaded_adapters: Callable[[], list[str]],
         metrics: ServingMetrics,
@@ -76,8 +87,11 @@ class Gateway:
         self._served_stats = served_stats
         self._seal_key = seal_key
         self._unavailable = {"Retry-After": str(config.retry_after_s)}
+        self._created = int(time.time())
+        """`created` of the served names (Unix seconds): when this gateway started serving them."""
         self._client = httpx.AsyncClient(
             base_url=upstream_url,
+            headers=bearer_header(upstream_api_key),
             timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
             limits=httpx.Limits(
                 max_connections=512, max_keepalive_connections=128, keepalive_expiry=CLIENT_KEEPALIVE_S
@@ -103,13 +117,13 @@ class Gateway:
 
     async def models(self, request: Request) -> Response:
         if not self._authorized(request):
-            return _error(401, "invalid API key", "authentication_error")
+            return _error(401, "invalid API key", code="invalid_api_key")
         routing = self._router.routing
         public = self._router.public_name
         # The public name and the operator's allow-list only: what is loaded for evaluation or kept
         # for rollback is not for clients.
         names = dict.fromkeys([public, *self._config.extra_models])
-        data = [{"id": n, "object": "model", "owned_by": "evolvd"} for n in names]
+        data = [{"id": n, "object": "model", "created": self._created, "owned_by": "evolvd"} for n in names]
         data[0]["root"] = routing.live_or_base  # what the public name means right now
         return JSONResponse({"object": "list", "data": data})
 
@@ -132,11 +146,11 @@ class Gateway:
 
     async def _read_body(self, request: Request) -> dict[str, Any] | JSONResponse:
         if not self._authorized(request):
-            return _error(401, "invalid API key", "authentication_error")
+            return _error(401, "invalid API key", code="invalid_api_key")
         raw = await self._limited_body(request)
         if raw is None:
             limit = self._config.max_body_bytes
-            return _error(413, f"request body is over {limit} bytes", "invalid_request_error")
+            return _error(413, f"request body is over {limit} bytes", code="request_too_large")
         body = _json_object(raw)
         if isinstance(body, JSONResponse):
             return body
@@ -144,7 +158,7 @@ class Gateway:
             return refused
         if not self._is_ready():
             return _error(503, "the serving process is restarting; retry shortly", "service_unavailable",
-                          self._unavailable)  # fmt: skip
+                          self._unavailable, code="serving_restarting")  # fmt: skip
         return body
 
     async def _limited_body(self, request: Request) -> bytes | None:
@@ -167,12 +181,12 @@ class Gateway:
         cfg = self._config
         model = body.get("model")
         if model is not None and model != self._router.public_name and model not in cfg.extra_models:
-            return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+            return _error(404, f"The model `{model}` does not exist.", code="model_not_found", param="model")
         for field, cap in (("max_tokens", cfg.max_tokens), ("max_completion_tokens", cfg.max_tokens),
                            ("n", cfg.max_n), ("best_of", cfg.max_n)):  # fmt: skip
             value = body.get(field)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value > cap):
-                return _error(400, f"`{field}` must be an integer of at most {cap}", "invalid_request_error")
+                return _error(400, f"`{field}` must be an integer of at most {cap}", param=field)
         return None
 
     async def _proxy(self, request: Request, route: str) -> Response:
@@ -197,7 +211,7 @@ class Gateway:
             logger.warning("upstream failed for %s: %s", route, exc)
             self._served(judged, 503, started)
             return _error(503, "the serving process is not answering; retry shortly", "service_unavailable",
-                          self._unavailable)  # fmt: skip
+                          self._unavailable, code="serving_unavailable")  # fmt: skip
         self._served(judged, upstream.status_code, started)
         if self._capture is not None and upstream.status_code == 200:
             self._record(body, upstream.json(), served)
@@ -223,16 +237,16 @@ class Gateway:
     async def _relay(
         self, upstream: httpx.Response, body: dict[str, Any], served: str
     ) -> AsyncIterator[bytes]:
-        pieces: list[str] = []
+        text = StreamedText()
         try:
             async for chunk in upstream.aiter_raw():
                 if self._capture is not None:
-                    pieces.extend(_sse_text(chunk))
+                    text.feed(chunk)
                 yield chunk
         finally:
             await upstream.aclose()
-        if self._capture is not None and pieces:
-            self._record(body, {"id": f"stream-{uuid.uuid4().hex}", "text": "".join(pieces)}, served)
+        if self._capture is not None and (answer := text.finish()):
+            self._record(body, {"id": f"stream-{uuid.uuid4().hex}", "text": answer}, served)
 
     def _record(self, request: dict[str, Any], response: dict[str, Any], served: str) -> None:
         assert self._capture is not None
@@ -252,16 +266,3 @@ class Gateway:
             self._capture.publish(value, message_id.encode())
         except Exception:  # capture must never fail the client's request
             logger.exception("capture of %s failed", message_id)
-
-
-def _sse_text(chunk: bytes) -> list[str]:
-    out = []
-    for line in chunk.decode(errors="replace").splitlines():
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        try:
-            choice = json.loads(line[6:])["choices"][0]
-        except (ValueError, KeyError, IndexError):
-            continue
-        out.append(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
-    return out

@@ -54,6 +54,11 @@ class SystemdNotifier:
     def status(self, status: str) -> None:
         self.notify(f"STATUS={status}")
 
+    def extend_start(self, status: str, seconds: float) -> None:
+        """Still starting, and making progress: say what it waits for, and ask for `seconds` more than
+        TimeoutStartSec= before systemd gives up (a large model takes vLLM minutes to load)."""
+        self.notify(f"STATUS={status}", f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
     def stopping(self) -> None:
         self.notify("STOPPING=1", "STATUS=stopping")
 

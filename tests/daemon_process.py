@@ -75,6 +75,12 @@ class DaemonProcess:
         """The admin API's Authorization header."""
         return {"Authorization": f"Bearer {self.token}"}
 
+    @property
+    def vllm_key(self) -> str:
+        """The API key of the vLLM server this daemon uses: the configured one, else the one it
+        generated for the server it manages."""
+        return self.env.get("EVOLVD_VLLM_API_KEY") or (self.data_dir / "vllm.key").read_text().strip()
+
     def client_env(self) -> dict[str, str]:
         """The environment of an `evolvd` command run as the daemon's user on its machine: the CLI
         finds the admin URL and token in the daemon's data_dir."""

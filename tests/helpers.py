@@ -43,7 +43,25 @@ def attached_env(broker: Any, vllm_daemon: Any, topic_prefix: str) -> dict[str, 
         "EVOLVD_SERVING__MODE": "external",
         "EVOLVD_SERVING__URL": serving["url"],
         "EVOLVD_SERVING__MODEL_PATH": serving["base_model"]["path"],
+        "EVOLVD_VLLM_API_KEY": vllm_daemon.vllm_key,
         "EVOLVD_GATEWAY__PORT": "0",
+    }
+
+
+def quick_loop_env(max_length: int) -> dict[str, str]:
+    """A loop that turns in seconds: every job checked every second or two, and tiny training runs (3
+    steps, no DPO) on sequences of at most `max_length` tokens."""
+    return {
+        "EVOLVD_SCHEDULER__LABELING__INTERVAL_S": "1",
+        "EVOLVD_SCHEDULER__POLICIES__INTERVAL_S": "2",
+        "EVOLVD_SCHEDULER__TRAINING__INTERVAL_S": "2",
+        "EVOLVD_SCHEDULER__EVALUATION__INTERVAL_S": "2",
+        "EVOLVD_SCHEDULER__PROMOTION__INTERVAL_S": "1",
+        "EVOLVD_TRAINING__MAX_STEPS": "3",
+        "EVOLVD_TRAINING__BATCH_SIZE": "4",
+        "EVOLVD_TRAINING__MAX_LENGTH": str(max_length),
+        "EVOLVD_TRAINING__DPO_STEPS": "0",
+        "EVOLVD_TRAINING__RETRY_BACKOFF_S": "1",
     }
 
 

@@ -131,3 +131,12 @@ def test_config_show_prints_effective_values(monkeypatch: pytest.MonkeyPatch) ->
     result = CliRunner().invoke(main, ["config", "show"])
     assert result.exit_code == 0, result.output
     assert "group_id: shown" in result.output
+
+
+def test_a_managed_vllm_server_is_refused_beyond_loopback(tmp_path: Path) -> None:
+    path = write(tmp_path, "serving:\n  host: 0.0.0.0\n")
+    errors = errors_of(path)
+    assert len(errors) == 1 and "serving.host 0.0.0.0 is not a loopback address" in errors[0], errors
+    assert "use serving.mode external" in errors[0]
+    external = "serving:\n  mode: external\n  url: http://vllm:8000\n  host: 0.0.0.0\n"
+    assert load_config(write(tmp_path, external)).serving.mode == "external"

@@ -7,12 +7,14 @@ they carry (evolvd's own checks). The Prometheus files are checked in test_monit
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,58 @@ def test_the_statefulset_keeps_one_writer_on_a_persistent_volume_shared_with_vll
     for container in containers.values():
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert mounts[claim["metadata"]["name"]] == "/var/lib/evolvd"
+
+
+def test_vllm_wants_the_api_key_that_evolvd_sends_in_compose_and_kubernetes() -> None:
+    containers = {
+        c["name"]: c for c in k8s_resources()["statefulset.yaml"]["spec"]["template"]["spec"]["containers"]
+    }
+    sources = {
+        name: {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in containers[name]["env"]}
+        for name in ("evolvd", "vllm")
+    }
+    assert (
+        sources["vllm"]["VLLM_API_KEY"]
+        == sources["evolvd"]["EVOLVD_VLLM_API_KEY"]
+        == {"name": "evolvd-vllm", "key": "key"}
+    )
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    given = services["vllm"]["environment"]["VLLM_API_KEY"]
+    assert (
+        given.startswith("${EVOLVD_VLLM_API_KEY:?")
+        and services["evolvd"]["environment"]["EVOLVD_VLLM_API_KEY"] == given
+    )
+
+
+def test_the_prometheus_rule_is_what_the_generator_makes_of_the_alert_rules() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "to_prometheusrule", DEPLOY / "prometheus" / "to_prometheusrule.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert (K8S / "prometheusrule.yaml").read_text() == generator.render(), (
+        "deploy/k8s/prometheusrule.yaml is stale: run python deploy/prometheus/to_prometheusrule.py"
+    )
+    rule = k8s_resources()["prometheusrule.yaml"]
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    assert rule["kind"] == "PrometheusRule" and rule["spec"]["groups"] == alerts["groups"]
+
+
+def test_one_pinned_image_and_probes_that_reach_a_loopback_vllm() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert kustomization["images"] == [{"name": "evolvd", "newTag": version}]
+    pod = k8s_resources()["statefulset.yaml"]["spec"]["template"]["spec"]
+    containers = pod["initContainers"] + pod["containers"]
+    assert {c["image"] for c in containers} == {"evolvd"}, "the tag comes from the kustomization alone"
+    vllm = next(c for c in containers if c["name"] == "vllm")
+    assert "--host=127.0.0.1" in vllm["args"]
+    for probe in ("startupProbe", "livenessProbe"):
+        # An httpGet probe is sent by the kubelet from the node: it cannot reach the pod's loopback.
+        assert "httpGet" not in vllm[probe] and "127.0.0.1:8000/health" in " ".join(
+            vllm[probe]["exec"]["command"]
+        )
 
 
 def test_the_service_monitor_scrapes_ports_and_paths_the_daemon_serves() -> None:

@@ -15,7 +15,7 @@ from evolvd.config import GatewayConfig
 from evolvd.gateway import Gateway
 from evolvd.metrics import ServingMetrics, new_registry
 from evolvd.serving.routing import Router
-from evolvd.serving.served_stats import ServedStats
+from evolvd.serving.served_stats import MAX_MODELS, ServedStats
 
 LIVE, CANARY, CANDIDATE = "base-v2-aaaa", "base-v3-bbbb", "base-v4-cccc"
 
@@ -36,6 +36,7 @@ def gateway() -> tuple[TestClient, list[dict[str, Any]], ServedStats]:
         config=GatewayConfig(extra_models=["base"], max_tokens=64, max_n=2, max_body_bytes=2048),
         router=router,
         upstream_url="http://upstream",
+        upstream_api_key=None,
         is_ready=lambda: True,
         loaded_adapters=lambda: [LIVE, CANARY, CANDIDATE],
         metrics=ServingMetrics.create(new_registry()),
@@ -50,12 +51,18 @@ def test_only_the_public_name_and_the_allow_list_are_served(
     gateway: tuple[TestClient, list[dict[str, Any]], ServedStats],
 ) -> None:
     client, sent, _ = gateway
-    listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
-    assert listed == ["evolvd", "base"], "candidates under evaluation must not be listed"
+    models = client.get("/v1/models").json()["data"]
+    assert [m["id"] for m in models] == ["evolvd", "base"], "candidates under evaluation must not be listed"
+    assert all(isinstance(m["created"], int) and m["object"] == "model" for m in models)
     for name in (CANDIDATE, CANARY, LIVE, "anything"):
         refused = client.post("/v1/completions", json={"model": name, "prompt": "hi"})
         assert refused.status_code == 404, name
-        assert refused.json()["error"]["message"] == f"The model `{name}` does not exist."
+        assert refused.json()["error"] == {
+            "message": f"The model `{name}` does not exist.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }, "OpenAI's error shape: code a string or null, and the param at fault"
     assert sent == []
     assert client.post("/v1/completions", json={"model": "base", "prompt": "hi"}).status_code == 200
     assert client.post("/v1/completions", json={"model": "evolvd", "prompt": "hi"}).status_code == 200
@@ -79,7 +86,8 @@ def test_requests_over_the_caps_are_refused(
     client, sent, _ = gateway
     refused = client.post("/v1/completions", json={"model": "evolvd", "prompt": "hi", field: value})
     assert refused.status_code == 400
-    assert f"`{field}` must be an integer of at most" in refused.json()["error"]["message"]
+    error = refused.json()["error"]
+    assert f"`{field}` must be an integer of at most" in error["message"] and error["param"] == field
     assert sent == []
 
 
@@ -105,3 +113,15 @@ def test_only_alias_routed_traffic_counts_in_a_canary_window(
         client.post("/v1/completions", json={"prompt": "hi"})  # no model: the alias
     routed = stats.since(LIVE, 0.0).requests + stats.since(CANARY, 0.0).requests
     assert routed == 20
+
+
+def test_per_model_statistics_stay_bounded_as_adapters_come_and_go() -> None:
+    stats = ServedStats()
+    for version in range(3 * MAX_MODELS):  # one new adapter name per promotion, for a long time
+        stats.record(f"adapter-v{version}", True, 0.1)
+    stats.record("adapter-v20", True, 0.1)  # still serving: kept
+    stats.record("adapter-late", True, 0.1)
+    assert len(stats.models) == MAX_MODELS
+    assert {"adapter-v20", "adapter-late", "adapter-v23"} <= stats.models
+    assert "adapter-v0" not in stats.models and "adapter-v16" not in stats.models
+    assert stats.since("adapter-v20", 0).requests == 2

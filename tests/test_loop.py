@@ -24,12 +24,13 @@ import httpx
 import openai
 import pytest
 from daemon_process import DaemonProcess
-from helpers import attached_env, produce, run_cli, wait_for
+from helpers import attached_env, produce, quick_loop_env, run_cli, wait_for
 
 from evolvd.admin_client import admin_call
 from evolvd.buffer import DuckDBBuffer
 from evolvd.buffer.heldout import heldout_sides
 from evolvd.buffer.keys import HELDOUT_KEY, buffer_key
+from evolvd.connectors.vllm_client import bearer_header
 from evolvd.workload import Task
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
@@ -198,16 +199,7 @@ def harness(
         "EVOLVD_POLICIES__DIR": str(policy_dir),
         "EVOLVD_LABELING__BATCH_SIZE": "8",
         "EVOLVD_LABELING__CONCURRENCY": "4",
-        "EVOLVD_SCHEDULER__LABELING__INTERVAL_S": "1",
-        "EVOLVD_SCHEDULER__POLICIES__INTERVAL_S": "2",
-        "EVOLVD_SCHEDULER__TRAINING__INTERVAL_S": "2",
-        "EVOLVD_SCHEDULER__EVALUATION__INTERVAL_S": "2",
-        "EVOLVD_SCHEDULER__PROMOTION__INTERVAL_S": "1",
-        "EVOLVD_TRAINING__MAX_STEPS": "3",
-        "EVOLVD_TRAINING__BATCH_SIZE": "4",
-        "EVOLVD_TRAINING__MAX_LENGTH": "128",
-        "EVOLVD_TRAINING__DPO_STEPS": "0",
-        "EVOLVD_TRAINING__RETRY_BACKOFF_S": "1",
+        **quick_loop_env(max_length=128),
         "EVOLVD_EVALUATION__HELDOUT_PERCENT": str(HELDOUT_PERCENT),
         "EVOLVD_EVALUATION__HELDOUT_MAX": "6",
         "EVOLVD_EVALUATION__MAX_TOKENS": "48",
@@ -315,7 +307,9 @@ def test_a_killed_trainer_is_retried_and_a_failing_gate_rejects_its_candidate_wh
     assert "promotion.min_heldout" in row["reason"] and "need 1000" in row["reason"]
     assert harness.live() == live
     assert harness.ask()[0] == live
-    vllm = httpx.get(daemon.status()["serving"]["url"] + "/v1/models", timeout=30).json()
+    vllm = httpx.get(
+        daemon.status()["serving"]["url"] + "/v1/models", headers=bearer_header(daemon.vllm_key), timeout=30
+    ).json()
     assert rejected not in {m["id"] for m in vllm["data"]}  # the rejected candidate was unloaded
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
+from evolvd.connectors import model_bootstrap as bootstrap
 from evolvd.connectors.model_bootstrap import (
     BUNDLED_NAME,
+    HASH_CACHE,
     MANIFEST,
     ModelBootstrapError,
     ensure_bundled_model,
@@ -73,7 +75,7 @@ def test_a_configured_model_folder_is_used_as_is(converted: Path, tmp_path: Path
     mine = copy_model(converted, tmp_path / "elsewhere")
     base = resolve_base_model(mine, tmp_path / "unused")
     assert (base.path, base.name) == (mine, mine.name)
-    assert not (tmp_path / "unused").exists()
+    assert not (tmp_path / "unused" / BUNDLED_NAME).exists(), "nothing converted"
     with pytest.raises(ModelBootstrapError, match="not a Hugging Face model folder"):
         resolve_base_model(tmp_path, tmp_path / "unused")
 
@@ -86,3 +88,35 @@ def test_model_init_command_reports_the_verified_model(converted: Path, tmp_path
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{BUNDLED_NAME}: {data / 'models' / BUNDLED_NAME} (sha256 ")
     assert folder_hash(converted) in result.stdout
+
+
+def test_a_folder_hash_is_cached_by_file_sizes_and_modification_times(tmp_path: Path) -> None:
+    folder, cache = tmp_path / "model", tmp_path / "cache"
+    folder.mkdir()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"A" * 1000)
+    first = folder_hash(folder, cache_dir=cache)
+    assert first == folder_hash(folder) and (cache / HASH_CACHE).exists()
+    # Same size and mtime, other bytes: the cache answers without reading them (the documented
+    # trade-off: a start no longer reads gigabytes to learn nothing changed).
+    stat = weights.stat()
+    weights.write_bytes(b"B" * 1000)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert folder_hash(folder, cache_dir=cache) == first
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # any write moves the mtime
+    assert folder_hash(folder, cache_dir=cache) == folder_hash(folder) != first
+    (folder / "extra.json").write_text("{}")  # a new file
+    assert folder_hash(folder, cache_dir=cache) == folder_hash(folder)
+
+
+def test_a_configured_path_naming_the_bundled_models_place_is_converted_on_a_fresh_volume(
+    converted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Kubernetes init container's case: the config names where the bundled model goes."""
+    models = tmp_path / "var" / "models"
+    monkeypatch.setattr(
+        bootstrap, "_convert", lambda gguf, out: shutil.copytree(converted, out)
+    )  # ~30 s saved
+    base = resolve_base_model(models / BUNDLED_NAME, models)
+    assert (base.path, base.name) == (models / BUNDLED_NAME, BUNDLED_NAME)
+    assert verified(models / BUNDLED_NAME) is not None

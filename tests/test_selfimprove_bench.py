@@ -38,7 +38,7 @@ def run_small(script: str, args: list[str], broker: Any, vllm_daemon: Any, tmp_p
             "--out",
             str(out),
         ],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "EVOLVD_VLLM_API_KEY": vllm_daemon.vllm_key},
         capture_output=True,
         text=True,
         timeout=900,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from helpers import GATEWAY_API_KEY as API_KEY
 from helpers import run_cli
 
 from evolvd.admin_client import admin_call
+from evolvd.connectors.vllm_client import bearer_header
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
@@ -247,7 +249,7 @@ def test_safety_probes_score_a_served_model_the_same_way_every_time(
     for name, keep in (("safety_harmful", 4), ("safety_benign", 4), ("output_drift", 6)):
         lines = probe_path(name, None).read_text().splitlines(keepends=True)
         (tmp_path / "probes" / f"{name}.jsonl").write_text("".join(lines[:keep]))
-    vllm = VLLMClient(serving["url"], timeout_s=120)
+    vllm = VLLMClient(serving["url"], timeout_s=120, api_key=daemon.vllm_key)
     try:
         live_scores = safety_scores(vllm, live, policies, tmp_path)
         assert 0.0 <= live_scores.harmful_compliance <= 1.0 and 0.0 <= live_scores.benign_refusal <= 1.0
@@ -267,6 +269,20 @@ def test_safety_probes_score_a_served_model_the_same_way_every_time(
     assert not [r for r in reasons if r.startswith("safety.")], reasons
 
 
+def test_the_managed_vllm_server_wants_its_key_for_lora_loads_and_its_api(daemon: DaemonProcess) -> None:
+    serving = daemon.status()["serving"]
+    url, key = serving["url"], daemon.vllm_key
+    assert url.startswith("http://127.0.0.1:")
+    assert stat.S_IMODE((daemon.data_dir / "vllm.key").stat().st_mode) == 0o600
+    intruder = {"lora_name": "intruder", "lora_path": str(daemon.data_dir)}
+    assert httpx.post(url + "/v1/load_lora_adapter", json=intruder, timeout=30).status_code == 401
+    assert httpx.get(url + "/v1/models", timeout=30).status_code == 401
+    assert httpx.get(url + "/v1/models", headers=bearer_header(key), timeout=30).status_code == 200
+    assert httpx.get(url + "/health", timeout=30).status_code == 200, "probes stay open"
+    # Given in the environment: the command line is readable by every local user (ps).
+    assert key.encode() not in Path(f"/proc/{serving['pid']}/cmdline").read_bytes()
+
+
 def test_external_mode_attaches_to_a_running_server_and_leaves_it_alone(
     broker: Any, base_model: Path, daemon: DaemonProcess, tmp_path: Path
 ) -> None:
@@ -278,6 +294,7 @@ def test_external_mode_attaches_to_a_running_server_and_leaves_it_alone(
         "EVOLVD_SERVING__MODE": "external",
         "EVOLVD_SERVING__URL": vllm_url,
         "EVOLVD_SERVING__MODEL_PATH": str(base_model),
+        "EVOLVD_VLLM_API_KEY": daemon.vllm_key,
         "EVOLVD_GATEWAY__PORT": "0",
     }
     attached = DaemonProcess(tmp_path / "data", env).start(timeout_s=120)
@@ -361,7 +378,7 @@ def test_each_labeling_stage_writes_well_formed_rows_with_the_real_model(
             [f"ev{i}", i, prompt, prompt],
         )
     registry = new_registry()
-    client = VLLMClient(serving["url"], timeout_s=300)
+    client = VLLMClient(serving["url"], timeout_s=300, api_key=daemon.vllm_key)
     # The shipped policy, except any margin makes a preference pair: this small model's scores rarely
     # differ by the shipped 2 points, and the pair stage must be seen writing rows.
     (tmp_path / "policies").mkdir()
@@ -435,6 +452,7 @@ def test_kill_9_mid_labeling_then_restart_leaves_no_duplicates(
         "EVOLVD_SERVING__MODE": "external",
         "EVOLVD_SERVING__URL": daemon.status()["serving"]["url"],
         "EVOLVD_SERVING__MODEL_PATH": daemon.status()["serving"]["base_model"]["path"],
+        "EVOLVD_VLLM_API_KEY": daemon.vllm_key,
         "EVOLVD_GATEWAY__PORT": "0",
         "EVOLVD_LABELING__BATCH_SIZE": "2",
         "EVOLVD_LABELING__CONCURRENCY": "2",

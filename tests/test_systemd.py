@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
 from pathlib import Path
 
+import pytest
+
+from evolvd.config import ServingConfig
+from evolvd.serving.supervisor import ServingStartError, ServingSupervisor
 from evolvd.systemd import SystemdNotifier
 
 
@@ -62,3 +67,33 @@ def test_outside_systemd_nothing_is_sent() -> None:
     assert not notifier.enabled
     notifier.ready("started")  # no socket, no error
     notifier.watchdog()
+
+
+def test_a_slow_vllm_start_extends_systemds_start_timeout_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(path)
+        manager.settimeout(5)
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": path})
+        # A server that never answers (a closed port), so the start waits out its timeout.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        config = ServingConfig(mode="external", url=url, startup_timeout_s=2.5)
+        supervisor = ServingSupervisor(
+            config,
+            tmp_path,
+            tmp_path,
+            "m",
+            on_waiting=lambda waiting: notifier.extend_start(waiting, 30),
+            progress_every_s=1.0,
+        )
+        with caplog.at_level(logging.INFO, logger="evolvd.serving"), pytest.raises(ServingStartError):
+            supervisor.start()
+        first = receive(manager)
+        assert first[0].startswith("STATUS=waiting for vLLM (1 s of 2 s") and url in first[0]
+        assert first[1] == "EXTEND_TIMEOUT_USEC=30000000"
+        assert receive(manager)[0].startswith("STATUS=waiting for vLLM (2 s of 2 s")
+    assert sum("waiting for vLLM" in r.getMessage() for r in caplog.records) == 2

@@ -70,5 +70,5 @@ def test_a_connection_idle_past_the_client_keepalive_is_not_reused(
 
 
 def test_the_supervised_server_keeps_idle_connections_longer_than_the_client(tmp_path: Path) -> None:
-    environment = vllm_environment(ServingConfig(), tmp_path)
+    environment = vllm_environment(ServingConfig(), tmp_path, None)
     assert int(environment["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) >= 2 * CLIENT_KEEPALIVE_S

@@ -11,6 +11,10 @@ import numpy as np
 
 # Requests kept per model; a canary window reads only the ones after its start.
 _KEEP = 20_000
+MAX_MODELS = 8
+"""Models kept at once (live, previous, canary and the operator's extra names, with room to spare):
+every promotion serves a new adapter name, so without a bound the table grows for the daemon's life.
+The model served longest ago is forgotten first."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,15 @@ class ServedStats:
 
     def record(self, model: str, ok: bool, seconds: float) -> None:
         with self._lock:
+            if model not in self._by_model and len(self._by_model) >= MAX_MODELS:
+                stalest = min(self._by_model, key=lambda m: self._by_model[m][-1][0])
+                del self._by_model[stalest]
             self._by_model.setdefault(model, deque(maxlen=_KEEP)).append((time.time(), ok, seconds))
+
+    @property
+    def models(self) -> set[str]:
+        with self._lock:
+            return set(self._by_model)
 
     def since(self, model: str, started_at: float) -> WindowStats:
         with self._lock:

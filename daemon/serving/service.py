@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,15 @@ from evolvd.connectors.model_bootstrap import BaseModel, resolve_base_model
 from evolvd.gateway import Gateway
 from evolvd.http_server import HttpServer
 from evolvd.metrics import ServingMetrics
+from evolvd.secret_file import SecretFileError
 from evolvd.serving.adapter_check import AdapterRejectedError
 from evolvd.serving.adapter_store import AdapterStore, check_import_path
 from evolvd.serving.hotswap import HotSwapper, SwapError, SwapResult
 from evolvd.serving.registry import AdapterRegistry, AdapterRow
 from evolvd.serving.routing import Router
 from evolvd.serving.served_stats import ServedStats
-from evolvd.serving.supervisor import ServingSupervisor
+from evolvd.serving.supervisor import ServingStartError, ServingSupervisor
+from evolvd.serving.vllm_key import vllm_api_key
 
 logger = logging.getLogger("evolvd.serving")
 
@@ -65,9 +68,16 @@ class KafkaCapture:
 
 class ServingService:
     def __init__(
-        self, config: EvolvdConfig, buffer: DuckDBBuffer, metrics: ServingMetrics, bootstrap_servers: str
+        self,
+        config: EvolvdConfig,
+        buffer: DuckDBBuffer,
+        metrics: ServingMetrics,
+        bootstrap_servers: str,
+        on_waiting: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_waiting`: told what the start waits for while vLLM loads (the daemon tells systemd)."""
         self.config = config
+        self._on_waiting = on_waiting
         self.metrics = metrics
         self.registry = AdapterRegistry(buffer)
         self._buffer = buffer
@@ -78,12 +88,18 @@ class ServingService:
         self.swapper: HotSwapper | None = None
         self._gateway: HttpServer | None = None
         self._capture: KafkaCapture | None = None
+        self.vllm_api_key: str | None = None
+        """The vLLM server's API key (evolvd.serving.vllm_key), known once started."""
         self.served_stats = ServedStats()
         """Gateway outcomes per served model (what a canary is judged on)."""
 
     def start(self) -> None:
         cfg = self.config
         self.base = resolve_base_model(cfg.serving.model_path, cfg.data_dir / "models")
+        try:
+            self.vllm_api_key = vllm_api_key(cfg)
+        except SecretFileError as exc:
+            raise ServingStartError(f"vLLM API key: {exc}") from exc
         self.router = Router(self.base.name, cfg.gateway.public_model_name)
         cfg.adapter_import_root.mkdir(parents=True, exist_ok=True)  # where operators put adapters to register
         self.supervisor = ServingSupervisor(
@@ -91,7 +107,9 @@ class ServingService:
             cfg.data_dir / "serving",
             self.base.path,
             self.base.name,
+            api_key=self.vllm_api_key,
             on_restart=self._on_serving_down,
+            on_waiting=self._on_waiting,
         )
         self.swapper = HotSwapper(
             self.supervisor.client,
@@ -130,6 +148,7 @@ class ServingService:
             config=cfg.gateway,
             router=self.router,
             upstream_url=self.supervisor.url,
+            upstream_api_key=self.vllm_api_key,
             is_ready=self.supervisor.is_ready,
             loaded_adapters=lambda: sorted(swapper.loaded),
             metrics=self.metrics,

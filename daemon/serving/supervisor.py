@@ -26,6 +26,8 @@ from evolvd.lifeline import child_environment
 logger = logging.getLogger("evolvd.serving")
 
 _UNHEALTHY_CHECKS_BEFORE_RESTART = 5
+STARTUP_PROGRESS_EVERY_S = 10.0
+"""How often a waiting start says so (the log, systemd's STATUS and start timeout)."""
 """A live process that fails this many health checks in a row is presumed hung and restarted."""
 
 
@@ -52,8 +54,9 @@ def vllm_command(config: ServingConfig, model_path: Path, served_name: str, port
     ]  # fmt: skip
 
 
-def vllm_environment(config: ServingConfig, runtime_dir: Path) -> dict[str, str]:
-    """vLLM's caches and temp files go under evolvd's data directory, not ~/.cache and /tmp."""
+def vllm_environment(config: ServingConfig, runtime_dir: Path, api_key: str | None) -> dict[str, str]:
+    """vLLM's caches and temp files go under evolvd's data directory, not ~/.cache and /tmp; its API
+    key (evolvd.serving.vllm_key) in VLLM_API_KEY, never on the command line."""
     cache, tmp = runtime_dir / "cache", runtime_dir / "tmp"
     cache.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,7 @@ def vllm_environment(config: ServingConfig, runtime_dir: Path) -> dict[str, str]
         "TMPDIR": str(tmp),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        **({"VLLM_API_KEY": api_key} if api_key else {}),
     }
 
 
@@ -79,9 +83,17 @@ class ServingSupervisor:
         runtime_dir: Path,
         model_path: Path,
         served_name: str,
+        api_key: str | None = None,
         on_restart: Callable[[], None] | None = None,
+        on_waiting: Callable[[str], None] | None = None,
+        progress_every_s: float = STARTUP_PROGRESS_EVERY_S,
     ) -> None:
+        """`api_key`: the server's API key (evolvd.serving.vllm_key); a managed server is started with it.
+        `on_waiting`: told every `progress_every_s` while the first start waits (systemd's STATUS)."""
+        self._on_waiting = on_waiting
+        self._progress_every_s = progress_every_s
         self.config = config
+        self.api_key = api_key
         self.runtime_dir = runtime_dir
         self.model_path = model_path
         self.served_name = served_name
@@ -99,7 +111,7 @@ class ServingSupervisor:
             if config.mode == "external" and config.url
             else f"http://{config.host}:{self.port}"
         )
-        self.client = VLLMClient(self.url)
+        self.client = VLLMClient(self.url, api_key=api_key)
 
     @property
     def managed(self) -> bool:
@@ -144,7 +156,7 @@ class ServingSupervisor:
             log.write(f"\n=== evolvd starting vLLM: {' '.join(command)}\n".encode())
             self._proc = subprocess.Popen(
                 command,
-                env=vllm_environment(self.config, self.runtime_dir),
+                env=vllm_environment(self.config, self.runtime_dir, self.api_key),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -153,7 +165,8 @@ class ServingSupervisor:
         logger.info("started vLLM (pid %d) on %s; log %s", self._proc.pid, self.url, self.log_path)
 
     def _wait_healthy(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline, next_progress = started + timeout_s, started + self._progress_every_s
         while time.monotonic() < deadline and not self._stop.is_set():
             if self._proc is not None and self._proc.poll() is not None:
                 logger.error(
@@ -162,8 +175,18 @@ class ServingSupervisor:
                 return False
             if self.client.healthy():
                 return True
+            if time.monotonic() >= next_progress:
+                next_progress += self._progress_every_s
+                self._report_waiting(time.monotonic() - started, timeout_s)
             self._stop.wait(0.5)
         return False
+
+    def _report_waiting(self, waited_s: float, timeout_s: float) -> None:
+        where = f"log at {self.log_path}" if self.managed else self.url
+        waiting = f"waiting for vLLM ({waited_s:.0f} s of {timeout_s:.0f} s, {where})"
+        logger.info("%s", waiting)
+        if self._on_waiting is not None:
+            self._on_waiting(waiting)
 
     def _mark_ready(self) -> None:
         self.state = ServingState.READY

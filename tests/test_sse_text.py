@@ -1,0 +1,86 @@
+"""A streamed answer is captured whole however the network cuts its bytes (issue 24: the gateway used
+to parse each chunk alone, so a stream cut every 37 bytes was captured as '')."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from evolvd.config import GatewayConfig
+from evolvd.gateway import Gateway
+from evolvd.metrics import ServingMetrics, new_registry
+from evolvd.serving.routing import Router
+from evolvd.sse_text import StreamedText
+
+WORDS = ["Hello", " big", " wörld", " 🌍"]
+
+
+def sse_stream(words: list[str]) -> bytes:
+    """What vLLM sends for a streamed chat completion: one `data:` event per delta, then [DONE]."""
+    events = [{"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    events += [{"id": "c1", "choices": [{"index": 0, "delta": {"content": w}}]} for w in words]
+    body = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events) + "data: [DONE]\n\n"
+    return body.encode()
+
+
+def cut(data: bytes, every: int) -> list[bytes]:
+    return [data[i : i + every] for i in range(0, len(data), every)]
+
+
+@pytest.mark.parametrize("every", [1, 2, 7, 37, 10_000])
+def test_the_text_is_whole_however_the_bytes_are_cut(every: int) -> None:
+    text = StreamedText()
+    for chunk in cut(sse_stream(WORDS), every):  # cuts inside lines and inside multi-byte characters
+        text.feed(chunk)
+    assert text.finish() == "Hello big wörld 🌍"
+
+
+def test_crlf_lines_no_space_after_the_colon_and_a_last_line_without_newline() -> None:
+    text = StreamedText()
+    text.feed(b': a comment\r\nevent: message\r\ndata:{"choices": [{"text": "plain "}]}\r\n\r\n')
+    text.feed(b'data: {"choices": [{"text": "completion"}]}')  # the stream ends without its newline
+    assert text.finish() == "plain completion"
+
+
+class Captured:
+    def __init__(self) -> None:
+        self.values: list[dict[str, object]] = []
+
+    def publish(self, value: bytes, key: bytes | None) -> None:
+        self.values.append(json.loads(value))
+
+
+def test_the_gateway_captures_a_fragmented_stream_whole_and_relays_it_unchanged() -> None:
+    stream = sse_stream(WORDS)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in cut(stream, 37):
+            yield chunk
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=chunks(), headers={"content-type": "text/event-stream"})
+
+    captured = Captured()
+    gateway = Gateway(
+        config=GatewayConfig(),
+        router=Router("base", "evolvd"),
+        upstream_url="http://upstream",
+        upstream_api_key=None,
+        is_ready=lambda: True,
+        loaded_adapters=lambda: [],
+        metrics=ServingMetrics.create(new_registry()),
+        api_keys=set(),
+        capture=captured,
+    )
+    gateway._client = httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://upstream")
+    body = {"model": "evolvd", "stream": True, "messages": [{"role": "user", "content": "Greet the world."}]}
+    with TestClient(gateway.app()) as client:
+        relayed = client.post("/v1/chat/completions", json=body)
+    assert relayed.status_code == 200 and relayed.content == stream
+    (record,) = captured.values
+    assert record["response"] == "Hello big wörld 🌍"
+    assert record["messages"] == body["messages"]
