@@ -268,6 +268,9 @@ class GatewayConfig(_Section):
 
     request_timeout_s: float = Field(300.0, gt=0)
     retry_after_s: int = Field(5, ge=1)
+    access_log: bool = False
+    """One log line per request on the `evolvd.gateway.access` logger: client, route, status, seconds,
+    served model and request id."""
     """Retry-After sent with 503 while the serving process is restarting."""
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,8 @@ from evolvd.serving.served_stats import ServedStats
 from evolvd.sse_text import StreamedText
 
 logger = logging.getLogger("evolvd.gateway")
+access_logger = logging.getLogger("evolvd.gateway.access")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class CaptureSink(Protocol):
@@ -48,6 +51,12 @@ def _error(
     field at fault, or null), which OpenAI's client libraries read."""
     error = {"message": message, "type": kind, "param": param, "code": code}
     return JSONResponse({"error": error}, status, headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    """The client's `x-request-id` when it is a plain token (it goes into logs), else a new one."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | JSONResponse:
@@ -135,14 +144,21 @@ class Gateway:
 
     async def _timed(self, request: Request, route: str) -> Response:
         started = time.perf_counter()
-        status = 500
+        status, served = 500, "-"
+        request_id = _request_id(request)
         try:
-            response = await self._proxy(request, route)
-            status = response.status_code
+            response = await self._proxy(request, route, request_id)
+            response.headers["x-request-id"] = request_id
+            status, served = response.status_code, response.headers.get("x-evolvd-model", "-")
             return response
         finally:
+            seconds = time.perf_counter() - started
             self._metrics.gateway_requests.labels(route, str(status)).inc()
-            self._metrics.gateway_seconds.labels(route).observe(time.perf_counter() - started)
+            self._metrics.gateway_seconds.labels(route).observe(seconds)
+            if self._config.access_log:
+                client = request.client.host if request.client else "-"
+                line = "%s %s %d %.3fs model=%s request_id=%s"
+                access_logger.info(line, client, route, status, seconds, served, request_id)
 
     async def _read_body(self, request: Request) -> dict[str, Any] | JSONResponse:
         if not self._authorized(request):
@@ -189,7 +205,7 @@ class Gateway:
                 return _error(400, f"`{field}` must be an integer of at most {cap}", param=field)
         return None
 
-    async def _proxy(self, request: Request, route: str) -> Response:
+    async def _proxy(self, request: Request, route: str, request_id: str) -> Response:
         body = await self._read_body(request)
         if isinstance(body, JSONResponse):
             return body
@@ -200,13 +216,14 @@ class Gateway:
         judged = served if requested == self._router.public_name else None
         body["model"] = served
         headers = {"x-evolvd-model": served}
+        upstream_headers = {"X-Request-Id": request_id}  # vLLM names the request by it in its logs
         started = time.perf_counter()
         try:
             if body.get("stream"):
-                response = await self._stream(route, body, headers)
+                response = await self._stream(route, body, headers, request_id)
                 self._served(judged, response.status_code, started)
                 return response
-            upstream = await self._client.post(route, json=body)
+            upstream = await self._client.post(route, json=body, headers=upstream_headers)
         except httpx.TransportError as exc:
             logger.warning("upstream failed for %s: %s", route, exc)
             self._served(judged, 503, started)
@@ -214,7 +231,7 @@ class Gateway:
                           self._unavailable, code="serving_unavailable")  # fmt: skip
         self._served(judged, upstream.status_code, started)
         if self._capture is not None and upstream.status_code == 200:
-            self._record(body, upstream.json(), served)
+            self._record(body, upstream.json(), served, request_id)
         return Response(
             upstream.content, upstream.status_code, media_type="application/json", headers=headers
         )
@@ -225,17 +242,20 @@ class Gateway:
         if self._served_stats is not None and served is not None:
             self._served_stats.record(served, status < 500, time.perf_counter() - started)
 
-    async def _stream(self, route: str, body: dict[str, Any], headers: dict[str, str]) -> Response:
-        upstream = await self._client.send(self._client.build_request("POST", route, json=body), stream=True)
+    async def _stream(
+        self, route: str, body: dict[str, Any], headers: dict[str, str], request_id: str
+    ) -> Response:
+        built = self._client.build_request("POST", route, json=body, headers={"X-Request-Id": request_id})
+        upstream = await self._client.send(built, stream=True)
         if upstream.status_code != 200:
             content = await upstream.aread()
             await upstream.aclose()
             return Response(content, upstream.status_code, media_type="application/json", headers=headers)
-        return StreamingResponse(self._relay(upstream, body, headers["x-evolvd-model"]),
+        return StreamingResponse(self._relay(upstream, body, headers["x-evolvd-model"], request_id),
                                  media_type="text/event-stream", headers=headers)  # fmt: skip
 
     async def _relay(
-        self, upstream: httpx.Response, body: dict[str, Any], served: str
+        self, upstream: httpx.Response, body: dict[str, Any], served: str, request_id: str
     ) -> AsyncIterator[bytes]:
         text = StreamedText()
         try:
@@ -246,9 +266,11 @@ class Gateway:
         finally:
             await upstream.aclose()
         if self._capture is not None and (answer := text.finish()):
-            self._record(body, {"id": f"stream-{uuid.uuid4().hex}", "text": answer}, served)
+            self._record(body, {"id": f"stream-{uuid.uuid4().hex}", "text": answer}, served, request_id)
 
-    def _record(self, request: dict[str, Any], response: dict[str, Any], served: str) -> None:
+    def _record(
+        self, request: dict[str, Any], response: dict[str, Any], served: str, request_id: str
+    ) -> None:
         assert self._capture is not None
         choice = (response.get("choices") or [{}])[0]
         text = response.get("text") or choice.get("text") or (choice.get("message") or {}).get("content")
@@ -258,7 +280,7 @@ class Gateway:
         if prompt is None and not messages:
             return
         try:
-            metadata = {"source": "gateway", "served_by": served}
+            metadata = {"source": "gateway", "served_by": served, "request_id": request_id}
             if self._seal_key is not None:
                 metadata["seal"] = seal(self._seal_key, message_id, served)
             value = encode_message(message_id, prompt, messages=messages, response=text, metadata=metadata,

@@ -1,9 +1,11 @@
-"""A streamed answer is captured whole however the network cuts its bytes (issue 24: the gateway used
-to parse each chunk alone, so a stream cut every 37 bytes was captured as '')."""
+"""What the gateway captures and passes on (issue 24): a streamed answer whole however the network cuts
+its bytes (each chunk used to be parsed alone: a stream cut every 37 bytes was captured as ''), and
+a request id from the client (or a new one) to vLLM, the capture record and the access log."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -84,3 +86,39 @@ def test_the_gateway_captures_a_fragmented_stream_whole_and_relays_it_unchanged(
     (record,) = captured.values
     assert record["response"] == "Hello big wörld 🌍"
     assert record["messages"] == body["messages"]
+
+
+def test_a_request_id_goes_to_vllm_back_to_the_client_and_into_the_capture_and_access_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str | None] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-request-id"))
+        return httpx.Response(200, json={"id": "c1", "choices": [{"message": {"content": "hi"}}]})
+
+    captured = Captured()
+    gateway = Gateway(
+        config=GatewayConfig(access_log=True),
+        router=Router("base", "evolvd"),
+        upstream_url="http://upstream",
+        upstream_api_key=None,
+        is_ready=lambda: True,
+        loaded_adapters=lambda: [],
+        metrics=ServingMetrics.create(new_registry()),
+        api_keys=set(),
+        capture=captured,
+    )
+    gateway._client = httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://upstream")
+    body = {"model": "evolvd", "messages": [{"role": "user", "content": "Hello?"}]}
+    with TestClient(gateway.app()) as client, caplog.at_level(logging.INFO, logger="evolvd.gateway.access"):
+        given = client.post("/v1/chat/completions", json=body, headers={"x-request-id": "trace-42"})
+        made = client.post("/v1/chat/completions", json=body)
+        forged = client.post("/v1/chat/completions", json=body, headers={"x-request-id": "a\tb=c d"})
+    assert given.headers["x-request-id"] == "trace-42" and seen[0] == "trace-42"
+    assert len(made.headers["x-request-id"]) == 32 and seen[1] == made.headers["x-request-id"]
+    assert forged.headers["x-request-id"] != "a\tb=c d", "a value that would corrupt log lines is replaced"
+    assert [v["metadata"]["request_id"] for v in captured.values] == seen  # type: ignore[index]
+    lines = [r.getMessage() for r in caplog.records if r.name == "evolvd.gateway.access"]
+    assert len(lines) == 3 and "/v1/chat/completions 200" in lines[0] and "model=base" in lines[0]
+    assert lines[0].endswith("request_id=trace-42")
