@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -34,15 +34,57 @@ CONFIG_OPTION = click.option(
 )
 
 
+JSON_MODE = "evolvd.json"
+
+
+def _json_mode(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[JSON_MODE] = True  # meta is shared by the whole command line: fail() sees it
+    return value
+
+
+JSON_OPTION = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    is_eager=True,
+    callback=_json_mode,
+    help="Print JSON on stdout; errors as JSON on stderr.",
+)
+
+
+def json_mode() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(JSON_MODE))
+
+
+def fail(code: int, *errors: str) -> NoReturn:
+    """Report `errors` on stderr (`error: ...` lines, or one {"errors": [...], "exit_code": N} object
+    with --json) and exit with `code`."""
+    if json_mode():
+        click.echo(json.dumps({"errors": list(errors), "exit_code": code}), err=True)
+    else:
+        for error in errors:
+            click.echo(f"error: {error}", err=True)
+    sys.exit(code)
+
+
+def emit(data: Any, *lines: str) -> None:
+    """`data` as JSON with --json, else the human-readable `lines`."""
+    if json_mode():
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
 def _load_config(config_path: Path | None) -> Any:
     from evolvd.config_file import ConfigError, load_config
 
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        for err in exc.errors:
-            click.echo(f"error: {err}", err=True)
-        sys.exit(EXIT_INVALID)
+        fail(EXIT_INVALID, *(str(err) for err in exc.errors))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -135,31 +177,25 @@ def admin_request(
     try:
         token = client_token(config)
     except AdminTokenError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(EXIT_FAILED, str(exc))
     try:
         response = admin_call(base, method, path, body, token)
     except httpx.HTTPError as exc:
-        click.echo(f"error: cannot reach the evolvd admin API at {base}: {exc}", err=True)
-        sys.exit(EXIT_UNREACHABLE)
+        fail(EXIT_UNREACHABLE, f"cannot reach the evolvd admin API at {base}: {exc}")
     if response.status_code == 401:
-        click.echo(
-            f"error: {base} refused the bearer token: set ${config.admin.token_env} (or admin.token_file)"
+        fail(
+            EXIT_FAILED,
+            f"{base} refused the bearer token: set ${config.admin.token_env} (or admin.token_file)"
             f" to the daemon's, or run as the user that can read {config.data_dir / GENERATED_TOKEN_FILE}",
-            err=True,
         )
-        sys.exit(EXIT_FAILED)
     if response.status_code >= 400:
         try:
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
         if isinstance(detail, dict) and "errors" in detail:  # a file the daemon found invalid
-            for line in detail["errors"]:
-                click.echo(f"error: {line}", err=True)
-            sys.exit(EXIT_INVALID)
-        click.echo(f"error: {detail}", err=True)
-        sys.exit(EXIT_FAILED)
+            fail(EXIT_INVALID, *(str(line) for line in detail["errors"]))
+        fail(EXIT_FAILED, str(detail))
     result: dict[str, Any] = response.json()
     return result
 
@@ -176,7 +212,7 @@ URL_OPTION = click.option(
 @main.command()
 @URL_OPTION
 @CONFIG_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@JSON_OPTION
 def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Show what the running daemon is doing (read through its admin API)."""
     body = admin_request(url, config_path, "/status")
@@ -318,7 +354,8 @@ def model() -> None:
 
 @model.command("init")
 @CONFIG_OPTION
-def model_init(config_path: Path | None) -> None:
+@JSON_OPTION
+def model_init(config_path: Path | None, as_json: bool) -> None:
     """Convert the bundled base model into data_dir/models once (idempotent; verified by content hash)."""
     config = _load_config(config_path)
     from evolvd.connectors.model_bootstrap import ModelBootstrapError, resolve_base_model
@@ -328,9 +365,11 @@ def model_init(config_path: Path | None) -> None:
     try:
         base = resolve_base_model(config.serving.model_path, config.data_dir / "models")
     except ModelBootstrapError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    click.echo(f"{base.name}: {base.path} (sha256 {base.content_hash})")
+        fail(EXIT_FAILED, str(exc))
+    emit(
+        {"name": base.name, "path": str(base.path), "sha256": base.content_hash},
+        f"{base.name}: {base.path} (sha256 {base.content_hash})",
+    )
 
 
 @main.group()
@@ -341,7 +380,7 @@ def adapters() -> None:
 @adapters.command("list")
 @URL_OPTION
 @CONFIG_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@JSON_OPTION
 def adapters_list(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Every adapter with its status, and the latest swaps."""
     body = admin_request(url, config_path, "/adapters")
@@ -364,7 +403,7 @@ def adapters_list(url: str | None, config_path: Path | None, as_json: bool) -> N
 @click.argument("name")
 @URL_OPTION
 @CONFIG_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@JSON_OPTION
 def adapters_show(name: str, url: str | None, config_path: Path | None, as_json: bool) -> None:
     """NAME's lineage: run, data set, the Kafka offsets it learned from, evaluations, decisions, parents."""
     body = admin_request(url, config_path, f"/adapters/{name}")
@@ -403,9 +442,12 @@ def adapters_show(name: str, url: str | None, config_path: Path | None, as_json:
 @click.argument("path", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @URL_OPTION
 @CONFIG_OPTION
-def adapters_register(path: Path, url: str | None, config_path: Path | None) -> None:
-    """Validate an adapter folder and add it as a candidate (prints its unique name)."""
-    click.echo(admin_request(url, config_path, "/adapters", "POST", {"path": str(path.resolve())})["name"])
+@JSON_OPTION
+def adapters_register(path: Path, url: str | None, config_path: Path | None, as_json: bool) -> None:
+    """Copy an adapter folder into the daemon, validate it and add it as a candidate (prints its
+    unique name)."""
+    result = admin_request(url, config_path, "/adapters", "POST", {"path": str(path.resolve())})
+    emit(result, result["name"])
 
 
 @adapters.command("promote")
@@ -417,11 +459,14 @@ def adapters_register(path: Path, url: str | None, config_path: Path | None) -> 
 )
 @URL_OPTION
 @CONFIG_OPTION
-def adapters_promote(name: str, force: bool, url: str | None, config_path: Path | None) -> None:
+@JSON_OPTION
+def adapters_promote(
+    name: str, force: bool, url: str | None, config_path: Path | None, as_json: bool
+) -> None:
     """Hot-swap NAME in as the live adapter (load, probe, flip; the previous stays loaded for rollback)."""
     result = admin_request(url, config_path, f"/adapters/{name}/promote", "POST", {"force": force})
     old, new, took = result["from_adapter"] or "base", result["to_adapter"], result["duration_ms"]
-    click.echo(f"live: {old} -> {new} in {took:.0f} ms")
+    emit(result, f"live: {old} -> {new} in {took:.0f} ms")
 
 
 @adapters.command("canary")
@@ -435,28 +480,36 @@ def adapters_promote(name: str, force: bool, url: str | None, config_path: Path 
 @click.option("--stop", is_flag=True, help="End the running canary instead.")
 @URL_OPTION
 @CONFIG_OPTION
+@JSON_OPTION
 def adapters_canary(
-    name: str | None, share: float | None, stop: bool, url: str | None, config_path: Path | None
+    name: str | None,
+    share: float | None,
+    stop: bool,
+    url: str | None,
+    config_path: Path | None,
+    as_json: bool,
 ) -> None:
     """Send a share of the alias traffic to NAME (live keeps the rest); --stop ends the running canary
     (no NAME needed: there is one at most)."""
     if stop:
-        admin_request(url, config_path, "/canary", "DELETE")
-        click.echo("canary stopped")
+        emit(admin_request(url, config_path, "/canary", "DELETE"), "canary stopped")
         return
     if name is None:
         raise click.UsageError("NAME is required (or --stop to end the running canary)")
-    admin_request(url, config_path, f"/adapters/{name}/canary", "POST", {"share": share})
-    click.echo(f"canary: {name}")
+    emit(
+        admin_request(url, config_path, f"/adapters/{name}/canary", "POST", {"share": share}),
+        f"canary: {name}",
+    )
 
 
 @main.command()
 @URL_OPTION
 @CONFIG_OPTION
-def rollback(url: str | None, config_path: Path | None) -> None:
+@JSON_OPTION
+def rollback(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Flip back to the previous adapter (or the base model)."""
     result = admin_request(url, config_path, "/rollback", "POST")
-    click.echo(f"rolled back: {result['from_adapter']} -> {result['to_adapter'] or 'base'}")
+    emit(result, f"rolled back: {result['from_adapter']} -> {result['to_adapter'] or 'base'}")
 
 
 # -- scheduled jobs ---------------------------------------------------------------------------
@@ -470,15 +523,19 @@ def jobs() -> None:
 @jobs.command("list")
 @URL_OPTION
 @CONFIG_OPTION
-def jobs_list(url: str | None, config_path: Path | None) -> None:
+@JSON_OPTION
+def jobs_list(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Every job with its trigger, next run and last outcome."""
-    for job in admin_request(url, config_path, "/jobs")["jobs"]:
+    body = admin_request(url, config_path, "/jobs")
+    lines = []
+    for job in body["jobs"]:
         state = "PAUSED" if job["paused"] else ("running" if job["running"] else "scheduled")
         last = job["last"]
         said = f"{last['outcome']}: {last['detail']}" if last else "not run yet"
-        click.echo(
+        lines.append(
             f"{job['job']:<11} {state:<9} {job['trigger'] or 'unscheduled'}  next {job['next_run']}  {said}"
         )
+    emit(body, *lines)
 
 
 def _job_action(action: str) -> click.Command:
@@ -486,11 +543,12 @@ def _job_action(action: str) -> click.Command:
     @click.argument("name")
     @URL_OPTION
     @CONFIG_OPTION
-    def command(name: str, url: str | None, config_path: Path | None) -> None:
+    @JSON_OPTION
+    def command(name: str, url: str | None, config_path: Path | None, as_json: bool) -> None:
         result = admin_request(url, config_path, f"/jobs/{name}/{action}", "POST")
         if action == "run" and not result.get("started"):
-            raise click.ClickException(result.get("reason", "not started"))
-        click.echo(f"{name}: {action} {'started' if action == 'run' else 'ok'}")
+            fail(EXIT_FAILED, str(result.get("reason", "not started")))
+        emit(result, f"{name}: {action} {'started' if action == 'run' else 'ok'}")
 
     return command
 
@@ -509,21 +567,24 @@ def config() -> None:
 
 @config.command("check")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-def config_check(file: Path) -> None:
+@JSON_OPTION
+def config_check(file: Path, as_json: bool) -> None:
     """Validate FILE (with EVOLVD_* overrides applied); print every error with its place."""
     _load_config(file)
-    click.echo(f"{file}: ok")
+    emit({"file": str(file), "valid": True}, f"{file}: ok")
 
 
 @config.command("show")
 @CONFIG_OPTION
-def config_show(config_path: Path | None) -> None:
-    """Print the effective configuration (defaults < file < environment) as YAML."""
+@JSON_OPTION
+def config_show(config_path: Path | None, as_json: bool) -> None:
+    """Print the effective configuration (defaults < file < environment) as YAML (or JSON)."""
     import yaml
 
     from evolvd.config import as_dict
 
-    click.echo(yaml.safe_dump(as_dict(_load_config(config_path)), sort_keys=False), nl=False)
+    effective = as_dict(_load_config(config_path))
+    emit(effective, yaml.safe_dump(effective, sort_keys=False).rstrip("\n"))
 
 
 # -- policies ---------------------------------------------------------------------------------
@@ -541,40 +602,42 @@ def _check_policies(path: Path) -> Any:
     try:
         return check_policy_path(path)
     except ConfigError as exc:
-        for err in exc.errors:
-            click.echo(f"error: {err}", err=True)
-        sys.exit(EXIT_INVALID)
+        fail(EXIT_INVALID, *(str(err) for err in exc.errors))
 
 
 @policy.command("check")
 @click.argument("path", type=click.Path(path_type=Path, exists=True))
-def policy_check(path: Path) -> None:
+@JSON_OPTION
+def policy_check(path: Path, as_json: bool) -> None:
     """Validate a policy directory or one policy file, without a daemon."""
-    policies = _check_policies(path)
-    for name, described in policies.describe().items():
-        click.echo(f"{name}: ok  hash {described['hash']}  ({described['source']})")
+    described = _check_policies(path).describe()
+    emit(described, *(f"{n}: ok  hash {d['hash']}  ({d['source']})" for n, d in described.items()))
 
 
 @policy.command("init")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-def policy_init(directory: Path) -> None:
+@JSON_OPTION
+def policy_init(directory: Path, as_json: bool) -> None:
     """Write a copy of the shipped default policies into DIRECTORY, to edit and point policies.dir at."""
     import shutil
 
     from evolvd.policies.loader import defaults_dir
 
     if directory.exists() and any(directory.iterdir()):
-        click.echo(f"error: {directory} is not empty; not overwriting anything", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(EXIT_FAILED, f"{directory} is not empty; not overwriting anything")
     shutil.copytree(defaults_dir(), directory, dirs_exist_ok=True)
-    click.echo(f"wrote the default policies to {directory}; set policies.dir: {directory} in the config")
+    written = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    emit(
+        {"directory": str(directory), "files": written},
+        f"wrote the default policies to {directory}; set policies.dir: {directory} in the config",
+    )
 
 
 @policy.command("dry-run")
 @click.argument("path", type=click.Path(path_type=Path, exists=True))
 @URL_OPTION
 @CONFIG_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@JSON_OPTION
 def policy_dry_run(path: Path, url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Evaluate an edited policy file (or directory) on the running daemon's buffer; applies nothing."""
     _check_policies(path)
@@ -594,7 +657,7 @@ def policy_dry_run(path: Path, url: str | None, config_path: Path | None, as_jso
         {"files": files, "replace_all": path.is_dir(), "shown_as": str(path)},
     )
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        emit(body)
         return
     changed = body["policies_changed"]
     click.echo(
@@ -617,14 +680,13 @@ def policy_dry_run(path: Path, url: str | None, config_path: Path | None, as_jso
 @policy.command("reload")
 @URL_OPTION
 @CONFIG_OPTION
-def policy_reload(url: str | None, config_path: Path | None) -> None:
+@JSON_OPTION
+def policy_reload(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Ask the daemon to re-read its policy directory now (it also watches it)."""
     body = admin_request(url, config_path, "/policies/reload", "POST")
-    click.echo(f"reload: {body['outcome']}")
-    for line in body["rejected"]:
-        click.echo(f"error: {line}", err=True)
     if body["rejected"]:
-        sys.exit(EXIT_INVALID)
+        fail(EXIT_INVALID, *(str(line) for line in body["rejected"]))
+    emit(body, f"reload: {body['outcome']}")
 
 
 # -- produce ----------------------------------------------------------------------------------
@@ -641,8 +703,14 @@ def policy_reload(url: str | None, config_path: Path | None) -> None:
     help="Kafka to publish to (default: the config's; `embedded` asks the running daemon).",
 )
 @click.option("--topic", default=None, help="Topic (default: the config's kafka.topic).")
+@JSON_OPTION
 def produce(
-    file: Any, config_path: Path | None, url: str | None, bootstrap_servers: str | None, topic: str | None
+    file: Any,
+    config_path: Path | None,
+    url: str | None,
+    bootstrap_servers: str | None,
+    topic: str | None,
+    as_json: bool,
 ) -> None:
     """Publish each line of FILE (JSON Lines, one message each) to the prompts topic, as-is.
 
@@ -655,8 +723,12 @@ def produce(
     servers = bootstrap_servers or config.kafka.bootstrap_servers
     if servers == "embedded":
         servers = admin_request(url, config_path, "/status")["kafka"]["bootstrap_servers"]
-    sent = publish_lines(config.kafka, servers, topic or config.kafka.topic, file)
-    click.echo(f"published {sent} messages to {topic or config.kafka.topic} at {servers}")
+    chosen = topic or config.kafka.topic
+    sent = publish_lines(config.kafka, servers, chosen, file)
+    emit(
+        {"published": sent, "topic": chosen, "bootstrap_servers": servers},
+        f"published {sent} messages to {chosen} at {servers}",
+    )
 
 
 if __name__ == "__main__":
