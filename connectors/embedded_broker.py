@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from evolvd.child_output import ChildOutput
 from evolvd.lifeline import child_environment
 
 logger = logging.getLogger("evolvd.broker")
@@ -51,9 +52,20 @@ def free_port() -> int:
 class EmbeddedBroker:
     """A Tansu broker child process on a loopback port. Use as a context manager or start()/stop()."""
 
-    def __init__(self, port: int = 0, log_path: Path | None = None, startup_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        log_path: Path | None = None,
+        startup_timeout_s: float = 15.0,
+        output_to_stderr: bool = False,
+    ) -> None:
+        """`log_path`: a rotated file for the broker's output (None: discarded), unless
+        `output_to_stderr` sends it to this process's stderr."""
         self.port = port or free_port()
         self.log_path = log_path
+        self._output = (
+            ChildOutput("broker", log_path, to_stderr=output_to_stderr) if log_path is not None else None
+        )
         self.startup_timeout_s = startup_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -78,17 +90,16 @@ class EmbeddedBroker:
             "--storage-engine",
             "memory://tansu/",
         ]
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            # Its own session: a Ctrl-C in the terminal goes to the daemon, which stops the broker
-            # last, after the consumer has closed. The parent-death signal covers a killed daemon.
-            self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=child_environment(),
-            )  # fmt: skip
-        finally:
-            if self.log_path:
-                log.close()  # type: ignore[union-attr]
+        output = subprocess.PIPE if self._output is not None else subprocess.DEVNULL
+        # Its own session: a Ctrl-C in the terminal goes to the daemon, which stops the broker
+        # last, after the consumer has closed. The parent-death signal covers a killed daemon.
+        self._proc = subprocess.Popen(
+            cmd, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=child_environment(),
+        )  # fmt: skip
+        if self._output is not None:
+            assert self._proc.stdout is not None
+            self._output.attach(self._proc.stdout)
         self._wait_until_listening()
         logger.info(
             "embedded broker (in-memory) listening on %s, pid %d", self.bootstrap_servers, self._proc.pid
@@ -102,7 +113,7 @@ class EmbeddedBroker:
             if self._proc.poll() is not None:
                 raise EmbeddedBrokerError(
                     f"embedded broker exited with code {self._proc.returncode} at startup"
-                    + (f"; see {self.log_path}" if self.log_path else "")
+                    + (f"; see {self._output.where}" if self._output is not None else "")
                 )
             try:
                 with socket.create_connection((_HOST, self.port), timeout=0.2):

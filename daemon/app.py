@@ -356,7 +356,10 @@ class Daemon:
         if kafka.is_embedded:
             emb = kafka.embedded
             self._broker = EmbeddedBroker(
-                emb.port, self.config.data_dir / "broker.log", emb.startup_timeout_s
+                emb.port,
+                self.config.data_dir / "broker.log",
+                emb.startup_timeout_s,
+                output_to_stderr=self.config.logging.children == "stderr",
             )
             try:
                 self._broker.start()

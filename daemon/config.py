@@ -450,6 +450,9 @@ class EmbeddingsConfig(_Section):
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+    children: Literal["file", "stderr"] = "file"
+    """vLLM's and the embedded broker's output: `file`, rotated files in data_dir (20 MiB, 3 kept);
+    `stderr`, the daemon's stderr with a [vllm] or [broker] prefix (for journald, kubectl logs)."""
 
 
 class EvolvdConfig(BaseSettings):

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 import logging
 import sys
 from typing import Literal
 
+from pythonjsonlogger.json import JsonFormatter
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        body = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            body["exception"] = self.formatException(record.exc_info)
-        return json.dumps(body)
+
+class _JsonFormatter(JsonFormatter):
+    """One JSON object per record: ts (UTC, milliseconds), level, logger, message, the record's
+    `extra` fields, and exc_info for a traceback (python-json-logger does the encoding)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
+import re
 import socket
 from collections.abc import Iterator
 
@@ -78,3 +81,23 @@ def test_the_demoted_race_still_shows_when_kafka_logging_is_turned_up_to_debug(
     stderr = capsys.readouterr().err
     assert " DEBUG   kafka.net.transport: " in stderr and "Error receiving network data" in stderr
     assert " ERROR " not in stderr
+
+
+def test_json_logs_carry_extra_fields_milliseconds_and_tracebacks(
+    daemon_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO", "json")
+    log = logging.getLogger("evolvd.test")
+    log.info("promoted %s", "m-v3", extra={"adapter": "m-v3", "p_value": 0.01})
+    try:
+        raise ValueError("bad adapter")
+    except ValueError:
+        log.exception("swap failed")
+    first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert (
+        first["message"] == "promoted m-v3" and first["level"] == "INFO" and first["logger"] == "evolvd.test"
+    )
+    assert (first["adapter"], first["p_value"]) == ("m-v3", 0.01), "extra fields are fields"
+    stamp = dt.datetime.fromisoformat(first["ts"])
+    assert stamp.tzinfo is not None and re.search(r"T\d\d:\d\d:\d\d\.\d{3}\+00:00$", first["ts"])
+    assert "ValueError: bad adapter" in second["exc_info"]

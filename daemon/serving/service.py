@@ -110,6 +110,7 @@ class ServingService:
             api_key=self.vllm_api_key,
             on_restart=self._on_serving_down,
             on_waiting=self._on_waiting,
+            output_to_stderr=cfg.logging.children == "stderr",
         )
         self.swapper = HotSwapper(
             self.supervisor.client,

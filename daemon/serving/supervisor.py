@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from evolvd.child_output import ChildOutput
 from evolvd.config import ServingConfig
 from evolvd.connectors.embedded_broker import free_port
 from evolvd.connectors.vllm_client import SERVER_KEEPALIVE_S, VLLMClient
@@ -87,11 +88,13 @@ class ServingSupervisor:
         on_restart: Callable[[], None] | None = None,
         on_waiting: Callable[[str], None] | None = None,
         progress_every_s: float = STARTUP_PROGRESS_EVERY_S,
+        output_to_stderr: bool = False,
     ) -> None:
         """`api_key`: the server's API key (evolvd.serving.vllm_key); a managed server is started with it.
         `on_waiting`: told every `progress_every_s` while the first start waits (systemd's STATUS)."""
         self._on_waiting = on_waiting
         self._progress_every_s = progress_every_s
+        self._output = ChildOutput("vllm", runtime_dir / "vllm.log", to_stderr=output_to_stderr)
         self.config = config
         self.api_key = api_key
         self.runtime_dir = runtime_dir
@@ -146,22 +149,24 @@ class ServingSupervisor:
         self._watcher.start()
 
     @property
-    def log_path(self) -> Path:
-        return self.runtime_dir / "vllm.log"
+    def log_path(self) -> str:
+        """Where vLLM's output goes: a rotated file in runtime_dir, or the daemon's stderr."""
+        return self._output.where
 
     def _spawn(self) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         command = vllm_command(self.config, self.model_path, self.served_name, self.port)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n=== evolvd starting vLLM: {' '.join(command)}\n".encode())
-            self._proc = subprocess.Popen(
-                command,
-                env=vllm_environment(self.config, self.runtime_dir, self.api_key),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._output.note(f"=== evolvd starting vLLM: {' '.join(command)}")
+        self._proc = subprocess.Popen(
+            command,
+            env=vllm_environment(self.config, self.runtime_dir, self.api_key),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert self._proc.stdout is not None
+        self._output.attach(self._proc.stdout)
         logger.info("started vLLM (pid %d) on %s; log %s", self._proc.pid, self.url, self.log_path)
 
     def _wait_healthy(self, timeout_s: float) -> bool:
