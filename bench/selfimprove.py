@@ -49,6 +49,7 @@ from typing import Any
 import duckdb
 import httpx
 import yaml
+from scipy.stats import binomtest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from daemon_process import DaemonProcess
@@ -199,14 +200,13 @@ class Cycle:
 # -- statistics -------------------------------------------------------------------------------------
 
 
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval for a proportion (sound at the small n and extreme rates seen here)."""
+def wilson(correct: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval for a proportion (sound at the small n and extreme rates seen
+    here), as scipy computes it."""
     if n == 0:
         return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    interval = binomtest(correct, n).proportion_ci(0.95, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 # -- the parts --------------------------------------------------------------------------------------

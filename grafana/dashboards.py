@@ -22,19 +22,23 @@ from pathlib import Path
 from grafana_foundation_sdk.builders import common as common_builder
 from grafana_foundation_sdk.builders import dashboard as dashboard_builder
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import (
+    AnnotationQuery,
+    DashboardCursorSync,
     DashboardLinkType,
     DataSourceRef,
     VariableRefresh,
     VariableSort,
 )
+from panel_help import PANEL_HELP
 
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 I = 'instance=~"$instance"'  # noqa: E741 - the selector every query carries; short keeps queries readable
-VLLM = f'job="evolvd-vllm", {I}'
+VLLM = f'job="$vllm_job", {I}'  # the scrape job of vLLM's metrics: a variable, since yours may differ
 RATE = "$__rate_interval"
 
 
@@ -59,7 +63,7 @@ def graph(
     panel = (
         timeseries.Panel()
         .title(title)
-        .description(description)
+        .description(description or PANEL_HELP[title])
         .datasource(DATASOURCE)
         .unit(unit)
         .span(width)
@@ -82,7 +86,7 @@ def single(
     return (
         stat.Panel()
         .title(title)
-        .description(description)
+        .description(description or PANEL_HELP[title])
         .datasource(DATASOURCE)
         .unit(unit)
         .span(width)
@@ -106,6 +110,34 @@ def rate(metric: str, by: str = "", selector: str = I) -> str:
 Section = tuple[str, list[timeseries.Panel | stat.Panel]]
 
 
+def _events(name: str, color: str, expr: str) -> dashboard_builder.AnnotationQuery:
+    """A marker on every panel wherever `expr` (a count of events in the last 2 minutes) is above 0."""
+    return (
+        dashboard_builder.AnnotationQuery()
+        .name(name)
+        .datasource(DATASOURCE)
+        .enable(True)
+        .icon_color(color)
+        .expr(f"{expr} > 0")
+    )
+
+
+def _increase(metric: str, by: str, selector: str = "") -> str:
+    matchers = f"{I}, {selector}" if selector else I
+    return f"sum by ({by}) (increase({metric}{{{matchers}}}[2m]))"
+
+
+# What changed in the loop, marked on the time axis of every panel: the moments to compare against.
+ANNOTATIONS: list[Builder[AnnotationQuery]] = [
+    _events("Swaps", "blue", _increase("evolvd_adapter_swaps_total", "action", 'outcome="ok"')),
+    _events(
+        "Rejected swaps", "orange", _increase("evolvd_adapter_swaps_total", "action", 'outcome="rejected"')
+    ),
+    _events("Promotion decisions", "green", _increase("evolvd_promotion_decisions_total", "outcome")),
+    _events("Rollbacks", "red", _increase("evolvd_adapter_rollbacks_total", "outcome")),
+]
+
+
 def dashboard(uid: str, title: str, description: str, sections: Sequence[Section]) -> dict[str, object]:
     board = (
         dashboard_builder.Dashboard(title)
@@ -116,6 +148,7 @@ def dashboard(uid: str, title: str, description: str, sections: Sequence[Section
         .refresh("30s")
         .time("now-6h", "now")
         .timezone("browser")
+        .tooltip(DashboardCursorSync.CROSSHAIR)  # one time, marked on every panel at once
         .with_variable(
             dashboard_builder.DatasourceVariable("datasource").label("Data source").type("prometheus")
         )
@@ -130,6 +163,13 @@ def dashboard(uid: str, title: str, description: str, sections: Sequence[Section
             .all_value(".*")
             .multi(True)
         )
+        .with_variable(
+            dashboard_builder.TextBoxVariable("vllm_job")
+            .label("vLLM scrape job")
+            .default_value("evolvd-vllm")
+            .description("The Prometheus job that scrapes vLLM's metrics (evolvd's /serving/metrics).")
+        )
+        .annotations(ANNOTATIONS)
         .link(
             dashboard_builder.DashboardLink("evolvd")
             .type(DashboardLinkType.DASHBOARDS)

@@ -279,6 +279,11 @@ class RollbackPolicy(_Policy):
     max_feedback_drop: float = Field(ge=0.0, le=2.0)
     """Roll back when the candidate's mean feedback (-1..1) is lower by more than this."""
 
+    max_p_value: float = Field(gt=0.0, le=1.0)
+    """An error-rate or latency regression must also be significant at this level (one-sided:
+    Fisher's exact test on the error counts, Mann-Whitney U on the latencies), so a canary with a
+    small share is not rolled back on noise. 1.0: the bounds above alone decide."""
+
 
 class PromotionPolicy(_Policy):
     min_improvement: float = Field(ge=-1.0, le=1.0)

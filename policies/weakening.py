@@ -29,6 +29,7 @@ LOOSER_WHEN: dict[str, Literal["higher", "lower"]] = {
     "promotion.rollback.max_error_rate_increase": "higher",
     "promotion.rollback.max_latency_ratio": "higher",
     "promotion.rollback.max_feedback_drop": "higher",
+    "promotion.rollback.max_p_value": "lower",  # a stricter significance bar rolls back less often
 }
 SWITCHES = frozenset({"drift.guard.enabled", "promotion.require_safety_probes"})
 """Guards that are off when False."""

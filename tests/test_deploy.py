@@ -67,6 +67,20 @@ def test_dashboard_round_trips_through_grafanas_schema_models(path: Path) -> Non
         assert all('instance=~"$instance"' in t["expr"] for t in panel["targets"]), panel["title"]
 
 
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "grafana" / "dashboards").glob("*.json")), ids=lambda p: p.stem
+)
+def test_every_panel_says_what_it_shows_and_the_time_axis_is_shared(path: Path) -> None:
+    board = json.loads(path.read_text())
+    panels = [p for p in board["panels"] if p["type"] != "row"]
+    assert all(len(p.get("description", "")) > 20 for p in panels), [p["title"] for p in panels]
+    assert board["graphTooltip"] == 1, "a shared crosshair"
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["vllm_job"]["query"] == "evolvd-vllm", "the vLLM job is a variable with a default"
+    names = [a["name"] for a in board["annotations"]["list"]]
+    assert names == ["Swaps", "Rejected swaps", "Promotion decisions", "Rollbacks"]
+
+
 def test_grafana_provisioning_points_at_the_dashboards_compose_mounts() -> None:
     provider = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/evolvd.yaml").read_text())
     path = provider["providers"][0]["options"]["path"]

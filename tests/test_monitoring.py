@@ -30,7 +30,7 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 # What Grafana substitutes before a query reaches Prometheus: every instance, and a rate window
 # that spans several of this test's 1 s scrapes.
-GRAFANA_VARIABLES = {"$instance": ".*", "$__rate_interval": "15s"}
+GRAFANA_VARIABLES = {"$instance": ".*", "$__rate_interval": "15s", "$vllm_job": "evolvd-vllm"}
 # The series a PromQL expression reads: evolvd's, vLLM's, and `up{...}`.
 SELECTOR = re.compile(r"(evolvd_[a-z0-9_]+|vllm:[a-z0-9_:]+|\bup(?=\{))(\{[^}]*\})?")
 
@@ -143,6 +143,13 @@ def panel_queries() -> list[tuple[str, str, str]]:
     return found
 
 
+def substituted(template: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        template = template.replace(variable, value)
+    assert "$" not in template, f"unsubstituted variable in {template}"
+    return template
+
+
 def alert_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
@@ -166,13 +173,16 @@ def test_every_dashboard_panel_query_parses_and_returns_data(prometheus: Prometh
     assert len(DASHBOARDS) == 6 and len(queries) > 60
     empty = []
     for dashboard, title, template in queries:
-        expr = template
-        for variable, value in GRAFANA_VARIABLES.items():
-            expr = expr.replace(variable, value)
-        assert "$" not in expr, f"{dashboard} / {title}: unsubstituted variable in {expr}"
+        expr = substituted(template)
         if not prometheus.query(expr):
             empty.append(f"{dashboard} / {title}: {expr}")
     assert not empty, "panels with no data:\n" + "\n".join(empty)
+    # The annotations (swaps, promotions, rollbacks) mark events: they parse and run, and are empty
+    # until something happens.
+    annotations = [a for path in DASHBOARDS for a in json.loads(path.read_text())["annotations"]["list"]]
+    assert len(annotations) == 4 * len(DASHBOARDS)
+    for annotation in annotations:
+        prometheus.query(substituted(annotation["expr"]))
     # The dashboards' `instance` variable lists the daemon.
     values = httpx.get(
         f"{prometheus.url}/api/v1/label/instance/values", params={"match[]": "evolvd_build_info"}, timeout=10

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from scipy import stats as scipy_stats
+
 from evolvd.buffer import DuckDBBuffer
 from evolvd.buffer.keys import CAPTURE_SEAL_KEY, buffer_key
 from evolvd.capture_seal import is_sealed
@@ -21,6 +23,7 @@ from evolvd.policies.audit import Decision
 from evolvd.policies.gates import promotion_gate
 from evolvd.policies.loader import PolicySet
 from evolvd.policies.models import RollbackPolicy
+from evolvd.serving.served_stats import WindowStats
 from evolvd.serving.service import ServingService
 
 logger = logging.getLogger("evolvd.promotion")
@@ -36,22 +39,47 @@ class CanarySignals:
     live_p95_s: float | None
     canary_feedback: float | None
     live_feedback: float | None
+    error_p_value: float = 1.0
+    """One-sided Fisher's exact test: how likely errors this much more frequent on the canary are by
+    chance (1.0 without traffic on either side)."""
+    latency_p_value: float = 1.0
+    """One-sided Mann-Whitney U test of the canary's latencies against the live adapter's."""
+
+
+def compared(canary: WindowStats, live: WindowStats) -> tuple[float, float]:
+    """(error p-value, latency p-value) of the canary against the live adapter, one-sided."""
+    error_p = 1.0
+    if canary.requests and live.requests:
+        table = [[canary.errors, canary.requests - canary.errors], [live.errors, live.requests - live.errors]]
+        error_p = float(scipy_stats.fisher_exact(table, alternative="greater").pvalue)
+    latency_p = 1.0
+    if canary.latencies and live.latencies:
+        latency_p = float(
+            scipy_stats.mannwhitneyu(canary.latencies, live.latencies, alternative="greater").pvalue
+        )
+    return error_p, latency_p
 
 
 def regressions(signals: CanarySignals, policy: RollbackPolicy) -> list[str]:
-    """Every rollback rule the canary breaks, named by its policy field."""
+    """Every rollback rule the canary breaks, named by its policy field. An error-rate or latency
+    regression counts when it is beyond its bound and significant (policy.max_p_value)."""
     reasons = []
-    if signals.canary_error_rate - signals.live_error_rate > policy.max_error_rate_increase:
+    significant = f"p={{:.3g}} < {policy.max_p_value}"
+    if (
+        signals.canary_error_rate - signals.live_error_rate > policy.max_error_rate_increase
+        and signals.error_p_value < policy.max_p_value
+    ):
         reasons.append(
             f"promotion.rollback.max_error_rate_increase: error rate {signals.canary_error_rate:.3f} vs "
-            f"{signals.live_error_rate:.3f} live (limit +{policy.max_error_rate_increase})"
+            f"{signals.live_error_rate:.3f} live (limit +{policy.max_error_rate_increase};"
+            f" {significant.format(signals.error_p_value)})"
         )
     if signals.canary_p95_s is not None and signals.live_p95_s:
         ratio = signals.canary_p95_s / signals.live_p95_s
-        if ratio > policy.max_latency_ratio:
+        if ratio > policy.max_latency_ratio and signals.latency_p_value < policy.max_p_value:
             reasons.append(
                 f"promotion.rollback.max_latency_ratio: p95 latency {ratio:.2f}x the live adapter's"
-                f" (limit {policy.max_latency_ratio}x)"
+                f" (limit {policy.max_latency_ratio}x; {significant.format(signals.latency_p_value)})"
             )
     if signals.canary_feedback is not None and signals.live_feedback is not None:
         drop = signals.live_feedback - signals.canary_feedback
@@ -156,6 +184,7 @@ class Promoter:
         live = self._serving.router.routing.live_or_base
         stats = self._serving.served_stats
         mine, theirs = stats.since(canary["name"], started), stats.since(live, started)
+        error_p, latency_p = compared(mine, theirs)
         return CanarySignals(
             canary_requests=mine.requests,
             live_requests=theirs.requests,
@@ -165,6 +194,8 @@ class Promoter:
             live_p95_s=theirs.p95_seconds,
             canary_feedback=self._feedback(canary["name"], canary["started_at"]),
             live_feedback=self._feedback(live, canary["started_at"]),
+            error_p_value=error_p,
+            latency_p_value=latency_p,
         )
 
     def _feedback(self, served_by: str, since: dt.datetime) -> float | None:

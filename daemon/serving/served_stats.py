@@ -22,6 +22,8 @@ class WindowStats:
     requests: int
     errors: int
     p95_seconds: float | None
+    latencies: tuple[float, ...] = ()
+    """Seconds of each answered (non-error) request, for the canary's significance test."""
 
     @property
     def error_rate(self) -> float:
@@ -50,9 +52,10 @@ class ServedStats:
             rows = [r for r in self._by_model.get(model, ()) if r[0] >= started_at]
         if not rows:
             return WindowStats(0, 0, None)
-        latencies = np.array([r[2] for r in rows if r[1]])
+        latencies = tuple(r[2] for r in rows if r[1])
         return WindowStats(
             requests=len(rows),
             errors=sum(not r[1] for r in rows),
-            p95_seconds=float(np.percentile(latencies, 95)) if latencies.size else None,
+            p95_seconds=float(np.percentile(latencies, 95)) if latencies else None,
+            latencies=latencies,
         )
