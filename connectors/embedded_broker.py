@@ -135,6 +135,8 @@ class EmbeddedBroker:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout_s)
+        if self._output is not None:
+            self._output.close()
         logger.info("embedded broker stopped")
 
     def __enter__(self) -> EmbeddedBroker:

@@ -35,8 +35,9 @@ class ChildOutput:
         self._handler: logging.Handler | None = None
         if not to_stderr:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # delay: the file opens at the first line, not before a child was even started
             self._handler = logging.handlers.RotatingFileHandler(
-                path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+                path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
             )
             self._handler.setFormatter(logging.Formatter("%(message)s"))
 
@@ -61,8 +62,12 @@ class ChildOutput:
         with stream:
             for line in iter(stream.readline, b""):
                 self._write(line.decode("utf-8", errors="replace").rstrip("\n"))
+        self.close()  # the child is gone; the next note or child reopens the file
+
+    def close(self) -> None:
+        """Close the file (a later line opens it again)."""
         if self._handler is not None:
-            self._handler.close()  # the child is gone; the next note or child reopens the file
+            self._handler.close()
 
     def _write(self, text: str) -> None:
         if self._handler is None:

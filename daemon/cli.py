@@ -418,6 +418,9 @@ def adapters_show(name: str, url: str | None, config_path: Path | None, as_json:
             click.echo(
                 f"{pad}  run {run['run_id']} ({run['kind']}, attempt {run['attempt']}): {run['status']}"
             )
+            config = json.loads(run["config"]) if isinstance(run["config"], str) else run["config"]
+            if tensorboard := config.get("tensorboard"):
+                click.echo(f"{pad}  training metrics: tensorboard --logdir {tensorboard}")
         if data is not None:
             click.echo(
                 f"{pad}  data set {data['dataset_id'][:16]}: {data['n_examples']} examples"

@@ -27,13 +27,13 @@ def configure(path: Path | None) -> None:
     """Use the model folder at `path` (config `embeddings.model_path`) instead of the packaged one.
     Called at startup, before the first load; a different path once a model is loaded is an error."""
     global _configured  # noqa: PLW0603 - the one model of the process, chosen once
+    if path is not None and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"embeddings.model_path {path} is not a sentence-transformers model folder (no config.json)"
+        )
     with _lock:
         if _model is not None and path != _configured:
             raise RuntimeError(f"the embedding model {model_path()} is already loaded")
-        if path is not None and not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"embeddings.model_path {path} is not a sentence-transformers model folder (no config.json)"
-            )
         _configured = path
 
 

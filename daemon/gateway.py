@@ -13,18 +13,19 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from evolvd import __version__
 from evolvd.capture_seal import seal
 from evolvd.config import GatewayConfig
 from evolvd.connectors.vllm_client import CLIENT_KEEPALIVE_S, bearer_header
 from evolvd.contract import encode_message
-from evolvd.metrics import ServingMetrics
+from evolvd.metrics import GATEWAY_ROUTES, ServingMetrics
 from evolvd.serving.routing import Router
 from evolvd.serving.served_stats import ServedStats
 from evolvd.sse_text import StreamedText
@@ -110,10 +111,20 @@ class Gateway:
     def app(self) -> FastAPI:
         app = FastAPI(title="evolvd gateway", docs_url=None, redoc_url=None, openapi_url=None)
         app.add_api_route("/healthz", self.healthz, methods=["GET"])
+        app.add_api_route("/health", self.health, methods=["GET"])
+        app.add_api_route("/version", self.version, methods=["GET"])
         app.add_api_route("/v1/models", self.models, methods=["GET"])
-        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
-        app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        # What vLLM's own server serves for a model, for the public name: clients written against
+        # vLLM work unchanged. Every route resolves the alias, checks keys and caps, and is counted.
+        for route in GATEWAY_ROUTES:
+            app.add_api_route(route, self._route(route), methods=["POST"])
         return app
+
+    def _route(self, route: str) -> Callable[[Request], Awaitable[Response]]:
+        async def proxied(request: Request) -> Response:
+            return await self._timed(request, route)
+
+        return proxied
 
     def _authorized(self, request: Request) -> bool:
         if not self._api_keys:
@@ -123,6 +134,13 @@ class Gateway:
 
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "serving_ready": self._is_ready()}
+
+    async def health(self) -> Response:
+        """vLLM's /health: 200 while the model can answer, 503 while serving restarts."""
+        return Response(status_code=200 if self._is_ready() else 503)
+
+    async def version(self) -> dict[str, str]:
+        return {"version": __version__}
 
     async def models(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -135,12 +153,6 @@ class Gateway:
         data = [{"id": n, "object": "model", "created": self._created, "owned_by": "evolvd"} for n in names]
         data[0]["root"] = routing.live_or_base  # what the public name means right now
         return JSONResponse({"object": "list", "data": data})
-
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._timed(request, "/v1/chat/completions")
-
-    async def completions(self, request: Request) -> Response:
-        return await self._timed(request, "/v1/completions")
 
     async def _timed(self, request: Request, route: str) -> Response:
         started = time.perf_counter()
@@ -199,6 +211,7 @@ class Gateway:
         if model is not None and model != self._router.public_name and model not in cfg.extra_models:
             return _error(404, f"The model `{model}` does not exist.", code="model_not_found", param="model")
         for field, cap in (("max_tokens", cfg.max_tokens), ("max_completion_tokens", cfg.max_tokens),
+                           ("max_output_tokens", cfg.max_tokens),
                            ("n", cfg.max_n), ("best_of", cfg.max_n)):  # fmt: skip
             value = body.get(field)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value > cap):

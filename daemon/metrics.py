@@ -41,7 +41,7 @@ POLICY_OUTCOMES = {
 }
 SWAP_ACTIONS = ("promote", "canary", "rollback", "evaluate", "register", "reapply", "restore")
 EVALUATION_SUITES = ("heldout", "forgetting", "safety", "output_drift")
-GATEWAY_ROUTES = ("/v1/chat/completions", "/v1/completions")
+GATEWAY_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize", "/detokenize")
 TRAINING_PHASES = ("sft", "dpo")
 
 

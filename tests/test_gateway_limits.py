@@ -125,3 +125,22 @@ def test_per_model_statistics_stay_bounded_as_adapters_come_and_go() -> None:
     assert {"adapter-v20", "adapter-late", "adapter-v23"} <= stats.models
     assert "adapter-v0" not in stats.models and "adapter-v16" not in stats.models
     assert stats.since("adapter-v20", 0).requests == 2
+
+
+def test_vllms_other_routes_are_served_for_the_public_name(
+    gateway: tuple[TestClient, list[dict[str, Any]], ServedStats],
+) -> None:
+    client, sent, _ = gateway
+    for route, body in (
+        ("/tokenize", {"model": "evolvd", "prompt": "Hello"}),
+        ("/detokenize", {"model": "evolvd", "tokens": [1, 2]}),
+        ("/v1/responses", {"model": "evolvd", "input": "Hello"}),
+    ):
+        assert client.post(route, json=body).status_code == 200, route
+    assert len(sent) == 3 and all(b["model"] in (LIVE, CANARY) for b in sent), "the alias, resolved"
+    refused = client.post("/v1/responses", json={"model": CANDIDATE, "input": "Hello"})
+    assert refused.status_code == 404, "the same names are served as on the other routes"
+    capped = client.post("/v1/responses", json={"model": "evolvd", "input": "Hi", "max_output_tokens": 65})
+    assert capped.status_code == 400 and capped.json()["error"]["param"] == "max_output_tokens"
+    assert client.get("/health").status_code == 200
+    assert client.get("/version").json()["version"]

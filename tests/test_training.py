@@ -5,11 +5,13 @@ as a failed run with the reason, and the next attempt succeeds."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.connectors.model_bootstrap import BaseModel
@@ -112,6 +114,16 @@ def test_a_run_trains_an_adapter_and_a_killed_or_hung_child_fails_with_its_reaso
     assert registry.get_sample_value("evolvd_training_runs_total", {"outcome": "failed"}) == 2
     steps = registry.get_sample_value("evolvd_training_steps_total", {"phase": "sft"})
     assert steps is not None and steps >= TINY.max_steps
+    # Each phase's loss went to TensorBoard, in the run's folder, where `adapters show` points.
+    row = buffer.cursor().execute("SELECT config FROM runs WHERE run_id = ?", [ok.run_id]).fetchone()
+    assert row is not None
+    config = json.loads(row[0])
+    for phase, phase_steps in (("sft", TINY.max_steps), ("dpo", TINY.dpo_steps)):
+        events = EventAccumulator(str(Path(config["tensorboard"]) / phase))
+        events.Reload()
+        losses = events.Scalars("train/loss")
+        assert [e.step for e in losses] == list(range(1, phase_steps + 1)), phase
+        assert all(math.isfinite(e.value) for e in losses)
     buffer.close()
 
 

@@ -271,3 +271,4 @@ class ServingSupervisor:
         if self.managed:
             self._kill_group()
         self.client.close()
+        self._output.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -93,7 +94,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "per_device_train_batch_size": hp.batch_size,
         "logging_steps": 1,
         "save_strategy": "no",
-        "report_to": [],
+        "report_to": ["tensorboard"] if spec.tensorboard_dir else [],
         "disable_tqdm": True,
         "use_cpu": True,
         "bf16": precision == "bfloat16",
@@ -101,6 +102,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "dataloader_num_workers": 0,
         "max_length": hp.max_length,
     }
+    _tensorboard_phase(spec, "sft")
     sft = SFTTrainer(
         model=model,
         args=SFTConfig(max_steps=hp.max_steps, learning_rate=hp.learning_rate, **common),
@@ -128,6 +130,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
                 for r in pair_rows
             ]
         )
+        _tensorboard_phase(spec, "dpo")
         dpo = DPOTrainer(
             model=sft.model,
             ref_model=None,  # a PEFT model: the reference is the same model with the adapter disabled
@@ -152,6 +155,13 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     final_model.save_pretrained(spec.output_dir, selected_adapters=["default"])
     metrics["train_seconds"] = round(time.monotonic() - started, 2)
     return metrics
+
+
+def _tensorboard_phase(spec: TrainSpec, phase: str) -> None:
+    """Point transformers' TensorBoard callback at this phase's folder (it reads the variable when the
+    trainer is made; `logging_dir` is gone from TrainingArguments in transformers 5)."""
+    if spec.tensorboard_dir is not None:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(spec.tensorboard_dir) / phase)
 
 
 def _finite(value: float) -> float | None:

@@ -106,10 +106,16 @@ class TrainingRunner:
             pairs=str(snapshot.pairs_path) if use_pairs and snapshot.pairs_path else None,
             parent_adapter=str(parent[1]) if parent else None,
             hyperparameters=hyperparameters,
+            tensorboard_dir=str(run_dir / "tensorboard"),
         )
         spec.write(run_dir / "spec.json")
         kind = "sft+dpo" if spec.pairs else "sft"
-        config = {**asdict(hyperparameters), "parent": parent[0] if parent else None, "spec": str(run_dir)}
+        config = {
+            **asdict(hyperparameters),
+            "parent": parent[0] if parent else None,
+            "spec": str(run_dir),
+            "tensorboard": spec.tensorboard_dir,
+        }
         self._buffer.cursor().execute(
             "INSERT INTO runs (run_id, dataset_id, kind, status, attempt, config, started_at)"
             " VALUES (?, ?, ?, 'running', ?, ?, now())",

@@ -54,6 +54,8 @@ class TrainSpec:
     parent_adapter: str | None = None
     """Adapter folder to continue from (the live adapter); None: a fresh LoRA on the base model."""
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    tensorboard_dir: str | None = None
+    """Where the trainers write TensorBoard event files, one folder per phase (sft, dpo); None: none."""
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
