@@ -58,7 +58,8 @@ def folder_hash(folder: Path, cache_dir: Path | None = None) -> str:
     reused while every file keeps its size and modification time: reading every byte of a
     multi-gigabyte model at each start takes minutes."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    fingerprint = [[f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    stats = [(f, f.stat()) for f in files]
+    fingerprint = [[f.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns] for f, st in stats]
     cache = _HashCache(cache_dir / HASH_CACHE) if cache_dir is not None else None
     if cache is not None and (known := cache.get(folder, fingerprint)) is not None:
         return known

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from evolvd.config import GatewayConfig
@@ -56,19 +57,13 @@ class Captured:
         self.values.append(json.loads(value))
 
 
-def test_the_gateway_captures_a_fragmented_stream_whole_and_relays_it_unchanged() -> None:
-    stream = sse_stream(WORDS)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        for chunk in cut(stream, 37):
-            yield chunk
-
-    def upstream(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=chunks(), headers={"content-type": "text/event-stream"})
-
+def capturing_gateway(
+    upstream: Callable[[httpx.Request], httpx.Response], config: GatewayConfig
+) -> tuple[FastAPI, Captured]:
+    """The gateway's app in front of a stand-in vLLM (`upstream`), capturing into a list."""
     captured = Captured()
     gateway = Gateway(
-        config=GatewayConfig(),
+        config=config,
         router=Router("base", "evolvd"),
         upstream_url="http://upstream",
         upstream_api_key=None,
@@ -79,8 +74,22 @@ def test_the_gateway_captures_a_fragmented_stream_whole_and_relays_it_unchanged(
         capture=captured,
     )
     gateway._client = httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://upstream")
+    return gateway.app(), captured
+
+
+def test_the_gateway_captures_a_fragmented_stream_whole_and_relays_it_unchanged() -> None:
+    stream = sse_stream(WORDS)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in cut(stream, 37):
+            yield chunk
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=chunks(), headers={"content-type": "text/event-stream"})
+
+    gateway, captured = capturing_gateway(upstream, GatewayConfig())
     body = {"model": "evolvd", "stream": True, "messages": [{"role": "user", "content": "Greet the world."}]}
-    with TestClient(gateway.app()) as client:
+    with TestClient(gateway) as client:
         relayed = client.post("/v1/chat/completions", json=body)
     assert relayed.status_code == 200 and relayed.content == stream
     (record,) = captured.values
@@ -97,21 +106,9 @@ def test_a_request_id_goes_to_vllm_back_to_the_client_and_into_the_capture_and_a
         seen.append(request.headers.get("x-request-id"))
         return httpx.Response(200, json={"id": "c1", "choices": [{"message": {"content": "hi"}}]})
 
-    captured = Captured()
-    gateway = Gateway(
-        config=GatewayConfig(access_log=True),
-        router=Router("base", "evolvd"),
-        upstream_url="http://upstream",
-        upstream_api_key=None,
-        is_ready=lambda: True,
-        loaded_adapters=lambda: [],
-        metrics=ServingMetrics.create(new_registry()),
-        api_keys=set(),
-        capture=captured,
-    )
-    gateway._client = httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://upstream")
+    gateway, captured = capturing_gateway(upstream, GatewayConfig(access_log=True))
     body = {"model": "evolvd", "messages": [{"role": "user", "content": "Hello?"}]}
-    with TestClient(gateway.app()) as client, caplog.at_level(logging.INFO, logger="evolvd.gateway.access"):
+    with TestClient(gateway) as client, caplog.at_level(logging.INFO, logger="evolvd.gateway.access"):
         given = client.post("/v1/chat/completions", json=body, headers={"x-request-id": "trace-42"})
         made = client.post("/v1/chat/completions", json=body)
         forged = client.post("/v1/chat/completions", json=body, headers={"x-request-id": "a\tb=c d"})

@@ -35,6 +35,7 @@ class AdapterInfo:
     rank: int
     target_modules: tuple[str, ...]
     tensors: int
+    weights_sha256: str
 
 
 def _base_weight_shapes(base_model: Path) -> dict[str, tuple[int, ...]]:
@@ -54,8 +55,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_adapter(path: Path, base_model: Path, max_rank: int) -> AdapterInfo:
-    """Validate the adapter folder at `path` for serving on `base_model`; raise AdapterRejectedError."""
+def check_adapter(
+    path: Path, base_model: Path, max_rank: int, registered_sha256: str | None = None
+) -> AdapterInfo:
+    """Validate the adapter folder at `path` for serving on `base_model`; raise AdapterRejectedError.
+    `registered_sha256`: the weights' hash recorded at registration, which they must still have
+    (checked instead of the hash in the trainer's manifest)."""
     if not path.is_dir():
         raise AdapterRejectedError(f"adapter folder {path} does not exist")
     for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
@@ -73,14 +78,26 @@ def check_adapter(path: Path, base_model: Path, max_rank: int) -> AdapterInfo:
         raise AdapterRejectedError(
             f"adapter {path.name} has rank {rank}, above the server's max_lora_rank {max_rank}"
         )
-    _check_manifest(path)
+    weights_sha256 = file_sha256(path / ADAPTER_WEIGHTS)  # read once, for every check that needs it
+    if registered_sha256 is not None:
+        if weights_sha256 != registered_sha256:
+            raise AdapterRejectedError(
+                f"adapter {path.name}: its weights at {path} differ from the ones registered"
+                f" (sha256 {registered_sha256[:12]}...): changed after registration, not loaded"
+            )
+    else:
+        _check_manifest(path, weights_sha256)
     tensors = _check_weights(path, base_model, rank)
     return AdapterInfo(
-        path, rank, tuple(sorted(targets)) if isinstance(targets, list) else (str(targets),), tensors
+        path,
+        rank,
+        tuple(sorted(targets)) if isinstance(targets, list) else (str(targets),),
+        tensors,
+        weights_sha256,
     )
 
 
-def _check_manifest(path: Path) -> None:
+def _check_manifest(path: Path, weights_sha256: str) -> None:
     manifest_file = path / ADAPTER_MANIFEST
     if not manifest_file.exists():
         return  # an adapter from elsewhere: only the structural checks apply
@@ -88,7 +105,7 @@ def _check_manifest(path: Path) -> None:
         expected = json.loads(manifest_file.read_text())["weights_sha256"]
     except (ValueError, KeyError) as exc:
         raise AdapterRejectedError(f"adapter {path.name}: unreadable {ADAPTER_MANIFEST} ({exc})") from exc
-    if file_sha256(path / ADAPTER_WEIGHTS) != expected:
+    if weights_sha256 != expected:
         raise AdapterRejectedError(
             f"adapter {path.name}: weights do not match the hash in its manifest (corrupt)"
         )

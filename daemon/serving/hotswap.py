@@ -18,10 +18,8 @@ from evolvd.connectors.vllm_client import VLLMClient, VLLMError
 from evolvd.metrics import ServingMetrics
 from evolvd.serving.adapter_check import (
     ADAPTER_MANIFEST,
-    ADAPTER_WEIGHTS,
     AdapterRejectedError,
     check_adapter,
-    file_sha256,
 )
 from evolvd.serving.adapter_store import AdapterStore
 from evolvd.serving.registry import AdapterRegistry, AdapterRow
@@ -54,16 +52,6 @@ def _training_manifest(path: Path) -> dict[str, Any]:
         return {}  # an adapter trained elsewhere
     manifest: dict[str, Any] = json.loads(manifest_file.read_text())
     return manifest
-
-
-def _check_registered_weights(row: AdapterRow) -> None:
-    """The weights about to be loaded are the ones registered (the store's copy was not changed)."""
-    expected = row.manifest.get("weights_sha256")
-    if expected is None or file_sha256(row.path / ADAPTER_WEIGHTS) != expected:
-        raise AdapterRejectedError(
-            f"adapter {row.name}: its weights at {row.path} differ from the ones registered"
-            f" (sha256 {str(expected)[:12]}...): changed after registration, not loaded"
-        )
 
 
 class HotSwapper:
@@ -111,13 +99,12 @@ class HotSwapper:
             self.refuse_registration(str(exc))
         with self._lock:  # version numbers are handed out one at a time
             version = self._registry.next_version()
-            weights_sha256 = file_sha256(staged / ADAPTER_WEIGHTS)
-            name = adapter_name(self._router.routing.base, version, weights_sha256)
+            name = adapter_name(self._router.routing.base, version, info.weights_sha256)
             manifest = {
                 **_training_manifest(staged),  # run, base model and snapshot hashes, parent, metrics
                 "rank": info.rank,
                 "target_modules": list(info.target_modules),
-                "weights_sha256": weights_sha256,
+                "weights_sha256": info.weights_sha256,
                 "registered_from": str(path.resolve()),
             }
             kept = self._store.keep(staged, name)
@@ -303,8 +290,9 @@ class HotSwapper:
 
     def _load_and_probe(self, row: AdapterRow) -> None:
         name = row.name
-        check_adapter(row.path, self._base_model_path, self._max_rank)
-        _check_registered_weights(row)
+        # The registry's copy, with the weights hashed at registration: a changed copy is refused.
+        registered = str(row.manifest.get("weights_sha256", ""))
+        check_adapter(row.path, self._base_model_path, self._max_rank, registered)
         if name not in self._loaded:
             self._client.load_adapter(name, str(row.path))
             self._loaded.add(name)

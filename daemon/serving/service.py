@@ -88,8 +88,6 @@ class ServingService:
         self.swapper: HotSwapper | None = None
         self._gateway: HttpServer | None = None
         self._capture: KafkaCapture | None = None
-        self.vllm_api_key: str | None = None
-        """The vLLM server's API key (evolvd.serving.vllm_key), known once started."""
         self.served_stats = ServedStats()
         """Gateway outcomes per served model (what a canary is judged on)."""
 
@@ -97,7 +95,7 @@ class ServingService:
         cfg = self.config
         self.base = resolve_base_model(cfg.serving.model_path, cfg.data_dir / "models")
         try:
-            self.vllm_api_key = vllm_api_key(cfg)
+            api_key = vllm_api_key(cfg)
         except SecretFileError as exc:
             raise ServingStartError(f"vLLM API key: {exc}") from exc
         self.router = Router(self.base.name, cfg.gateway.public_model_name)
@@ -107,7 +105,7 @@ class ServingService:
             cfg.data_dir / "serving",
             self.base.path,
             self.base.name,
-            api_key=self.vllm_api_key,
+            api_key=api_key,
             on_restart=self._on_serving_down,
             on_waiting=self._on_waiting,
             output_to_stderr=cfg.logging.children == "stderr",
@@ -183,6 +181,11 @@ class ServingService:
         self.metrics.up.set(0)
 
     # -- for the admin API ---------------------------------------------------------------------
+
+    @property
+    def vllm_api_key(self) -> str | None:
+        """The vLLM server's API key (evolvd.serving.vllm_key), once started."""
+        return self.supervisor.api_key if self.supervisor is not None else None
 
     @property
     def gateway_url(self) -> str | None:

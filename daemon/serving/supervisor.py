@@ -27,9 +27,9 @@ from evolvd.lifeline import child_environment
 logger = logging.getLogger("evolvd.serving")
 
 _UNHEALTHY_CHECKS_BEFORE_RESTART = 5
+"""A live process that fails this many health checks in a row is presumed hung and restarted."""
 STARTUP_PROGRESS_EVERY_S = 10.0
 """How often a waiting start says so (the log, systemd's STATUS and start timeout)."""
-"""A live process that fails this many health checks in a row is presumed hung and restarted."""
 
 
 class ServingState(enum.StrEnum):
