@@ -53,6 +53,7 @@ from selfimprove import (
 
 from evolvd.connectors.vllm_client import VLLMClient
 from evolvd.embeddings import embed
+from evolvd.judge import Judge
 from evolvd.labeling.pipeline import critique_answer
 from evolvd.policies.loader import load_policies
 from evolvd.policies.probes import greedy_answers
@@ -137,7 +138,7 @@ def measure_open_ended(
 
     def score(pair: tuple[str, str]) -> float | None:
         critique = critique_answer(
-            judge, judge_model, pair[0], pair[1], policies.labeling, policies.safety.principles, None
+            Judge(judge, judge_model), pair[0], pair[1], policies.labeling, policies.safety.principles, None
         )
         return critique.score.value
 

@@ -39,9 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from daemon_process import DaemonProcess
 
 from evolvd.buffer import DuckDBBuffer
+from evolvd.config import JudgeConfig
 from evolvd.connectors.model_bootstrap import ensure_bundled_model
 from evolvd.connectors.vllm_client import VLLMClient
 from evolvd.embeddings import embed
+from evolvd.judge import JudgeSource
 from evolvd.labeling.answers import answer_kind, extract
 from evolvd.labeling.labeler import Labeler
 from evolvd.labeling.prompts import direct_completion, sample_prompt
@@ -101,7 +103,8 @@ def plain_sampling(
 @dataclass(frozen=True)
 class Request:
     """One request the labeler sent: a `chat` (args: model, prompt, max_tokens, temperature, n,
-    top_p) or a constrained `choose` (args: model, messages, choices)."""
+    top_p), a constrained `choose` (args: model, messages, choices) or a judge's score logprobs
+    (`next_token_logprobs`: model, messages, top_logprobs)."""
 
     method: str
     args: tuple[Any, ...]
@@ -134,6 +137,12 @@ class RecordingChat:
     def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str:
         self._record("choose", (model, messages, choices))
         return self._client.choose(model, messages, choices)
+
+    def next_token_logprobs(
+        self, model: str, messages: list[dict[str, str]], top_logprobs: int = 20
+    ) -> dict[str, float]:
+        self._record("next_token_logprobs", (model, messages, top_logprobs))
+        return self._client.next_token_logprobs(model, messages, top_logprobs)
 
 
 def replay(client: VLLMClient, requests: list[Request], concurrency: int) -> None:
@@ -200,6 +209,7 @@ def main() -> int:
                 None,
                 len(tasks),
                 args.concurrency,
+                JudgeSource(JudgeConfig()),
             )
             labeled: list[int] = []
             labeler_tps, labeler_s = timed_tokens(client, lambda: labeled.append(labeler.run_once()))

@@ -7,6 +7,7 @@ error, is returned to the caller, because a load that reached vLLM must not be b
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -162,6 +163,32 @@ class VLLMClient:
         }
         response = self._generate("/v1/chat/completions", body, f"choice from {model}")
         return str(response.json()["choices"][0]["message"].get("content") or "")
+
+    def next_token_logprobs(
+        self, model: str, messages: list[dict[str, str]], top_logprobs: int = 20
+    ) -> dict[str, float]:
+        """token -> logprob of the `top_logprobs` likeliest next tokens after `messages`. A last
+        assistant message is continued, not answered (vLLM's continue_final_message), so a reply can
+        be begun for the model: `Score: ` makes its next token the score."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": top_logprobs,
+        }
+        if messages and messages[-1]["role"] == "assistant":
+            body |= {"add_generation_prompt": False, "continue_final_message": True}
+        response = self._generate("/v1/chat/completions", body, f"logprobs from {model}")
+        content = (response.json()["choices"][0].get("logprobs") or {}).get("content") or []
+        if not content:
+            raise VLLMError(f"logprobs from {model}: the answer carries none", 400)
+        out: dict[str, float] = {}
+        for entry in content[0].get("top_logprobs") or []:
+            token, logprob = str(entry["token"]), float(entry["logprob"])
+            out[token] = max(out.get(token, -math.inf), logprob)
+        return out
 
     def chat(
         self,

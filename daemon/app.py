@@ -28,6 +28,7 @@ from evolvd.connectors.kafka_process import KafkaProcessSource, open_kafka_sourc
 from evolvd.connectors.kafka_source import KafkaUnavailableError, ensure_topic
 from evolvd.http_server import HttpServer
 from evolvd.ingest import IngestLoop
+from evolvd.judge import JudgeSource
 from evolvd.metrics import (
     BufferCollector,
     IngestMetrics,
@@ -94,6 +95,7 @@ class Daemon:
         self._loop: Loop | None = None
         self._demo: DemoWorkload | None = None
         self._clients: dict[str, VLLMClient] = {}
+        self._judge = JudgeSource(config.judge)
         self._state = "starting"
         self._systemd = SystemdNotifier()
 
@@ -255,8 +257,8 @@ class Daemon:
                     evaluation.concurrency,
                     evaluation.golden_set,
                 ),
-                self._embed(),
                 loop_metrics,
+                self._judge,
             ),
             promoter,
             TrainingMetrics.create(self.registry),
@@ -309,6 +311,7 @@ class Daemon:
             LabelMetrics.create(self.registry),
             labeling.batch_size,
             labeling.concurrency,
+            self._judge,
             stopping=self._stop.is_set,
         )
 
@@ -462,6 +465,7 @@ class Daemon:
             self._demo.stop()
         if self._scheduler is not None:
             self._scheduler.shutdown(timeout_s)
+        self._judge.close()
         if self._serving is not None:
             self._serving.stop()
         if self._policy_store is not None:

@@ -303,6 +303,33 @@ class LabelingConfig(_Section):
     when training and serving have accelerators of their own."""
 
 
+class JudgeConfig(_Section):
+    """Who critiques and scores answers (labeling) and compares long answers (evaluation).
+
+    Unset `url`: the served model judges itself (SELF's self-critique); the evaluation's pairwise
+    comparisons are judged by the live model. Set: any OpenAI-compatible endpoint and model you run,
+    typically a larger model (a second vLLM, a router)."""
+
+    url: str | None = None
+    """Base URL of an OpenAI-compatible server (without /v1)."""
+    model: str | None = None
+    """The judge's model name on that server (required with `url`)."""
+    api_key_env: str = "EVOLVD_JUDGE_API_KEY"
+    """Variable holding the judge server's API key (unset: the server wants none)."""
+    logprob_scores: bool = True
+    """Score by the expected value of the judge's score-token probabilities (G-Eval) instead of the
+    one digit it samples; an endpoint that returns no logprobs falls back to the digit."""
+    request_timeout_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url_needs_model(self) -> JudgeConfig:
+        if (self.url is None) != (self.model is None):
+            raise ValueError(
+                "judge.url and judge.model are set together (both unset: the served model judges)"
+            )
+        return self
+
+
 class PoliciesConfig(_Section):
     dir: Path | None = None
     """The operator's policy directory (safety.yaml, drift.yaml, training.yaml, promotion.yaml,
@@ -476,6 +503,7 @@ class EvolvdConfig(BaseSettings):
     serving: ServingConfig = ServingConfig()
     gateway: GatewayConfig = GatewayConfig()
     labeling: LabelingConfig = LabelingConfig()
+    judge: JudgeConfig = JudgeConfig()
     policies: PoliciesConfig = PoliciesConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     training: TrainingConfig = TrainingConfig()

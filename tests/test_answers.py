@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from judges import NoJudgeModel, ScriptedJudgeModel
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.embeddings import embed
 from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator, HeldoutItem
+from evolvd.judge import Judge
 from evolvd.labeling.answers import (
     AnswerKind,
     answer_kind,
@@ -194,8 +196,8 @@ def test_the_heldout_suite_scores_short_answers_with_the_votes_identity(tmp_path
     evaluator = Evaluator(
         DuckDBBuffer(tmp_path / "buffer.duckdb"),
         EvaluationSettings(heldout_percent=30, heldout_max=8, max_tokens=32, concurrency=1, golden_set=None),
-        embed,
         None,
+        Judge,
     )
     items = [
         HeldoutItem("e1", PLANET, "jupiter"),
@@ -211,4 +213,32 @@ def test_the_heldout_suite_scores_short_answers_with_the_votes_identity(tmp_path
         "Hamlet was written by William Shakespeare.",
         "The answer is 3/4.",
     ]
-    assert evaluator._heldout_correct(items, answers) == [True, False, True, True, True]
+    candidate, _, verdicts = evaluator._heldout_outcomes(
+        Judge(NoJudgeModel(), "live"), items, answers, answers
+    )
+    assert candidate == [True, False, True, True, True]
+    assert verdicts == {"candidate": 0, "live": 0, "tie": 0}  # no long answer: the judge is not asked
+
+
+def test_long_heldout_answers_are_judged_pairwise_both_ways_round(tmp_path: Path) -> None:
+    """A long answer has no right form: the judge compares candidate and live, shown both ways round.
+    A judge that always picks the first answer shown (position bias) decides nothing: a tie."""
+    prompt = "Write a short note to a colleague about the release."
+    items = [HeldoutItem(f"e{i}", prompt, "a label") for i in range(3)]
+    candidate = ["A clear note with the date.", "A vague note.", "Same words."]
+    live = ["A vague note.", "A clear note with the date.", "Same words."]
+    evaluator = Evaluator(
+        DuckDBBuffer(tmp_path / "buffer.duckdb"),
+        EvaluationSettings(heldout_percent=30, heldout_max=8, max_tokens=32, concurrency=2, golden_set=None),
+        None,
+        Judge,
+    )
+    fair = ScriptedJudgeModel(lambda a, b: "A" if "clear" in a else "B")
+    got_candidate, got_live, verdicts = evaluator._heldout_outcomes(Judge(fair, "j"), items, candidate, live)
+    assert (got_candidate, got_live) == ([True, False, False], [False, True, False])
+    assert verdicts == {"candidate": 1, "live": 1, "tie": 1}  # identical answers: a tie, not asked
+    assert fair.asked.count("choose") == 4
+
+    biased = ScriptedJudgeModel(lambda a, b: "A")
+    _, _, verdicts = evaluator._heldout_outcomes(Judge(biased, "j"), items, candidate, live)
+    assert verdicts == {"candidate": 0, "live": 0, "tie": 3}

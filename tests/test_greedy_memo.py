@@ -7,14 +7,12 @@ evaluator against the real server.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator
 from evolvd.evaluation.greedy_memo import GreedyAnswerMemo
+from evolvd.judge import Judge
 from evolvd.policies.loader import load_policies
 
 
@@ -36,11 +34,13 @@ class CountingClient:
             self.asked.append((model, prompt, max_tokens, temperature, n))
         return [f"{model} answers {prompt[:20]} ({i})" for i in range(n)]
 
+    def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str:
+        return "tie"  # the judge of long held-out answers: no preference
 
-def fake_embed(texts: Sequence[str]) -> np.ndarray:
-    vectors = np.array([[float(len(t)), 1.0] for t in texts])
-    unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return unit
+    def next_token_logprobs(
+        self, model: str, messages: list[dict[str, str]], top_logprobs: int = 20
+    ) -> dict[str, float]:
+        raise AssertionError("evaluation does not score answers")
 
 
 def test_only_greedy_single_answers_are_remembered_per_model_prompt_and_budget() -> None:
@@ -72,8 +72,8 @@ def test_a_second_evaluation_asks_only_the_new_candidate(tmp_path: Path) -> None
     evaluator = Evaluator(
         DuckDBBuffer(tmp_path / "buffer.duckdb"),
         EvaluationSettings(heldout_percent=30, heldout_max=8, max_tokens=32, concurrency=4, golden_set=None),
-        fake_embed,
         None,
+        Judge,
     )
     client = CountingClient()
     evaluator.evaluate(client, "adapter-v1", "base", "base", policies, None)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from evolvd.buffer import DuckDBBuffer
+from evolvd.judge import Judge
 from evolvd.labeling.labeler import Labeler, pending_events, write_result
 from evolvd.labeling.pipeline import label_prompt
 from evolvd.labeling.prompts import parse_score
@@ -34,11 +35,17 @@ class ScriptedModel:
             constrained,
         )
         self.calls: list[tuple[str, int]] = []
+        self.logprobs: dict[str, float] = {}
 
     def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str:
         assert choices == [str(n) for n in range(1, 11)] and messages[-1]["role"] == "user"
         self.calls.append(("choose", 1))
         return self.constrained
+
+    def next_token_logprobs(
+        self, model: str, messages: list[dict[str, str]], top_logprobs: int = 20
+    ) -> dict[str, float]:
+        return self.logprobs  # by default no score tokens: the judge reads the critique's score line
 
     def chat(
         self,
@@ -77,7 +84,9 @@ def test_vote_critique_refine_pair_and_examples() -> None:
     model = ScriptedModel(
         SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2/10", refined: "Score: 9"}, refined
     )
-    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert result.kind == "number"
     assert (result.vote.answer, result.vote.confidence, result.vote.winners) == ("12", 0.6, (0, 1, 3))
     assert result.vote.extraction_failures == 1
@@ -99,7 +108,9 @@ def test_a_refinement_that_leaves_the_majority_is_rejected_even_when_it_scores_h
     model = ScriptedModel(
         SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 5", wrong: "Score: 10"}, wrong
     )
-    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert result.refinement is not None and not result.refinement.accepted
     assert "disagrees with the majority '12'" in result.refinement.reason
     assert result.pair is None  # 6 - 5 is below the 2.0 margin
@@ -108,7 +119,9 @@ def test_a_refinement_that_leaves_the_majority_is_rejected_even_when_it_scores_h
 
 def test_a_malformed_critique_score_is_recorded_and_stops_refinement() -> None:
     model = ScriptedModel(SAMPLES, {SAMPLES[0]: "Score: 11", SAMPLES[2]: "Score: 3"})
-    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert result.critiques[0].score.status == "malformed" and result.critiques[0].score.value is None
     assert result.refinement is None and result.pair is None
 
@@ -116,21 +129,27 @@ def test_a_malformed_critique_score_is_recorded_and_stops_refinement() -> None:
 def test_a_missing_score_is_asked_again_with_constrained_decoding_and_marked_so() -> None:
     refined = "Carefully: 7 + 5 = 12. The answer is 12."
     model = ScriptedModel(SAMPLES, {SAMPLES[2]: "Score: 1", refined: "Score: 9"}, refined, constrained="6")
-    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert (result.critiques[0].score.value, result.critiques[0].score.status) == (6.0, "constrained")
     assert result.critiques[1].score.status == "ok"
     assert result.refinement is not None and result.refinement.accepted
     assert result.pair is not None and result.pair.margin == 8.0
     off = load_candidate(None, {"labeling.yaml": "constrained_score: false\n"}, False, "edit").labeling
     model = ScriptedModel(SAMPLES, {SAMPLES[2]: "Score: 1"}, refined, constrained="6")
-    result = label_prompt(model, "base", "e1", "What is 7 + 5?", off, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", off, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert result.critiques[0].score.status == "missing" and ("choose", 1) not in model.calls
 
 
 def test_without_critique_only_the_vote_and_examples_are_made() -> None:
     policies = load_candidate(None, {"labeling.yaml": "critique: false\nrefine: false\n"}, False, "edit")
     model = ScriptedModel(SAMPLES, {})
-    result = label_prompt(model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert result.critiques == [] and len(model.calls) == 1
     assert [f for f, _ in result.examples] == ["cot", "cot", "direct"]
 
@@ -151,7 +170,14 @@ def test_a_vote_pair_sets_the_winning_path_against_the_least_voted_other_answer(
     ]
     policy = policies.labeling.model_copy(update={"samples": len(samples)})
     result = label_prompt(
-        ScriptedModel(samples, {}), "base", "e1", "What is 7 + 5?", policy, PRINCIPLES, _no_embed
+        ScriptedModel(samples, {}),
+        "base",
+        "e1",
+        "What is 7 + 5?",
+        policy,
+        PRINCIPLES,
+        _no_embed,
+        Judge(ScriptedModel([], {}), "base"),
     )
     assert result.vote.counts == {"12": 4, "13": 2, "11": 1}
     assert result.pair is not None and result.pair.source == "vote"
@@ -165,12 +191,26 @@ def test_no_vote_pair_from_a_close_vote_or_a_unanimous_one() -> None:
     policies = load_candidate(None, {"labeling.yaml": VOTE_PAIRS}, False, "edit")
     close = ["The answer is 12.", "The answer is 13.", "The answer is 12.", "The answer is 13.", "hmm"]
     result = label_prompt(
-        ScriptedModel(close, {}), "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed
+        ScriptedModel(close, {}),
+        "base",
+        "e1",
+        "What is 7 + 5?",
+        policies.labeling,
+        PRINCIPLES,
+        _no_embed,
+        Judge(ScriptedModel([], {}), "base"),
     )
     assert result.vote.answer == "12" and result.pair is None  # 2 against 2: below the margin of 2
     unanimous = ["The answer is 12."] * 4 + ["hmm"]
     result = label_prompt(
-        ScriptedModel(unanimous, {}), "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed
+        ScriptedModel(unanimous, {}),
+        "base",
+        "e1",
+        "What is 7 + 5?",
+        policies.labeling,
+        PRINCIPLES,
+        _no_embed,
+        Judge(ScriptedModel([], {}), "base"),
     )
     assert result.pair is None  # an unreadable answer is no evidence of a wrong one
 
@@ -179,7 +219,9 @@ def test_with_vote_pairs_and_critique_the_minority_is_not_judged() -> None:
     policies = load_candidate(None, {"labeling.yaml": "vote_pairs: true\n"}, False, "edit")
     refined = "7 + 5: 7 + 3 = 10, 10 + 2 = 12. The answer is 12."
     model = ScriptedModel(SAMPLES, {SAMPLES[0]: "Score: 6", refined: "Score: 9"}, refined)
-    result = label_prompt(model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert result.pair is not None and result.pair.source == "vote"
     assert (result.pair.chosen, result.pair.rejected, result.pair.margin) == (SAMPLES[0], SAMPLES[2], 2)
     assert [c.sample_index for c in result.critiques] == [0]  # the winner only: its refinement needs it
@@ -190,7 +232,9 @@ def test_without_chain_of_thought_the_prompt_is_sampled_as_sent() -> None:
     edit = "critique: false\nrefine: false\nchain_of_thought: false\n"
     policies = load_candidate(None, {"labeling.yaml": edit}, False, "edit")
     model = ScriptedModel(SAMPLES, {})
-    result = label_prompt(model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert model.calls == [("What is 7 + 5?", POLICIES.labeling.samples)]  # no reasoning instruction
     assert result.params["chain_of_thought"] is False and result.vote.answer == "12"
     assert [f for f, _ in result.examples] == ["sampled", "sampled", "direct"]
@@ -198,7 +242,9 @@ def test_without_chain_of_thought_the_prompt_is_sampled_as_sent() -> None:
 
 def test_no_readable_answer_gives_a_zero_confidence_label_and_nothing_to_train_on() -> None:
     model = ScriptedModel(["hmm"] * 5, {})
-    result = label_prompt(model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert (result.vote.answer, result.vote.confidence, result.examples) == (None, 0.0, [])
 
 
@@ -243,7 +289,9 @@ def test_one_transaction_per_event_and_nothing_is_labeled_twice(buffer: DuckDBBu
     model = ScriptedModel(
         SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2", refined: "Score: 8"}, refined
     )
-    result = label_prompt(model, "base", "e0", events[0].prompt, POLICIES.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e0", events[0].prompt, POLICIES.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     assert write_result(buffer.cursor(), result) is True
     assert write_result(buffer.cursor(), result) is False  # already labeled: nothing written twice
     counts = buffer.table_counts()
@@ -268,7 +316,7 @@ def test_vote_pairs_are_stored_with_their_source_and_counted(buffer: DuckDBBuffe
     policies = load_candidate(None, {"labeling.yaml": VOTE_PAIRS}, False, "edit")
     registry = new_registry()
     labeler = Labeler(buffer, lambda: policies, lambda: (ScriptedModel(SAMPLES, {}), "base"), _no_embed,
-                      LabelMetrics.create(registry), batch_size=10, concurrency=1)  # fmt: skip
+                      LabelMetrics.create(registry), batch_size=10, concurrency=1, judge=Judge)  # fmt: skip
     assert labeler.run_once() == 2
     rows = (
         buffer.cursor()
@@ -285,7 +333,9 @@ def test_vote_pairs_are_stored_with_their_source_and_counted(buffer: DuckDBBuffe
 
 def test_a_failed_write_leaves_no_rows_and_the_event_pending(buffer: DuckDBBuffer) -> None:
     model = ScriptedModel(SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2"})
-    result = label_prompt(model, "base", "e0", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed)
+    result = label_prompt(
+        model, "base", "e0", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
     result.examples.append(("cot", None))  # type: ignore[arg-type]  # violates NOT NULL at the last insert
     with pytest.raises(Exception, match="NOT NULL"):
         write_result(buffer.cursor(), result)
@@ -306,7 +356,7 @@ def test_a_stop_mid_batch_sends_no_further_request_and_leaves_the_rest_pending(b
 
     model = StopsAfterSampling(SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2"})
     labeler = Labeler(buffer, lambda: POLICIES, lambda: (model, "base"), _no_embed, None,
-                      batch_size=10, concurrency=1, stopping=stop.is_set)  # fmt: skip
+                      batch_size=10, concurrency=1, judge=Judge, stopping=stop.is_set)  # fmt: skip
     assert labeler.run_once() == 0
     assert len(model.calls) == 1  # the sampling request; no critique, and the second prompt never began
     assert buffer.table_counts()["samples"] == 0  # an interrupted prompt writes nothing

@@ -358,6 +358,7 @@ def test_each_labeling_stage_writes_well_formed_rows_with_the_real_model(
     from evolvd.buffer import DuckDBBuffer
     from evolvd.connectors.vllm_client import VLLMClient
     from evolvd.embeddings import embed
+    from evolvd.judge import Judge
     from evolvd.labeling.labeler import Labeler
     from evolvd.labeling.pipeline import LABELER_VERSION
     from evolvd.metrics import LabelMetrics, new_registry
@@ -388,7 +389,8 @@ def test_each_labeling_stage_writes_well_formed_rows_with_the_real_model(
     # the stages are the same whichever model answers.
     model = serving["base_model"]["name"]
     labeler = Labeler(buffer, lambda: policies, lambda: (client, model), embed,
-                      LabelMetrics.create(registry), batch_size=len(prompts), concurrency=4)  # fmt: skip
+                      LabelMetrics.create(registry), batch_size=len(prompts), concurrency=4,
+                      judge=Judge)  # fmt: skip
     try:
         assert labeler.run_once() == len(prompts)
         assert labeler.run_once() == 0  # nothing pending: nothing labeled twice

@@ -1,9 +1,10 @@
 """Evaluate a candidate adapter against the live one, through the serving process.
 
-Suites (each a row in `evaluations`): the held-out slice of the buffer scored by agreement with
-its self-consistency label, an optional operator golden set, the forgetting probes, the safety
-probes, and the output-drift probe. Held-out items are compared pairwise (exact McNemar test).
-The result is the `CandidateEvaluation` the promotion gate decides on."""
+Suites (each a row in `evaluations`): the held-out slice of the buffer (short answers scored by
+agreement with their self-consistency label, long ones by the judge's pairwise comparison), an
+optional operator golden set, the forgetting probes, the safety probes, and the output-drift probe.
+Held-out items are compared pairwise (exact McNemar test). The result is the `CandidateEvaluation`
+the promotion gate decides on."""
 
 from __future__ import annotations
 
@@ -16,14 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from evolvd.buffer import DuckDBBuffer, transaction
 from evolvd.buffer.heldout import heldout_condition, heldout_params
 from evolvd.connectors.vllm_client import ChatClient
 from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
 from evolvd.evaluation.greedy_memo import GreedyAnswerMemo
 from evolvd.evaluation.paired import PairedResult, paired_compare
+from evolvd.judge import Judge, JudgeModel
 from evolvd.labeling.answers import answer_kind, extract, same_answer
 from evolvd.labeling.prompts import sample_prompt
 from evolvd.metrics import LoopMetrics
@@ -32,11 +32,6 @@ from evolvd.policies.loader import PolicySet, probe_path
 from evolvd.policies.probes import divergence_from_base, safety_scores
 
 logger = logging.getLogger("evolvd.evaluation")
-
-Embedder = Callable[[Sequence[str]], np.ndarray]
-
-# Free-form answers agree with their label when their embeddings are this close (cosine).
-FREE_FORM_AGREEMENT = 0.8
 
 
 @dataclass(frozen=True)
@@ -83,12 +78,14 @@ class Evaluator:
         self,
         buffer: DuckDBBuffer,
         settings: EvaluationSettings,
-        embed: Embedder,
         metrics: LoopMetrics | None,
+        judge: Callable[[JudgeModel, str], Judge],
     ) -> None:
+        """`judge`: the judge of long answers given the serving client and the live model's name (the
+        live model itself unless the config names another)."""
         self._buffer = buffer
         self._settings = settings
-        self._embed = embed
+        self._judge = judge
         self._metrics = metrics
         self._memo = GreedyAnswerMemo()
 
@@ -98,24 +95,40 @@ class Evaluator:
         with ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="evolvd-eval") as pool:
             return list(pool.map(lambda p: client.chat(model, p, self._settings.max_tokens)[0], prompts))
 
-    def _heldout_correct(self, items: Sequence[HeldoutItem], answers: Sequence[str]) -> list[bool]:
-        correct: list[bool] = []
-        free_form: list[int] = []
-        for index, (item, answer) in enumerate(zip(items, answers, strict=True)):
+    def _heldout_outcomes(
+        self,
+        judge: Judge,
+        items: Sequence[HeldoutItem],
+        candidate: Sequence[str],
+        live: Sequence[str],
+    ) -> tuple[list[bool], list[bool], dict[str, int]]:
+        """Per item, whether the candidate's and the live answer are right, for the paired test.
+
+        A short answer is right when it asserts its label (the vote's own answer identity, so two
+        sentences or two spellings of one answer agree). A long answer has no right form to compare
+        with: the judge compares the two answers instead, both ways round (evolvd.judge), and the
+        preferred one counts as right, the other as wrong; a tie counts for neither, so it is no
+        evidence either way. Returns the two lists and the pairwise verdicts' counts."""
+        got_candidate: list[bool] = []
+        got_live: list[bool] = []
+        long_form: list[int] = []
+        for index, item in enumerate(items):
             kind = answer_kind(item.prompt)
             if kind == "free_form":
-                free_form.append(index)
-                correct.append(False)
+                long_form.append(index)
+                got_candidate.append(False)
+                got_live.append(False)
             else:
-                # The vote's own answer identity, so a label and an answer that assert one thing
-                # in two sentences (or two spellings) agree.
-                correct.append(same_answer(extract(answer, kind, item.prompt), item.label))
-        if free_form:
-            got = self._embed([answers[i] for i in free_form])
-            want = self._embed([items[i].label for i in free_form])
-            for i, similarity in zip(free_form, np.sum(got * want, axis=1), strict=True):
-                correct[i] = bool(similarity >= FREE_FORM_AGREEMENT)
-        return correct
+                got_candidate.append(same_answer(extract(candidate[index], kind, item.prompt), item.label))
+                got_live.append(same_answer(extract(live[index], kind, item.prompt), item.label))
+        verdicts = {"candidate": 0, "live": 0, "tie": 0}
+        with ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="evolvd-judge") as pool:
+            judged = pool.map(lambda i: judge.compare(items[i].prompt, candidate[i], live[i]), long_form)
+            for index, verdict in zip(long_form, judged, strict=True):
+                verdicts[verdict] += 1
+                got_candidate[index] = verdict == "candidate"
+                got_live[index] = verdict == "live"
+        return got_candidate, got_live, verdicts
 
     def _reference_suite(
         self, client: ChatClient, candidate: str, live: str, items: Sequence[ReferenceItem]
@@ -129,7 +142,7 @@ class Evaluator:
 
     def evaluate(
         self,
-        client: ChatClient,
+        client: JudgeModel,
         candidate: str,
         live: str,
         base: str,
@@ -165,14 +178,14 @@ class Evaluator:
                     divergence_from_base, memo, candidate, base, policies, policy_dir
                 )
 
-                heldout = paired_compare(
-                    self._heldout_correct(items, heldout_candidate.result()),
-                    self._heldout_correct(items, heldout_live.result()),
+                candidate_right, live_right, verdicts = self._heldout_outcomes(
+                    self._judge(client, live), items, heldout_candidate.result(), heldout_live.result()
                 )
+                heldout = paired_compare(candidate_right, live_right)
                 forgetting = forgetting_run.result()
                 safety, live_safety = safety_run.result(), live_safety_run.result()
                 divergence = divergence_run.result()
-                suites["heldout"] = asdict(heldout)
+                suites["heldout"] = asdict(heldout) | {"pairwise": verdicts}
                 suites["forgetting"] = asdict(forgetting)
                 if golden_run is not None:
                     suites["golden"] = asdict(golden_run.result())

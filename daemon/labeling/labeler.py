@@ -8,13 +8,14 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 import numpy as np
 
 from evolvd.buffer import DuckDBBuffer, transaction
 from evolvd.connectors.vllm_client import VLLMError
+from evolvd.judge import TOP_LOGPROBS, Judge
 from evolvd.labeling.pipeline import LABELER_VERSION, ChatModel, LabelResult, label_prompt
 from evolvd.metrics import LabelMetrics
 from evolvd.policies.loader import PolicySet
@@ -183,6 +184,12 @@ class _StopAwareChat:
         self._check()
         return self._chat.choose(model, messages, choices)
 
+    def next_token_logprobs(
+        self, model: str, messages: list[dict[str, str]], top_logprobs: int = TOP_LOGPROBS
+    ) -> dict[str, float]:
+        self._check()
+        return self._chat.next_token_logprobs(model, messages, top_logprobs)
+
 
 class Labeler:
     """Labels pending events in batches, `concurrency` prompts in flight so vLLM batches them."""
@@ -196,8 +203,11 @@ class Labeler:
         metrics: LabelMetrics | None,
         batch_size: int,
         concurrency: int,
+        judge: Callable[[ChatModel, str], Judge],
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`judge`: the judge for this round, given the live model and its name (the live model itself
+        unless the config names another, evolvd.judge)."""
         self._buffer = buffer
         self._policies = policies
         self._model = model
@@ -205,6 +215,7 @@ class Labeler:
         self._metrics = metrics
         self._batch_size = batch_size
         self._concurrency = concurrency
+        self._judge = judge
         self._stopping = stopping
 
     def run_once(self) -> int:
@@ -221,11 +232,13 @@ class Labeler:
         if not events:
             return 0
         policies = self._policies()
+        judge = self._judge(live_chat, model)
+        judge = replace(judge, client=_StopAwareChat(judge.client, self._stopping))
         labeled = 0
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="evolvd-label") as pool:
             futures = {
                 pool.submit(label_prompt, chat, model, e.event_id, e.prompt, policies.labeling,
-                            policies.safety.principles, self._embed): e
+                            policies.safety.principles, self._embed, judge): e
                 for e in events
             }  # fmt: skip
             for future in as_completed(futures):

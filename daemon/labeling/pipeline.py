@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from evolvd.connectors.vllm_client import ChatClient
+from evolvd.judge import Judge, JudgeModel
 from evolvd.labeling.answers import (
     AnswerKind,
     Vote,
@@ -22,25 +22,15 @@ from evolvd.labeling.answers import (
     same_answer,
     semantic_vote,
 )
-from evolvd.labeling.prompts import (
-    SCORE_CHOICES,
-    SCORE_QUESTION,
-    Score,
-    critique_prompt,
-    direct_completion,
-    parse_score,
-    refine_prompt,
-    sample_prompt,
-)
+from evolvd.labeling.prompts import Score, direct_completion, refine_prompt, sample_prompt
 from evolvd.policies.models import LabelingPolicy
 
 LABELER_VERSION = "evolvd-labeler/1"
 
 
-class ChatModel(ChatClient, Protocol):
-    """What the labeler needs from the serving process (VLLMClient has it): answers, and choices."""
-
-    def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str: ...
+class ChatModel(JudgeModel, Protocol):
+    """What the labeler needs from the serving process (VLLMClient has it): answers, and what the live
+    model needs to judge itself (constrained choices, logprobs)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +98,10 @@ def label_prompt(
     policy: LabelingPolicy,
     principles: Sequence[str],
     embed: Callable[[Sequence[str]], np.ndarray],
+    judge: Judge,
 ) -> LabelResult:
+    """Sample, vote, and (by the policy) critique, refine and pair one prompt. `chat` and `model`
+    answer (the live model); `judge` critiques and scores (the live model itself by default)."""
     kind = answer_kind(prompt)
     params = {
         "samples": policy.samples,
@@ -141,54 +134,44 @@ def label_prompt(
     if policy.vote_pairs:
         result.pair = _vote_pair(samples, vote, best, policy.vote_pair_min_margin)
     if policy.critique:
-        _critique_and_refine(chat, model, result, best, policy, principles)
+        _critique_and_refine(chat, model, judge, result, best, policy, principles)
     _examples(result, best, policy)
     return result
 
 
 def critique_answer(
-    chat: ChatModel,
-    model: str,
+    judge: Judge,
     prompt: str,
     answer: str,
     policy: LabelingPolicy,
     principles: Sequence[str],
     index: int | None,
 ) -> Critique:
-    """The model's critique of `answer` and its 1-10 score (self-judging; also the free-form
-    benchmark's judge). `index` is the sample judged, None for a refinement."""
-    request = critique_prompt(prompt, answer, principles)
-    text = chat.chat(model, request, policy.critique_max_tokens)[0]
-    score = parse_score(text)
-    if score.status != "ok" and policy.constrained_score:
-        # Small models rarely end with a readable score line. Ask once more with the decoding
-        # constrained to 1..10: the model still judges, and the row says the score was constrained.
-        follow_up = [
-            {"role": "user", "content": request},
-            {"role": "assistant", "content": text},
-            {"role": "user", "content": SCORE_QUESTION},
-        ]
-        picked = chat.choose(model, follow_up, SCORE_CHOICES)
-        score = Score(float(picked), "constrained") if picked in SCORE_CHOICES else score
+    """The judge's critique of `answer` and its 1-10 score (by default the model judges itself; also
+    the free-form benchmark's judge). `index` is the sample judged, None for a refinement."""
+    text, score = judge.critique(
+        prompt, answer, principles, policy.critique_max_tokens, policy.constrained_score
+    )
     return Critique(text, score, index)
 
 
 def _critique_and_refine(
     chat: ChatModel,
     model: str,
+    judge: Judge,
     result: LabelResult,
     best: int,
     policy: LabelingPolicy,
     principles: Sequence[str],
 ) -> None:
     winner = result.samples[best]
-    first = critique_answer(chat, model, result.prompt, winner.text, policy, principles, best)
+    first = critique_answer(judge, result.prompt, winner.text, policy, principles, best)
     result.critiques.append(first)
     minority = [i for i, s in enumerate(result.samples) if i not in result.vote.winners]
     if minority and result.pair is None:  # a critique pair needs a scored minority answer to reject
         result.critiques.append(
             critique_answer(
-                chat, model, result.prompt, result.samples[minority[0]].text, policy, principles, minority[0]
+                judge, result.prompt, result.samples[minority[0]].text, policy, principles, minority[0]
             )
         )
     chosen_text, chosen_score = winner.text, first.score.value
@@ -196,7 +179,7 @@ def _critique_and_refine(
         refined_text = chat.chat(
             model, refine_prompt(result.prompt, winner.text, first.text, result.kind), policy.max_tokens
         )[0]
-        rescored = critique_answer(chat, model, result.prompt, refined_text, policy, principles, None)
+        rescored = critique_answer(judge, result.prompt, refined_text, policy, principles, None)
         result.refinement_critique = rescored
         refined_answer = extract(refined_text, result.kind, result.prompt)
         accepted, reason = _judge_refinement(first.score, rescored.score, refined_answer, result)
