@@ -65,9 +65,9 @@ it cannot write; a restart or a kill is not one)."""
 
 # Loose enough that a few labeled prompts start a tiny run; promotion goes straight to live.
 POLICIES = {
-    "training": "min_new_examples: 4\ndrift_min_new_examples: 4\nmin_confidence: 0.0\n"
+    "training": "min_new_examples: 4\ndrift_min_new_examples: 4\nmin_confidence: 0.0\nmin_label_gain: null\n"
     "max_cluster_share: 1.0\nmin_answer_diversity: 0.0\nmin_interval_s: 0\n",
-    "labeling": "samples: 2\nmax_tokens: 32\ncritique: false\nrefine: false\n",
+    "labeling": "samples: 2\nmax_tokens: 32\ncritique: false\nrefine: false\ngreedy_baseline: false\n",
     "drift": "guard:\n  enabled: false\noutput:\n  max_divergence: 2.0\n  max_tokens: 16\n",
     "promotion": "min_improvement: -1.0\nmax_p_value: 1.0\nmax_forgetting_drop: 1.0\nmin_heldout: 1\n"
     "require_safety_probes: false\ncanary: null\n",

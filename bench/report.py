@@ -357,6 +357,147 @@ def labels_section(result: dict[str, Any] | None) -> list[str]:
     return out + table(["family", "n", "greedy", "vote", "accepted", "accepted acc.", "note"], rows)
 
 
+def judgement_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["## The daemon's judgement on real facts (bench/judgement.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    c = result["config"]
+    out += [
+        f"Short-answer facts from data that PyPI packages ship ({c['per_family']} per family; the"
+        " `small_addition` row is the project's own generated control), labeled by the daemon's own"
+        f" pipeline with the shipped labeling policy ({c['samples']} samples at T={c['temperature']},"
+        f" {sampled(c.get('chain_of_thought', True))}, critique off) on `{c['model']}`. Greedy: one answer"
+        " at temperature 0, the same prompt. Confident labels: confidence ≥"
+        f" {c['min_confidence']} (the training policy's bar). ECE: expected calibration error of the"
+        " vote share over 10 bins. *Vote beats greedy*: a paired exact test on the same items, p < 0.05."
+        " Label gain: the training gate's label-free estimate (mean of confidence − the share of samples"
+        " asserting the greedy answer, over the confident labels) beside the gold one (confident labels'"
+        " accuracy − the greedy answers' accuracy on the same prompts); the gate needs"
+        f" ≥ {c['min_label_gain']}.",
+        "",
+    ]
+    rows = []
+    for name, f in result["families"].items():
+        gate = "–" if f["estimated_label_gain"] is None else f"{f['estimated_label_gain']:+.3f}"
+        passes = f["estimated_label_gain"] is not None and f["estimated_label_gain"] >= c["min_label_gain"]
+        rows.append(
+            [
+                name,
+                f["n"],
+                pct(f["greedy_acc"]),
+                pct(f["vote_acc"]),
+                f"{'yes' if f['vote_beats_greedy'] else 'no'} (p={f['vote_vs_greedy_p']:.3g})",
+                f"{f['confident_n']}, {pct(f['confident_label_acc'])}",
+                f"{f['label_ece']:.3f}",
+                f"{gate} / {'–' if f['gold_label_gain'] is None else format(f['gold_label_gain'], '+.3f')}",
+                "trains" if passes else "**blocks**",
+            ]
+        )
+    header = ["family", "n", "greedy", "vote", "vote beats greedy", "confident labels, acc.", "ECE"]
+    out += table([*header, "label gain est. / gold", "training gate"], rows)
+    plot_judgement(result)
+    out += ["![reliability diagram](results/judgement.png)", ""]
+    if result["misses"]:
+        out += ["Targets missed:", "", *[f"- {m}" for m in result["misses"]], ""]
+    else:
+        out += [
+            "Every target met: where the vote beats greedy answers its confident labels are ≥ 10 points"
+            " more accurate than greedy with ECE ≤ 0.10; where it does not, the training gate blocks.",
+            "",
+        ]
+    return out + analysis("judgement")
+
+
+def controls_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["### Does the evaluation tell better from worse? (bench/controls.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    c = result["config"]
+    out += [
+        f"All {c['distinct_prompts']} distinct `{c['family']}` prompts: the {c['heldout_prompts']} in the"
+        f" daemon's held-out slice ({c['heldout_percent']}%) streamed to a real daemon, which labeled them"
+        f" by its own vote; {c['training_prompts']} sampled by the harness with the labeler's pipeline to"
+        " train three adapters from the base (the daemon's training child, shipped hyperparameters),"
+        " each registered with `--evaluate` and decided by the **shipped** promotion policy. Gold answers"
+        " only score the result.",
+        "",
+    ]
+    rows = [
+        [
+            o["candidate"],
+            o["examples"],
+            f"{o['heldout_score']:.3f} vs {o['live_heldout_score']:.3f}",
+            f"{o['p_value']:.3g}",
+            o["heldout_n"],
+            f"{o['daemon_delta']:+.3f} / {o['gold_delta']:+.3f}",
+            f"**{o['decision']}**",
+            "; ".join(o["reasons"]) or "–",
+        ]
+        for o in result["candidates"]
+    ]
+    header = ["candidate", "examples", "held-out (daemon) vs live", "p", "items", "delta daemon / gold"]
+    out += table([*header, "decision", "reasons"], rows)
+    return [
+        *out,
+        f"Negative control rejected: **{result['negative_control_rejected']}**; positive control promoted:"
+        f" **{result['positive_control_promoted']}**; held-out sign agreement:"
+        f" **{result['heldout_sign_agreement']:.2f}** (target 0.8). {result['seconds'] / 60:.0f} min.",
+        "",
+    ]
+
+
+def meaning_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["### Long answers: paraphrase or contradiction? (bench/meaning.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    out += [
+        f"{result['pairs']} labelled pairs of long answers written for this check ({result['paraphrases']}"
+        f" paraphrases, {result['contradictions']} contradictions in the same frame). Median MiniLM cosine"
+        f" distance: paraphrases {result['distances']['paraphrase_median']}, contradictions"
+        f" {result['distances']['contradiction_median']}: embeddings alone put contradictions closer."
+        f" The contradiction rule (different names or numbers) catches {result['contradiction_rule_catches']}"
+        f" of {result['contradictions']} contradictions with {result['contradiction_rule_false_alarms']}"
+        f' false alarm(s). Precision and recall of "one meaning" (F0.5 weighs precision):',
+        "",
+    ]
+    rows = []
+    for s in result["sweep"]:
+        e, r = s["embedding_only"], s["with_contradiction_rule"]
+        mark = " (shipped)" if s["threshold"] == result["shipped_threshold"] else ""
+        rows.append(
+            [
+                f"{s['threshold']}{mark}",
+                f"{e['precision']:.2f} / {e['recall']:.2f} / {e['f05']:.2f}",
+                f"{r['precision']:.2f} / {r['recall']:.2f} / {r['f05']:.2f}",
+            ]
+        )
+    out += table(["distance threshold", "embedding: P / R / F0.5", "with the rule: P / R / F0.5"], rows)
+    return [*out, f"Bidirectional entailment: {result['nli']}.", ""]
+
+
+def plot_judgement(result: dict[str, Any]) -> None:
+    """The reliability diagram: per family, accuracy against mean vote share in each confidence bin."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
+    for name, f in result["families"].items():
+        bins = [b for b in f["reliability"] if b["count"]]
+        ax.plot(
+            [b["mean_confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            marker="o",
+            label=f"{name} (ECE {f['label_ece']:.2f})",
+        )
+    ax.set_xlabel("vote share (the label's confidence)")
+    ax.set_ylabel("share of labels that are right")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title("Reliability of the self-consistency vote")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "judgement.png", dpi=100)
+    plt.close(fig)
+
+
 def freeform_section(result: dict[str, Any] | None) -> list[str]:
     out = ["## Open-ended traffic (bench/freeform.py)", ""]
     if result is None:
@@ -440,7 +581,10 @@ def chaos_section(result: dict[str, Any] | None) -> list[str]:
 
 
 def main() -> int:
-    names = ("ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform", "chaos")
+    names = (
+        "ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform", "chaos",
+        "judgement", "meaning", "controls",
+    )  # fmt: skip
     results = {name: load(name) for name in names}
     lines = [
         "# Benchmarks",
@@ -452,6 +596,9 @@ def main() -> int:
         *freeform_section(results["freeform"]),
         *performance_section(results),
         *labels_section(results["labels"]),
+        *judgement_section(results["judgement"]),
+        *controls_section(results["controls"]),
+        *meaning_section(results["meaning"]),
         *policies_section(results["policies"]),
         *chaos_section(results["chaos"]),
     ]

@@ -262,6 +262,8 @@ def policy_dir(root: Path, settings: Settings) -> Path:
             "critique": variant["critique"],
             "refine": variant["refine"],
             "vote_pairs": variant["vote_pairs"],
+            # The greedy baseline serves only the label check, which the loose filters switch off.
+            "greedy_baseline": not settings.loose_training_filters,
         },
         # The harness decides when a run starts (one per cycle), so the size and interval bars are
         # lowered; the quality filters (confidence, cluster share, answer diversity) stay as shipped.
@@ -270,7 +272,12 @@ def policy_dir(root: Path, settings: Settings) -> Path:
             "drift_min_new_examples": 1,
             "min_interval_s": 0,
             **(
-                {"min_confidence": 0.0, "max_cluster_share": 1.0, "min_answer_diversity": 0.0}
+                {
+                    "min_confidence": 0.0,
+                    "max_cluster_share": 1.0,
+                    "min_answer_diversity": 0.0,
+                    "min_label_gain": None,
+                }
                 if settings.loose_training_filters
                 else {}
             ),

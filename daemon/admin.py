@@ -32,7 +32,7 @@ class ServingControl(Protocol):
 
     registry: Any
 
-    def register(self, path: Path) -> str: ...
+    def register(self, path: Path, evaluate: bool = False) -> str: ...
     def promote(self, name: str, force: bool = False) -> Any: ...
     def start_canary(self, name: str, share: float | None) -> Any: ...
     def stop_canary(self) -> Any: ...
@@ -103,6 +103,8 @@ class PromoteRequest(BaseModel):
 class RegisterRequest(BaseModel):
     path: str
     """An adapter folder on the daemon's machine (adapter_config.json + adapter_model.safetensors)."""
+    evaluate: bool = False
+    """Put it through the loop's evaluation and the promotion policy, like a trained candidate."""
 
 
 def _swap(action: Callable[[], Any]) -> Any:
@@ -155,7 +157,7 @@ def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI
 
     @app.post("/adapters")
     def register(body: RegisterRequest) -> dict[str, Any]:
-        return {"name": _swap(lambda: serving().register(Path(body.path)))}
+        return {"name": _swap(lambda: serving().register(Path(body.path), body.evaluate))}
 
     @app.post("/adapters/{name}/promote")
     def promote(name: str, body: PromoteRequest | None = None) -> dict[str, Any]:

@@ -443,13 +443,22 @@ def adapters_show(name: str, url: str | None, config_path: Path | None, as_json:
 
 @adapters.command("register")
 @click.argument("path", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--evaluate",
+    is_flag=True,
+    help="Let the loop evaluate it and the promotion policy decide, as for a trained candidate"
+    " (without: it waits for your promote or canary).",
+)
 @URL_OPTION
 @CONFIG_OPTION
 @JSON_OPTION
-def adapters_register(path: Path, url: str | None, config_path: Path | None, as_json: bool) -> None:
+def adapters_register(
+    path: Path, evaluate: bool, url: str | None, config_path: Path | None, as_json: bool
+) -> None:
     """Copy an adapter folder into the daemon, validate it and add it as a candidate (prints its
     unique name)."""
-    result = admin_request(url, config_path, "/adapters", "POST", {"path": str(path.resolve())})
+    body = {"path": str(path.resolve()), "evaluate": evaluate}
+    result = admin_request(url, config_path, "/adapters", "POST", body)
     emit(result, result["name"])
 
 

@@ -35,6 +35,13 @@ class CandidateData:
     answer_diversity: float | None
     """Distinct answers / usable examples (None: no usable examples)."""
 
+    label_gain: float | None = None
+    """Estimated gain of the usable labels over the model's greedy answers: the mean over their
+    prompts of (confidence - greedy share); None when no label was compared with a greedy answer."""
+
+    label_gain_n: int = 0
+    """Prompts the estimate rests on."""
+
 
 def _normalised_answer(row: ExampleRow) -> str:
     return " ".join((row.answer if row.answer is not None else row.completion).lower().split())
@@ -62,6 +69,9 @@ def summarize(
     # closed answer set as the data grows, blocking healthy yes/no or A/B traffic for ever.)
     answers = Counter(_normalised_answer(r) for r in usable)
     diversity = 1.0 - max(answers.values()) / len(usable) if usable else None
+    # One term per labeled prompt (its examples share one label), as evolvd.labeling.calibration reads it.
+    compared = {r.event_id: r.confidence - r.greedy_share for r in usable if r.greedy_share is not None}
+    gain = sum(compared.values()) / len(compared) if compared else None
     return CandidateData(
         n_examples=len(rows),
         n_unscreened=len(rows) - len(screened),
@@ -69,6 +79,8 @@ def summarize(
         n_usable=len(usable),
         largest_cluster_share=largest,
         answer_diversity=diversity,
+        label_gain=gain,
+        label_gain_n=len(compared),
     )
 
 
@@ -112,6 +124,13 @@ def training_gate(
         reasons.append(
             f"training.min_answer_diversity: {data.answer_diversity:.2f} (one answer holds"
             f" {1 - data.answer_diversity:.0%} of the examples; need {training.min_answer_diversity})"
+        )
+    gain, min_gain = data.label_gain, training.min_label_gain
+    if min_gain is not None and gain is not None and gain < min_gain:
+        reasons.append(
+            f"training.min_label_gain: the labels are estimated to be right {gain:+.3f} more often than"
+            f" the model's greedy answers over {data.label_gain_n} prompts (need {min_gain}): training"
+            " on them would teach little beyond what it already answers"
         )
     if seconds_since_last_run is not None and seconds_since_last_run < training.min_interval_s:
         reasons.append(

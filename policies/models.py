@@ -237,6 +237,12 @@ class TrainingPolicy(_Policy):
     """Smallest answer diversity, 1 - the share of the examples' most common answer (against collapse
     into one answer: 0.2 blocks a data set where one answer holds more than 80%)."""
 
+    min_label_gain: float | None = Field(ge=-1.0, le=1.0)
+    """Smallest estimated gain of the data set's labels over the model's own greedy answers: the mean
+    of (label confidence - the share of samples asserting the greedy answer) over its labeled prompts
+    (evolvd.labeling.calibration). Labels no better than what the model already answers teach it
+    nothing right; null: no such check."""
+
     min_interval_s: float = Field(ge=0.0)
     """Seconds that must pass after a run started before the next may start."""
 
@@ -357,6 +363,10 @@ class LabelingPolicy(_Policy):
 
     cot_examples_per_prompt: int = Field(ge=0, le=32)
     """Winning reasoning paths kept as training examples per prompt (besides the direct answer)."""
+
+    greedy_baseline: bool
+    """Also ask the model's greedy answer to each prompt whose answer can be read (one more request):
+    what the label is compared with by the training gate's min_label_gain."""
 
     @model_validator(mode="after")
     def _refine_needs_critique(self) -> LabelingPolicy:

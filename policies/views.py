@@ -52,7 +52,8 @@ def live_training_prompts(con: duckdb.DuckDBPyConnection, window: int) -> list[s
 
 
 _EXAMPLES = (
-    "SELECT e.example_id, e.event_id, e.prompt, e.completion, e.confidence, e.safety_outcome, l.answer"
+    "SELECT e.example_id, e.event_id, e.prompt, e.completion, e.confidence, e.safety_outcome, l.answer,"
+    " l.greedy_share"
     " FROM training_examples e LEFT JOIN labels l ON l.event_id = e.event_id"
 )
 
@@ -67,6 +68,8 @@ class ExampleRow:
     safety_outcome: str | None
     answer: str | None
     """The voted label of the example's event, when one was extracted."""
+    greedy_share: float | None = None
+    """Share of the event's samples asserting the model's greedy answer (None: not asked)."""
 
 
 def unscreened_examples(con: duckdb.DuckDBPyConnection, limit: int) -> list[ExampleRow]:
@@ -91,7 +94,9 @@ def _examples(con: duckdb.DuckDBPyConnection, tail: str, params: list[object]) -
         query,
         params,
     ).fetchall()
-    return [ExampleRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), r[5], r[6]) for r in rows]
+    return [
+        ExampleRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), r[5], r[6], r[7]) for r in rows
+    ]
 
 
 def last_run_started(con: duckdb.DuckDBPyConnection) -> dt.datetime | None:

@@ -18,6 +18,7 @@ LOOSER_WHEN: dict[str, Literal["higher", "lower"]] = {
     "training.min_confidence": "lower",
     "training.max_cluster_share": "higher",
     "training.min_answer_diversity": "lower",
+    "training.min_label_gain": "lower",
     "training.min_interval_s": "lower",
     "promotion.min_improvement": "lower",
     "promotion.max_p_value": "higher",
@@ -31,10 +32,12 @@ LOOSER_WHEN: dict[str, Literal["higher", "lower"]] = {
     "promotion.rollback.max_feedback_drop": "higher",
     "promotion.rollback.max_p_value": "lower",  # a stricter significance bar rolls back less often
 }
-SWITCHES = frozenset({"drift.guard.enabled", "promotion.require_safety_probes"})
+SWITCHES = frozenset({"drift.guard.enabled", "promotion.require_safety_probes", "labeling.greedy_baseline"})
 """Guards that are off when False."""
 OPTIONAL_GATES = frozenset({"promotion.canary"})
 """Gates that are off when null."""
+OPTIONAL_BARS = frozenset({"training.min_label_gain"})
+"""Single thresholds that are off when null."""
 PATTERN_LISTS = ("safety.injection.patterns", "safety.disallowed_content.")
 ACTION_STRENGTH = {"allow": 0, "redact": 1, "quarantine": 2}
 
@@ -68,6 +71,8 @@ def _why_looser(path: str, was: Any, now: Any) -> str | None:
 
 def _by_direction(path: str, was: Any, now: Any) -> str | None:
     direction = LOOSER_WHEN.get(path)
+    if path in OPTIONAL_BARS and isinstance(was, int | float) and now is None:
+        return "check switched off"
     if direction is None or not isinstance(was, int | float) or not isinstance(now, int | float):
         return None
     looser = now > was if direction == "higher" else now < was

@@ -32,7 +32,7 @@ class StubServing:
     promoted: list[tuple[str, bool]] = field(default_factory=list)
     registry: Any = None
 
-    def register(self, path: Path) -> str:
+    def register(self, path: Path, evaluate: bool = False) -> str:
         return "a-v1"
 
     def promote(self, name: str, force: bool = False) -> SwapResult:

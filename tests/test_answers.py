@@ -14,6 +14,7 @@ from evolvd.judge import Judge
 from evolvd.labeling.answers import (
     AnswerKind,
     answer_kind,
+    contradicts,
     extract,
     majority_vote,
     normal_words,
@@ -135,6 +136,28 @@ def test_semantic_vote_picks_the_medoid_of_the_largest_meaning_cluster() -> None
     assert vote.answer in answers[:3] and vote.confidence == pytest.approx(0.6)
     assert semantic_vote(["only one"], embed).confidence == 1.0
     assert semantic_vote([], embed).answer is None
+
+
+def test_the_meaning_vote_keeps_contradictions_apart_and_merges_paraphrases() -> None:
+    """MiniLM puts "... is Jupiter, a gas giant ..." and "... is Saturn, a gas giant ..." closer than
+    most paraphrases (they share every other word): the contradiction rule keeps them apart."""
+    question = "Which planet is the largest in the solar system?"
+    answers = [
+        "The largest planet in our solar system is Saturn, a gas giant with bright rings around it.",
+        "The largest planet in our solar system is Jupiter, a gas giant with a great red spot on it.",
+        "The largest planet in our solar system is Jupiter, a huge gas giant with a great red spot on it.",
+        "Jupiter is the largest planet in our solar system, a gas giant with a great red spot on it.",
+    ]
+    vote = semantic_vote(answers, embed, question=question)
+    assert vote.winners == (1, 2, 3) and vote.confidence == pytest.approx(0.75)
+    assert vote.method == "meaning" and len({vote.keys[0], vote.keys[1]}) == 2
+    assert contradicts(answers[0], answers[1], question)
+    assert not contradicts(answers[1], answers[3], question)
+    # One value written two ways is not a contradiction; two values are.
+    assert not contradicts(
+        "Water boils at 100 degrees Celsius.", "Water boils at one hundred degrees Celsius."
+    )
+    assert contradicts("It has 206 bones in total.", "It has 300 bones in total.")
 
 
 PLANET = "What is the largest planet in the solar system?"

@@ -36,6 +36,7 @@ class ScriptedModel:
         )
         self.calls: list[tuple[str, int]] = []
         self.logprobs: dict[str, float] = {}
+        self.greedy = samples[0] if samples else ""
 
     def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str:
         assert choices == [str(n) for n in range(1, 11)] and messages[-1]["role"] == "user"
@@ -62,6 +63,8 @@ class ScriptedModel:
             return [f"A critique.\n{self.scores.get(judged, '')}"]
         if prompt.startswith("Question:"):
             return [self.refinement]
+        if n == 1 and temperature == 0.0:  # the greedy baseline (labeling.greedy_baseline)
+            return [self.greedy]
         assert n == len(self.samples)  # the policy's sample count is what is asked for
         return self.samples
 
@@ -150,7 +153,7 @@ def test_without_critique_only_the_vote_and_examples_are_made() -> None:
     result = label_prompt(
         model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
     )
-    assert result.critiques == [] and len(model.calls) == 1
+    assert result.critiques == [] and len(model.calls) == 2  # the samples and the greedy baseline
     assert [f for f, _ in result.examples] == ["cot", "cot", "direct"]
 
 
@@ -235,7 +238,8 @@ def test_without_chain_of_thought_the_prompt_is_sampled_as_sent() -> None:
     result = label_prompt(
         model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
     )
-    assert model.calls == [("What is 7 + 5?", POLICIES.labeling.samples)]  # no reasoning instruction
+    # No reasoning instruction, in the samples or the greedy baseline.
+    assert model.calls == [("What is 7 + 5?", POLICIES.labeling.samples), ("What is 7 + 5?", 1)]
     assert result.params["chain_of_thought"] is False and result.vote.answer == "12"
     assert [f for f, _ in result.examples] == ["sampled", "sampled", "direct"]
 
@@ -363,3 +367,34 @@ def test_a_stop_mid_batch_sends_no_further_request_and_leaves_the_rest_pending(b
     assert [e.event_id for e in pending_events(buffer.cursor(), 10)] == ["e0", "e1"]
     stop.clear()
     assert labeler.run_once() == 2  # after the restart both are labeled
+
+
+def test_the_greedy_baseline_prices_the_label_against_the_answer_the_model_gives() -> None:
+    """3 of 5 samples say 12 (the label, confidence 0.6); the greedy answer says 13, which 1 sample
+    shares: the label is estimated to be right 0.6 - 0.2 = 0.4 more often than the greedy answer."""
+    policies = load_candidate(None, {"labeling.yaml": "critique: false\nrefine: false\n"}, False, "edit")
+    model = ScriptedModel(SAMPLES, {})
+    model.greedy = "7 + 5 = 13. The answer is 13."
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", policies.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+    )
+    assert (result.vote.answer, result.vote.confidence) == ("12", 0.6)
+    assert (result.greedy_answer, result.greedy_share) == ("13", 0.2)
+    assert result.vote.keys == ("12", "12", "13", "12", None) and result.vote.method == "answer"
+    off = load_candidate(None, {"labeling.yaml": "critique: false\nrefine: false\ngreedy_baseline: false\n"},
+                         False, "edit")  # fmt: skip
+    result = label_prompt(
+        model, "base", "e1", "What is 7 + 5?", off.labeling, PRINCIPLES, _no_embed, Judge(model, "b")
+    )
+    assert (result.greedy_answer, result.greedy_share) == (None, None)
+
+
+def test_answers_that_only_restate_the_question_are_no_label() -> None:
+    """They used to fall back to the vote by meaning, which merged the restatements into one
+    cluster and labeled "The chemical symbol of helium is helium." with confidence 1.0."""
+    restated = ["The chemical symbol of helium is helium."] * 4 + ["The chemical symbol of helium is He."]
+    policies = load_candidate(None, {"labeling.yaml": "critique: false\nrefine: false\n"}, False, "edit")
+    model = ScriptedModel(restated, {})
+    result = label_prompt(model, "base", "e1", "What is the chemical symbol of helium?", policies.labeling,
+                          PRINCIPLES, _no_embed, Judge(model, "base"))  # fmt: skip
+    assert (result.vote.answer, result.vote.confidence, result.vote.method) == ("he", 0.2, "answer")

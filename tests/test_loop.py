@@ -43,6 +43,7 @@ TRAINING_POLICY = """
 min_new_examples: 6
 drift_min_new_examples: 6
 min_confidence: 0.0
+min_label_gain: null
 max_cluster_share: 1.0
 min_answer_diversity: 0.0
 min_interval_s: 0
@@ -50,6 +51,7 @@ min_interval_s: 0
 # 48 tokens hold these families' answers; generation on vLLM's LoRA path is most of each step's time.
 LABELING_POLICY = """
 samples: 3
+greedy_baseline: false
 max_tokens: 48
 critique: false
 refine: false

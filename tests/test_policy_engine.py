@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,8 @@ def test_the_training_gate_passes_good_data_and_names_every_blocking_field() -> 
         n_usable=50,
         largest_cluster_share=0.9,
         answer_diversity=0.05,
+        label_gain=0.02,
+        label_gain_n=17,
     )
     decision = training_gate(DEFAULTS, bad, None, seconds_since_last_run=30)
     assert decision.outcome == "block"
@@ -56,8 +59,10 @@ def test_the_training_gate_passes_good_data_and_names_every_blocking_field() -> 
         "training.min_new_examples",
         "training.max_cluster_share",
         "training.min_answer_diversity",
+        "training.min_label_gain",
         "training.min_interval_s",
     ]
+    assert "+0.020 more often than the model's greedy answers over 17 prompts" in decision.reasons[-2]
     assert decision.inputs["unsafe_share"] == 0.4
     assert decision.policy_hash.split("+")[0] == DEFAULTS.hash_of("training")
 
@@ -83,6 +88,34 @@ def test_answer_diversity_passes_balanced_yes_no_data_and_blocks_collapse() -> N
     assert (
         training_gate(DEFAULTS, collapsed, None, None).reasons[-1].startswith("training.min_answer_diversity")
     )
+
+
+def test_the_label_gain_is_one_term_per_prompt_over_usable_labels_compared_with_greedy() -> None:
+    import numpy as np
+
+    from evolvd.policies.gates import summarize
+    from evolvd.policies.views import ExampleRow
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return np.eye(len(texts))
+
+    rows = [
+        # Two examples of one prompt: one term, confidence 0.8 - greedy share 0.2 = 0.6.
+        ExampleRow(1, "e1", "What is 2 + 2?", "...", 0.8, "allow", "4", 0.2),
+        ExampleRow(2, "e1", "What is 2 + 2?", "...", 0.8, "allow", "4", 0.2),
+        ExampleRow(3, "e2", "What is 3 + 3?", "...", 1.0, "allow", "6", 1.0),  # greedy already right: 0
+        ExampleRow(4, "e3", "What is 4 + 4?", "...", 0.8, "allow", "8", None),  # not compared: skipped
+        ExampleRow(5, "e4", "What is 5 + 5?", "...", 0.2, "allow", "9", 0.0),  # below min_confidence
+    ]
+    data = summarize(rows, DEFAULTS.training, embed)
+    assert data.label_gain == pytest.approx(0.3) and data.label_gain_n == 2
+    assert data.label_gain is not None and data.label_gain >= (DEFAULTS.training.min_label_gain or 0)
+    none_compared = summarize(rows[3:4], DEFAULTS.training, embed)
+    assert none_compared.label_gain is None  # labels from before the baseline: no check, no block
+    off = load_candidate(None, {"training.yaml": "min_label_gain: null\n"}, False, "edit")
+    low = replace(GOOD_DATA, label_gain=-0.5, label_gain_n=40)
+    assert training_gate(DEFAULTS, low, None, None).outcome == "block"
+    assert training_gate(off, low, None, None).outcome == "pass"
 
 
 def _drift(trigger: bool, guard: bool) -> object:
@@ -437,3 +470,11 @@ def test_every_weakened_gate_is_named_in_the_audit_row_the_log_and_status(
     assert lines[0].endswith("(6 pattern(s) dropped)") and lines[1].endswith(
         "'redact' -> 'allow' (lets more through)"
     )
+
+    # The label check switched off, and the greedy baseline it needs: named too.
+    (policy_dir / "training.yaml").write_text("min_new_examples: 400\nmin_label_gain: null\n")
+    (policy_dir / "labeling.yaml").write_text("greedy_baseline: false\n")
+    assert store.reload() == "applied"
+    weaker = store.status()["weaker_than_shipped"]
+    assert weaker["training"] == ["training.min_label_gain: 0.1 -> None (check switched off)"]
+    assert weaker["labeling"] == ["labeling.greedy_baseline: True -> False (guard switched off)"]

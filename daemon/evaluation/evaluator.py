@@ -178,14 +178,30 @@ class Evaluator:
                     divergence_from_base, memo, candidate, base, policies, policy_dir
                 )
 
+                candidate_answers, live_answers = heldout_candidate.result(), heldout_live.result()
                 candidate_right, live_right, verdicts = self._heldout_outcomes(
-                    self._judge(client, live), items, heldout_candidate.result(), heldout_live.result()
+                    self._judge(client, live), items, candidate_answers, live_answers
                 )
                 heldout = paired_compare(candidate_right, live_right)
                 forgetting = forgetting_run.result()
                 safety, live_safety = safety_run.result(), live_safety_run.result()
                 divergence = divergence_run.result()
-                suites["heldout"] = asdict(heldout) | {"pairwise": verdicts}
+                suites["heldout"] = asdict(heldout) | {
+                    "pairwise": verdicts,
+                    # Which items decided, and how: an audit can re-score the same items another way.
+                    "items": [
+                        {
+                            "event_id": i.event_id,
+                            "candidate": c,
+                            "live": lv,
+                            "candidate_answer": ca,
+                            "live_answer": la,
+                        }
+                        for i, c, lv, ca, la in zip(
+                            items, candidate_right, live_right, candidate_answers, live_answers, strict=True
+                        )
+                    ],
+                }
                 suites["forgetting"] = asdict(forgetting)
                 if golden_run is not None:
                     suites["golden"] = asdict(golden_run.result())

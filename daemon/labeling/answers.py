@@ -197,6 +197,17 @@ def short_answer_identity(answer: str, question: str = "") -> str | None:
     return None
 
 
+def is_long_answer(text: str, question: str = "") -> bool:
+    """Whether an answer to a short question says more than a short answer can (more than
+    MAX_SHORT_ANSWER_WORDS new words in its first sentence): such answers are voted on by meaning.
+    An answer that only restates the question is short: it asserts nothing, and has no vote."""
+    first = _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+    asked = set(normal_words(question))
+    return (
+        len([w for w in normal_words(first) if w not in asked and w not in _FRAME]) > MAX_SHORT_ANSWER_WORDS
+    )
+
+
 def same_answer(a: str | None, b: str | None) -> bool:
     """Whether two extracted answers are one answer: equal, or one spelling variant of the other
     (4+ characters, rapidfuzz ratio >= SPELLING_SIMILARITY, and exactly the same digits)."""
@@ -244,6 +255,10 @@ class Vote:
 
     counts: dict[str, int]
     extraction_failures: int
+    keys: tuple[str | None, ...] = ()
+    """Per sample, what the vote counted it as: its answer identity, or `meaning:<cluster>`."""
+    method: Literal["answer", "meaning"] = "answer"
+    """answer: samples counted by answer identity; meaning: clustered by meaning."""
 
 
 def majority_vote(answers: Sequence[str | None]) -> Vote:
@@ -253,11 +268,11 @@ def majority_vote(answers: Sequence[str | None]) -> Vote:
     readable = [a for a in answers if a is not None]
     failures = len(answers) - len(readable)
     if not readable:
-        return Vote(None, 0.0, (), {}, failures)
+        return Vote(None, 0.0, (), {}, failures, tuple(answers))
     counts = Counter(readable)
     winner = max(counts, key=lambda a: (counts[a], -readable.index(a)))
     winners = tuple(i for i, a in enumerate(answers) if a == winner)
-    return Vote(winner, len(winners) / len(answers), winners, dict(counts), failures)
+    return Vote(winner, len(winners) / len(answers), winners, dict(counts), failures, tuple(answers))
 
 
 def merge_spellings(answers: Sequence[str | None]) -> list[str | None]:
@@ -273,22 +288,60 @@ def merge_spellings(answers: Sequence[str | None]) -> list[str | None]:
     return [None if a is None else spelling[a] for a in answers]
 
 
+_PROPER_NOUN = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][A-Za-z]+")
+"""A capitalised word inside a sentence (not its first word, which every sentence capitalises)."""
+
+MEANING_THRESHOLD = 0.15
+"""Cosine distance under which two long answers are one meaning (bench/meaning.py: chosen on 40
+labelled paraphrase and contradiction pairs by F0.5, precision first, because merging a contradiction
+inflates a label's confidence while splitting a paraphrase only lowers it)."""
+
+
+def asserted_terms(text: str, question: str = "") -> set[str]:
+    """The checkable specifics an answer asserts beyond the question: its numbers (one spelling per
+    value) and the names inside its sentences, lower-cased."""
+    numbers = {_canonical_number(n) for n in _NUMBER.findall(alpha2digit(text, "en"))}
+    asked = set(normal_words(question))
+    names = {w.lower() for w in _PROPER_NOUN.findall(text) if w.lower() not in asked}
+    return {t for t in numbers | names if t}
+
+
+def contradicts(a: str, b: str, question: str = "") -> bool:
+    """Whether two answers assert different specifics: each names a number or a name the other does
+    not say at all ("... is Jupiter" against "... is Saturn"). Embeddings put such answers closer
+    together than most paraphrases, because they share every other word."""
+
+    def says(text: str, term: str) -> bool:
+        return term in f" {' '.join(normal_words(text))} " or term in alpha2digit(text, "en").replace(",", "")
+
+    mine, theirs = asserted_terms(a, question), asserted_terms(b, question)
+    return any(not says(b, t) for t in mine - theirs) and any(not says(a, t) for t in theirs - mine)
+
+
 def semantic_vote(
-    texts: Sequence[str], embed: Callable[[Sequence[str]], np.ndarray], threshold: float = 0.25
+    texts: Sequence[str],
+    embed: Callable[[Sequence[str]], np.ndarray],
+    threshold: float = MEANING_THRESHOLD,
+    question: str = "",
 ) -> Vote:
     """Free-form self-consistency: cluster answers by meaning, the largest cluster's medoid wins.
 
     Agglomerative clustering (average linkage) on MiniLM cosine distances; answers closer than
-    `threshold` are one answer said differently.
+    `threshold` are one answer said differently, unless they contradict each other's specifics
+    (`contradicts`): such a pair is kept as far apart as distances go.
     """
     if not texts:
-        return Vote(None, 0.0, (), {}, 0)
+        return Vote(None, 0.0, (), {}, 0, (), "meaning")
     if len(texts) == 1:
-        return Vote(texts[0], 1.0, (0,), {"0": 1}, 0)
+        return Vote(texts[0], 1.0, (0,), {"0": 1}, 0, ("meaning:0",), "meaning")
     from sklearn.cluster import AgglomerativeClustering
 
     vectors = embed(texts)
     distances = np.clip(1.0 - vectors @ vectors.T, 0.0, 2.0)
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            if distances[i, j] < threshold and contradicts(texts[i], texts[j], question):
+                distances[i, j] = distances[j, i] = 2.0
     labels = AgglomerativeClustering(
         n_clusters=None, metric="precomputed", linkage="average", distance_threshold=threshold
     ).fit_predict(distances)
@@ -296,6 +349,6 @@ def semantic_vote(
     biggest = max(counts, key=lambda c: (counts[c], -list(labels).index(c)))
     members = [i for i, label in enumerate(labels) if label == biggest]
     medoid = min(members, key=lambda i: float(distances[i, members].sum()))
-    return Vote(
-        texts[medoid], len(members) / len(texts), tuple(members), {str(k): v for k, v in counts.items()}, 0
-    )
+    keys = tuple(f"meaning:{int(label)}" for label in labels)
+    counts_by_key = {str(k): v for k, v in counts.items()}
+    return Vote(texts[medoid], len(members) / len(texts), tuple(members), counts_by_key, 0, keys, "meaning")

@@ -61,12 +61,12 @@ def _last_user_message(messages_json: str | None) -> str:
 
 
 _INSERT_SAMPLE = (
-    "INSERT INTO samples (event_id, model_version, labeler_version, params, text, answer, answer_kind)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING sample_id"
+    "INSERT INTO samples (event_id, model_version, labeler_version, params, text, answer, answer_kind,"
+    " vote_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING sample_id"
 )
 _INSERT_LABEL = (
-    "INSERT INTO labels (event_id, answer, confidence, n_samples, votes, model_version, labeler_version)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO labels (event_id, answer, confidence, n_samples, votes, model_version, labeler_version,"
+    " vote_method, greedy_answer, greedy_share) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_CRITIQUE = (
     "INSERT INTO critiques (event_id, sample_id, refinement_id, text, score, score_status, principles_hash,"
@@ -100,18 +100,21 @@ def write_result(con: duckdb.DuckDBPyConnection, result: LabelResult) -> bool:
 def _write_rows(con: duckdb.DuckDBPyConnection, r: LabelResult) -> None:
     lineage = [r.model, LABELER_VERSION]
     params = json.dumps(r.params)
-    ids = [
-        _returning(con, _INSERT_SAMPLE, [r.event_id, *lineage, params, s.text, s.answer, r.kind])
-        for s in r.samples
-    ]
     vote = r.vote
+    keys = vote.keys or (None,) * len(r.samples)
+    ids = [
+        _returning(con, _INSERT_SAMPLE, [r.event_id, *lineage, params, s.text, s.answer, r.kind, key])
+        for s, key in zip(r.samples, keys, strict=True)
+    ]
     votes = {
         "counts": vote.counts,
         "winners": [ids[i] for i in vote.winners],
         "failures": vote.extraction_failures,
     }
+    baseline = [vote.method, r.greedy_answer, r.greedy_share]
     con.execute(
-        _INSERT_LABEL, [r.event_id, vote.answer, vote.confidence, len(ids), json.dumps(votes), *lineage]
+        _INSERT_LABEL,
+        [r.event_id, vote.answer, vote.confidence, len(ids), json.dumps(votes), *lineage, *baseline],
     )
     phash = str(r.params["principles_hash"])
     critique_ids = []

@@ -17,11 +17,13 @@ from evolvd.labeling.answers import (
     Vote,
     answer_kind,
     extract,
+    is_long_answer,
     majority_vote,
     merge_spellings,
     same_answer,
     semantic_vote,
 )
+from evolvd.labeling.calibration import greedy_share
 from evolvd.labeling.prompts import Score, direct_completion, refine_prompt, sample_prompt
 from evolvd.policies.models import LabelingPolicy
 
@@ -84,6 +86,10 @@ class LabelResult:
     pair: Pair | None = None
     examples: list[tuple[str, str]] = field(default_factory=list)
     """(format, completion): cot, direct, refined."""
+    greedy_answer: str | None = None
+    """The answer identity of the model's greedy answer (labeling.greedy_baseline)."""
+    greedy_share: float | None = None
+    """Share of the samples asserting the greedy answer; None: not asked (see evolvd.labeling.calibration)."""
 
 
 def principles_hash(principles: Sequence[str]) -> str:
@@ -124,11 +130,16 @@ def label_prompt(
     answers = merge_spellings([extract(t, kind, prompt) for t in texts])
     samples = [Sample(t, a) for t, a in zip(texts, answers, strict=True)]
     vote = majority_vote(answers)
-    if vote.answer is None and kind in ("span", "free_form"):
-        vote = semantic_vote(texts, embed)  # no short answer to count: vote on meaning
+    if vote.answer is None and (kind == "free_form" or (kind == "span" and _mostly_long(texts, prompt))):
+        # Long answers to a short question have no short answer to count: vote on meaning. Short
+        # ones that only restate the question ("The symbol of helium is helium.") assert nothing, and
+        # merging them by meaning would label the restatement with full confidence.
+        vote = semantic_vote(texts, embed, question=prompt)
     result = LabelResult(event_id, prompt, model, kind, params, samples, vote)
     if vote.answer is None:
         return result  # nothing to learn from: the label row records the failed vote
+    if policy.greedy_baseline and vote.method == "answer":
+        _greedy_baseline(chat, model, result, policy)
     # The answer trained on: the medoid for a semantic vote, else the first path that won.
     best = next((i for i in vote.winners if samples[i].text == vote.answer), vote.winners[0])
     if policy.vote_pairs:
@@ -137,6 +148,21 @@ def label_prompt(
         _critique_and_refine(chat, model, judge, result, best, policy, principles)
     _examples(result, best, policy)
     return result
+
+
+def _greedy_baseline(chat: ChatModel, model: str, result: LabelResult, policy: LabelingPolicy) -> None:
+    """The answer the model gives today (greedy, the same prompt as the samples), and the share of
+    the samples that assert it: what the label is worth beside it (evolvd.labeling.calibration)."""
+    prompt = sample_prompt(result.prompt, result.kind, policy.chain_of_thought)
+    text = chat.chat(model, prompt, policy.max_tokens)[0]
+    answer = extract(text, result.kind, result.prompt)
+    # Spelt as the vote spelt it, so a misspelling of the winner counts as the winner.
+    result.greedy_answer = next((k for k in result.vote.counts if same_answer(answer, k)), answer)
+    result.greedy_share = greedy_share(answer, [s.answer for s in result.samples])
+
+
+def _mostly_long(texts: Sequence[str], prompt: str) -> bool:
+    return sum(is_long_answer(t, prompt) for t in texts) * 2 > len(texts)
 
 
 def critique_answer(

@@ -54,8 +54,8 @@ def _one(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any] | None:
     )
     node["evaluations"] = rows_as_dicts(
         con.execute(
-            "SELECT suite, baseline_name, score, baseline_score, p_value, created_at FROM evaluations"
-            " WHERE adapter_name = ? ORDER BY evaluation_id",
+            "SELECT suite, baseline_name, score, baseline_score, p_value, details, created_at"
+            " FROM evaluations WHERE adapter_name = ? ORDER BY evaluation_id",
             [name],
         )
     )

@@ -28,7 +28,7 @@ from evolvd.serving.hotswap import SwapError
 from evolvd.serving.service import ADAPTER_STORE_DIR, ServingService
 from evolvd.training.runner import TrainingRunner
 from evolvd.training.snapshot import Snapshot, freeze_snapshot
-from evolvd.training.spec import Hyperparameters, capped_steps
+from evolvd.training.spec import Hyperparameters, hyperparameters_for
 
 logger = logging.getLogger("evolvd.loop")
 
@@ -155,19 +155,7 @@ class Loop:
         return FailedRun(row[0], row[1], int(row[2]), row[3], row[4])
 
     def _hyperparameters(self, n_examples: int) -> Hyperparameters:
-        t = self._config.training
-        return Hyperparameters(
-            max_steps=capped_steps(t.max_steps, t.max_epochs, n_examples, t.batch_size),
-            batch_size=t.batch_size,
-            learning_rate=t.learning_rate,
-            lora_r=t.lora_r,
-            lora_alpha=t.lora_alpha,
-            target_modules=tuple(t.target_modules),
-            max_length=t.max_length,
-            dpo_steps=t.dpo_steps,
-            torch_threads=t.torch_threads,
-            dtype=t.dtype,
-        )
+        return hyperparameters_for(self._config.training, n_examples)
 
     def _snapshot_of(self, dataset_id: str) -> Snapshot:
         row = (
@@ -275,22 +263,10 @@ class Loop:
             return JobResult("idle", "serving is not ready")
         routing = self._serving.router.routing
         live = routing.live_or_base
-        # A candidate, or one evaluated against an adapter that is no longer live (the baseline moved).
-        row = (
-            self._buffer.cursor()
-            .execute(
-                "SELECT a.name FROM adapters a WHERE a.status IN ('candidate', 'evaluating')"
-                " AND a.run_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM evaluations v"
-                " WHERE v.adapter_name = a.name AND v.suite = 'summary' AND v.baseline_name = ?)"
-                " ORDER BY a.version LIMIT 1",
-                [live],
-            )
-            .fetchone()
-        )
-        if row is None:
-            return JobResult("idle", "no candidate to evaluate")
-        name = str(row[0])
         registry, swapper = self._serving.registry, self._serving.swapper
+        name = registry.next_to_evaluate(live)
+        if name is None:
+            return JobResult("idle", "no candidate to evaluate")
         assert swapper is not None
         registry.set_status(name, "evaluating", f"evaluating against {live}")
         try:

@@ -85,9 +85,12 @@ class HotSwapper:
 
     # -- registration --------------------------------------------------------------------------
 
-    def register(self, path: Path, parent: str | None = None, run_id: str | None = None) -> str:
+    def register(
+        self, path: Path, parent: str | None = None, run_id: str | None = None, gated: bool = False
+    ) -> str:
         """Copy an adapter folder into the daemon's store, validate the copy and add it to the registry
-        as a candidate; returns its name. What serves is the copy: the source may change or go."""
+        as a candidate; returns its name. What serves is the copy: the source may change or go.
+        `gated`: the loop evaluates it and the promotion policy decides, as for a trained candidate."""
         try:
             staged = self._store.stage(path)
         except AdapterRejectedError as exc:
@@ -108,7 +111,7 @@ class HotSwapper:
                 "registered_from": str(path.resolve()),
             }
             kept = self._store.keep(staged, name)
-            self._registry.add(name, version, kept, manifest, parent, run_id)
+            self._registry.add(name, version, kept, manifest, parent, run_id, gated)
         logger.info("registered adapter %s from %s (copied to %s)", name, path, kept)
         return name
 

@@ -37,12 +37,31 @@ class AdapterRegistry:
         manifest: dict[str, Any],
         parent: str | None,
         run_id: str | None = None,
+        gated: bool = False,
     ) -> None:
+        """`gated`: an operator's adapter the loop evaluates and gates like a trained one."""
         self._buffer.cursor().execute(
-            "INSERT INTO adapters (name, version, run_id, parent, status, path, manifest) "
-            "VALUES (?, ?, ?, ?, 'candidate', ?, ?)",
-            [name, version, run_id, parent, str(path), json.dumps(manifest)],
+            "INSERT INTO adapters (name, version, run_id, parent, status, path, manifest, gated) "
+            "VALUES (?, ?, ?, ?, 'candidate', ?, ?, ?)",
+            [name, version, run_id, parent, str(path), json.dumps(manifest), gated],
         )
+
+    def next_to_evaluate(self, live: str) -> str | None:
+        """The oldest candidate the loop should evaluate against `live`: trained ones and those an
+        operator registered with `evaluate` (gated), not yet evaluated against this baseline (a
+        candidate evaluated against an adapter that is no longer live is evaluated again)."""
+        row = (
+            self._buffer.cursor()
+            .execute(
+                "SELECT a.name FROM adapters a WHERE a.status IN ('candidate', 'evaluating')"
+                " AND (a.run_id IS NOT NULL OR a.gated) AND NOT EXISTS (SELECT 1 FROM evaluations v"
+                " WHERE v.adapter_name = a.name AND v.suite = 'summary' AND v.baseline_name = ?)"
+                " ORDER BY a.version LIMIT 1",
+                [live],
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
 
     def get(self, name: str) -> AdapterRow | None:
         row = (

@@ -191,14 +191,15 @@ class ServingService:
     def gateway_url(self) -> str | None:
         return self._gateway.url if self._gateway is not None else None
 
-    def register(self, path: Path) -> str:
-        """An operator's registration: only of a folder under serving.adapter_import_root."""
+    def register(self, path: Path, evaluate: bool = False) -> str:
+        """An operator's registration: only of a folder under serving.adapter_import_root. `evaluate`:
+        through the loop's evaluation and promotion policy, like a trained candidate."""
         assert self.swapper is not None
         try:
             check_import_path(path, self.config.adapter_import_root)
         except AdapterRejectedError as exc:
             self.swapper.refuse_registration(str(exc))
-        return self.swapper.register(path)
+        return self.swapper.register(path, gated=evaluate)
 
     def promote(self, name: str, force: bool = False) -> SwapResult:
         """An operator's promote. One the gates rejected (or a canary rolled back) needs `force`, and

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from evolvd.config import TrainingConfig
 from evolvd.precision import PrecisionSetting
 
 
@@ -29,6 +30,22 @@ class Hyperparameters:
     torch_threads: int = 2
     dtype: PrecisionSetting = "auto"
     """Resolved by the child (evolvd.precision.resolve): auto picks bfloat16 only where native."""
+
+
+def hyperparameters_for(config: TrainingConfig, n_examples: int) -> Hyperparameters:
+    """The hyperparameters a run on `n_examples` gets from the daemon's training config."""
+    return Hyperparameters(
+        max_steps=capped_steps(config.max_steps, config.max_epochs, n_examples, config.batch_size),
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        target_modules=tuple(config.target_modules),
+        max_length=config.max_length,
+        dpo_steps=config.dpo_steps,
+        torch_threads=config.torch_threads,
+        dtype=config.dtype,
+    )
 
 
 def capped_steps(max_steps: int, max_epochs: float | None, n_examples: int, batch_size: int) -> int:

@@ -1,0 +1,114 @@
+"""bench/judgement.py: its verdict rules on made-up families, and its small mode against the
+session's real vLLM (the shape of what it reports; 8 facts per family prove nothing, the full
+benchmark is `python bench/judgement.py`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from controls import gold_delta, training_sets  # noqa: E402
+from facts import FAMILIES, Fact, draw  # noqa: E402
+from judgement import Labeled, family_report, verdicts  # noqa: E402
+
+from evolvd.labeling.answers import majority_vote  # noqa: E402
+from evolvd.labeling.pipeline import LabelResult, Sample  # noqa: E402
+
+
+def test_every_family_draws_real_facts_reproducibly() -> None:
+    for family in FAMILIES:
+        facts = draw(family, 50)
+        assert len(facts) == 50 and len({f.prompt for f in facts}) == 50
+        assert facts == draw(family, 50)  # the same questions in every run
+    kenya = next(f for f in FAMILIES["capitals"]() if f.prompt == "What is the capital of Kenya?")
+    assert kenya.is_right("nairobi") and kenya.is_right("nairobii") and not kenya.is_right("mombasa")
+    iron = next(f for f in FAMILIES["atomic_numbers"]() if f.prompt.endswith(" iron?"))
+    assert iron.gold == ("26",)
+
+
+def _items(rights: list[tuple[bool, bool, float, float]]) -> list[Labeled]:
+    """(label right, greedy right, confidence, greedy share) per item."""
+    fact = Fact("f", "Q?", ("yes",))
+    return [
+        Labeled(fact, "yes" if greedy else "no", "yes" if label else "no", confidence, share)
+        for label, greedy, confidence, share in rights
+    ]
+
+
+def test_a_family_whose_vote_does_not_beat_greedy_must_be_blocked_by_the_gate() -> None:
+    same = family_report(_items([(True, True, 1.0, 1.0)] * 30 + [(False, False, 0.8, 0.8)] * 20), 0.6)
+    assert not same["vote_beats_greedy"] and same["estimated_label_gain"] == 0.0
+    assert verdicts({"same": same}, 0.1) == []  # blocked: as it should be
+    assert verdicts({"same": same}, None) == [
+        "same: the vote does not beat greedy, yet the training gate's label check passes"
+    ]
+
+
+def test_a_family_whose_vote_beats_greedy_must_have_accurate_calibrated_labels() -> None:
+    better = family_report(_items([(True, False, 1.0, 0.0)] * 20 + [(True, True, 1.0, 1.0)] * 10), 0.6)
+    assert better["vote_beats_greedy"] and better["confident_label_acc"] == 1.0
+    assert better["label_ece"] == 0.0 and verdicts({"better": better}, 0.1) == []
+    overconfident = family_report(
+        _items([(True, False, 1.0, 0.0)] * 20 + [(False, False, 1.0, 0.0)] * 10), 0.6
+    )
+    assert overconfident["label_ece"] == pytest.approx(1 / 3, abs=1e-3)
+    assert verdicts({"o": overconfident}, 0.1) == ["o: label ECE 0.3333 > 0.1"]
+
+
+def test_the_controls_train_on_right_wrong_and_self_labels() -> None:
+    fact = Fact("small_addition", "What is 2 + 3?", ("5",))
+    texts = ["2 + 3 = 5. The answer is 5.", "2 + 3 = 6. The answer is 6.", "It is 5. The answer is 5."]
+    answers = ["5", "6", "5"]
+    samples = [Sample(t, a) for t, a in zip(texts, answers, strict=True)]
+    examples = [("cot", texts[0]), ("direct", "The answer is 5.")]
+    result = LabelResult(
+        "e1", fact.prompt, "m", "number", {}, samples, majority_vote(answers), examples=examples
+    )
+    wrong, own, gold = training_sets([(fact, result)], min_confidence=0.6)
+    assert gold.examples == [
+        (fact.prompt, texts[0]),
+        (fact.prompt, texts[2]),
+        (fact.prompt, "The answer is 5."),
+    ]
+    assert wrong.examples == [(fact.prompt, texts[1]), (fact.prompt, "The answer is 6.")]
+    assert own.examples == [(fact.prompt, texts[0]), (fact.prompt, "The answer is 5.")]
+
+
+def test_the_sign_agreement_rescores_the_daemons_own_items_and_answers_against_gold() -> None:
+    gold = {"a": Fact("f", "What is 2 + 3?", ("5",)), "b": Fact("f", "What is 1 + 1?", ("2",))}
+    items = [  # the daemon's label for "a" was wrong (6): it scores the right candidate as wrong
+        {"event_id": "a", "candidate": False, "live": True, "candidate_answer": "The answer is 5.",
+         "live_answer": "The answer is 6."},
+        {"event_id": "b", "candidate": True, "live": True, "candidate_answer": "2", "live_answer": "2"},
+    ]  # fmt: skip
+    daemon_delta, gold_delta_, n = gold_delta({"details": json.dumps({"items": items})}, gold)
+    assert (daemon_delta, gold_delta_, n) == (-0.5, 0.5, 2)
+
+
+@pytest.mark.vllm
+def test_small_mode_reports_every_family(vllm_daemon: Any, tmp_path: Path) -> None:
+    out = tmp_path / "judgement.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "judgement.py"), "--small", "--out", str(out),
+         "--attach-vllm", vllm_daemon.status()["serving"]["url"]],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "EVOLVD_VLLM_API_KEY": vllm_daemon.vllm_key},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]  # 1: targets missed
+    report = json.loads(out.read_text())
+    assert set(report["families"]) == {*FAMILIES, "small_addition"}
+    for name, family in report["families"].items():
+        assert family["n"] == 8, name
+        for key in ("greedy_acc", "vote_acc", "label_ece"):
+            assert 0.0 <= family[key] <= 1.0, (name, key)
+        assert sum(b["count"] for b in family["reliability"]) == 8
+    assert (result.returncode == 1) == bool(report["misses"])
