@@ -446,6 +446,34 @@ def controls_section(result: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def refine_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["### Inference-time self-refinement (bench/refine.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    c = result["config"]
+    out += [
+        f"`gateway.self_refine` on `{c['model']}` judging itself ({c['per_family']} prompts per family, one"
+        " request at a time): the plain greedy answer against the mode's answer (critique, refinement, kept"
+        " only when the judge scores it higher), gold accuracy on the same prompts.",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            f["n"],
+            pct(f["plain_acc"]),
+            pct(f["refined_acc"]),
+            f"{f['refined_only_right']} / {f['plain_only_right']}",
+            f"{f['p_value_refined_better']:.3g}",
+            pct(f["replaced_share"]),
+            f"{f['plain_s_median']:.2f} s → {f['refined_s_median']:.2f} s ({f['latency_ratio']:.1f}x)",
+        ]
+        for name, f in result["families"].items()
+    ]
+    header = ["family", "n", "plain", "refined", "only refined / only plain right", "p", "replaced"]
+    return out + table([*header, "median latency"], rows)
+
+
 def meaning_section(result: dict[str, Any] | None) -> list[str]:
     out = ["### Long answers: paraphrase or contradiction? (bench/meaning.py)", ""]
     if result is None:
@@ -583,7 +611,7 @@ def chaos_section(result: dict[str, Any] | None) -> list[str]:
 def main() -> int:
     names = (
         "ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform", "chaos",
-        "judgement", "meaning", "controls",
+        "judgement", "meaning", "controls", "refine",
     )  # fmt: skip
     results = {name: load(name) for name in names}
     lines = [
@@ -599,6 +627,7 @@ def main() -> int:
         *judgement_section(results["judgement"]),
         *controls_section(results["controls"]),
         *meaning_section(results["meaning"]),
+        *refine_section(results["refine"]),
         *policies_section(results["policies"]),
         *chaos_section(results["chaos"]),
     ]

@@ -47,7 +47,9 @@ if TYPE_CHECKING:
     from evolvd.loop.scheduler import LoopScheduler
     from evolvd.loop.steps import Loop
     from evolvd.policies.engine import PolicyEngine
+    from evolvd.policies.loader import PolicySet
     from evolvd.policies.store import PolicyStore
+    from evolvd.serving.self_refine import SelfRefiner
     from evolvd.serving.service import ServingService
 
 logger = logging.getLogger("evolvd.daemon")
@@ -291,6 +293,21 @@ class Daemon:
             )
         return self._clients[url]
 
+    def _new_refiner(self, url: str, api_key: str | None) -> SelfRefiner:
+        """gateway.self_refine's step, on the serving process at `url` (its client closed at shutdown)."""
+        from evolvd.connectors.vllm_client import VLLMClient
+        from evolvd.policies.loader import load_policies
+        from evolvd.serving.self_refine import SelfRefiner
+
+        client = VLLMClient(url, timeout_s=self.config.gateway.request_timeout_s, api_key=api_key)
+        self._clients[f"refine:{url}"] = client
+        shipped = load_policies(None)
+
+        def in_force() -> PolicySet:  # serving starts before the policy store: the shipped ones till then
+            return self._policy_store.current if self._policy_store is not None else shipped
+
+        return SelfRefiner(client, self._judge, in_force, self.config.gateway.self_refine_max_tokens)
+
     def _new_labeler(self) -> Labeler:
         from evolvd.labeling.labeler import Labeler
         from evolvd.metrics import LabelMetrics
@@ -344,6 +361,7 @@ class Daemon:
             self._bootstrap_servers,
             # Under systemd: a start that is still loading the model asks for more time, and says why.
             on_waiting=lambda waiting: self._systemd.extend_start(waiting, START_EXTENSION_S),
+            refiner=self._new_refiner,
         )
         try:
             self._serving.start()

@@ -271,6 +271,13 @@ class GatewayConfig(_Section):
     access_log: bool = False
     """One log line per request on the `evolvd.gateway.access` logger: client, route, status, seconds,
     served model and request id."""
+    self_refine: bool = False
+    """Inference-time self-refinement of non-streamed chat answers to the public name: the judge
+    critiques the answer, the model refines it, and the client gets the refinement only when the
+    judge scores it higher (header x-evolvd-refined). Several model calls per request: measured in
+    bench/refine.py."""
+    self_refine_max_tokens: int = Field(256, ge=8, le=32_768)
+    """Longest refinement (the critique is the labeling policy's critique length)."""
     """Retry-After sent with 503 while the serving process is restarting."""
 
     @property

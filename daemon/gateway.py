@@ -7,6 +7,7 @@ topic in the message contract, so live traffic feeds the loop.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -27,6 +28,7 @@ from evolvd.connectors.vllm_client import CLIENT_KEEPALIVE_S, bearer_header
 from evolvd.contract import encode_message
 from evolvd.metrics import GATEWAY_ROUTES, ServingMetrics
 from evolvd.serving.routing import Router
+from evolvd.serving.self_refine import SelfRefiner
 from evolvd.serving.served_stats import ServedStats
 from evolvd.sse_text import StreamedText
 
@@ -85,8 +87,11 @@ class Gateway:
         capture: CaptureSink | None = None,
         served_stats: ServedStats | None = None,
         seal_key: str | None = None,
+        refiner: SelfRefiner | None = None,
     ) -> None:
-        """`seal_key`: the buffer's capture key; each capture record carries its seal (capture_seal)."""
+        """`seal_key`: the buffer's capture key; each capture record carries its seal (capture_seal).
+        `refiner`: gateway.self_refine's critique-and-refine step (None: off)."""
+        self._refiner = refiner
         self._config = config
         self._router = router
         self._is_ready = is_ready
@@ -242,12 +247,45 @@ class Gateway:
             self._served(judged, 503, started)
             return _error(503, "the serving process is not answering; retry shortly", "service_unavailable",
                           self._unavailable, code="serving_unavailable")  # fmt: skip
+        content = upstream.content
+        if upstream.status_code == 200 and judged is not None and route == "/v1/chat/completions":
+            content = await self._refined(body, content, served, headers)
         self._served(judged, upstream.status_code, started)
         if self._capture is not None and upstream.status_code == 200:
-            self._record(body, upstream.json(), served, request_id)
-        return Response(
-            upstream.content, upstream.status_code, media_type="application/json", headers=headers
-        )
+            self._record(body, json.loads(content), served, request_id)
+        return Response(content, upstream.status_code, media_type="application/json", headers=headers)
+
+    async def _refined(
+        self, body: dict[str, Any], content: bytes, served: str, headers: dict[str, str]
+    ) -> bytes:
+        """gateway.self_refine: the answer critiqued and refined before the client sees it (one answer,
+        whose last message is the user's); the refinement replaces it only when the judge scores it higher."""
+        messages = body.get("messages")
+        if self._refiner is None or body.get("n", 1) != 1 or not isinstance(messages, list) or not messages:
+            return content
+        last = messages[-1]
+        if (
+            not isinstance(last, dict)
+            or last.get("role") != "user"
+            or not isinstance(last.get("content"), str)
+        ):
+            return content
+        answer = json.loads(content)
+        message = answer["choices"][0]["message"]
+        try:
+            refined = await asyncio.to_thread(
+                self._refiner.refine, last["content"], message.get("content") or "", served
+            )
+        except Exception as exc:  # the client still gets the model's first answer
+            logger.warning("self-refinement failed, the first answer is sent: %s", exc)
+            self._metrics.gateway_refinements.labels("failed").inc()
+            return content
+        self._metrics.gateway_refinements.labels("replaced" if refined.replaced else "kept").inc()
+        headers["x-evolvd-refined"] = "true" if refined.replaced else "false"
+        if not refined.replaced:
+            return content
+        message["content"] = refined.text
+        return json.dumps(answer).encode()
 
     def _served(self, served: str | None, status: int, started: float) -> None:
         # Client errors (4xx) say nothing about the model; 5xx and transport failures count against it.

@@ -201,8 +201,10 @@ class ServingMetrics:
     live_adapter: Gauge
     gateway_requests: Counter
     gateway_seconds: Histogram
+    gateway_refinements: Counter
 
     def __post_init__(self) -> None:
+        initialise(self.gateway_refinements, ("replaced", "kept", "failed"))
         initialise(self.swaps, SWAP_ACTIONS, ("ok", "rejected"))
         initialise(self.rollbacks, ("ok", "rejected", "failed"))
         initialise(self.gateway_requests, GATEWAY_ROUTES, ("200",))
@@ -250,6 +252,12 @@ class ServingMetrics:
                 "Gateway request latency (to the last byte) by route",
                 ["route"],
                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+                registry=registry,
+            ),
+            gateway_refinements=Counter(
+                "evolvd_gateway_refinements_total",
+                "Self-refined gateway answers (gateway.self_refine): replaced, kept or failed",
+                ["outcome"],
                 registry=registry,
             ),
         )

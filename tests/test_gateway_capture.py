@@ -17,6 +17,7 @@ from evolvd.config import GatewayConfig
 from evolvd.gateway import Gateway
 from evolvd.metrics import ServingMetrics, new_registry
 from evolvd.serving.routing import Router
+from evolvd.serving.self_refine import SelfRefiner
 from evolvd.sse_text import StreamedText
 
 WORDS = ["Hello", " big", " wörld", " 🌍"]
@@ -58,7 +59,10 @@ class Captured:
 
 
 def capturing_gateway(
-    upstream: Callable[[httpx.Request], httpx.Response], config: GatewayConfig
+    upstream: Callable[[httpx.Request], httpx.Response],
+    config: GatewayConfig,
+    refiner: SelfRefiner | None = None,
+    metrics: ServingMetrics | None = None,
 ) -> tuple[FastAPI, Captured]:
     """The gateway's app in front of a stand-in vLLM (`upstream`), capturing into a list."""
     captured = Captured()
@@ -69,9 +73,10 @@ def capturing_gateway(
         upstream_api_key=None,
         is_ready=lambda: True,
         loaded_adapters=lambda: [],
-        metrics=ServingMetrics.create(new_registry()),
+        metrics=metrics or ServingMetrics.create(new_registry()),
         api_keys=set(),
         capture=captured,
+        refiner=refiner,
     )
     gateway._client = httpx.AsyncClient(transport=httpx.MockTransport(upstream), base_url="http://upstream")
     return gateway.app(), captured

@@ -23,6 +23,7 @@ from evolvd.serving.adapter_store import AdapterStore, check_import_path
 from evolvd.serving.hotswap import HotSwapper, SwapError, SwapResult
 from evolvd.serving.registry import AdapterRegistry, AdapterRow
 from evolvd.serving.routing import Router
+from evolvd.serving.self_refine import SelfRefiner
 from evolvd.serving.served_stats import ServedStats
 from evolvd.serving.supervisor import ServingStartError, ServingSupervisor
 from evolvd.serving.vllm_key import vllm_api_key
@@ -74,8 +75,11 @@ class ServingService:
         metrics: ServingMetrics,
         bootstrap_servers: str,
         on_waiting: Callable[[str], None] | None = None,
+        refiner: Callable[[str, str | None], SelfRefiner] | None = None,
     ) -> None:
-        """`on_waiting`: told what the start waits for while vLLM loads (the daemon tells systemd)."""
+        """`on_waiting`: told what the start waits for while vLLM loads (the daemon tells systemd).
+        `refiner`: builds gateway.self_refine's step for the serving process's URL and API key."""
+        self._refiner = refiner
         self.config = config
         self._on_waiting = on_waiting
         self.metrics = metrics
@@ -155,6 +159,9 @@ class ServingService:
             capture=self._capture,
             served_stats=self.served_stats,
             seal_key=buffer_key(self._buffer.cursor(), CAPTURE_SEAL_KEY),
+            refiner=self._refiner(self.supervisor.url, self.vllm_api_key)
+            if self._refiner is not None and cfg.gateway.self_refine
+            else None,
         ).app()
         self._gateway = HttpServer(app, cfg.gateway.host, cfg.gateway.port, name="evolvd-gateway")
         self._gateway.start()
