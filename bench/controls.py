@@ -13,6 +13,8 @@ the daemon's own training child and shipped hyperparameters:
 - `self`: what the daemon's loop trains on, the confident vote's winning paths and direct answers;
 - `gold` (positive control): sampled paths whose answer is right, and the right direct answers.
 
+Every candidate also gets the same general replay rows (REPLAY_SHARE of its set, from the
+Self-Instruct seed tasks), as the daemon mixes earlier data into each run (`--no-replay`: none).
 Each is registered (`POST /adapters`), evaluated by the daemon against the live model, and decided by
 the shipped promotion policy. Reported: each decision with its reasons, `negative_control_rejected`,
 `positive_control_promoted` (promote, or the shipped policy's canary), and `heldout_sign_agreement`:
@@ -96,6 +98,30 @@ def training_sets(labeled: Sequence[tuple[Fact, LabelResult]], min_confidence: f
         if result.vote.answer is not None and result.vote.confidence >= min_confidence:
             own += [(fact.prompt, completion) for _, completion in result.examples]
     return [Candidate("wrong", wrong), Candidate("self", own), Candidate("gold", gold)]
+
+
+SEED_TASKS = Path(__file__).parent / "data" / "seed_tasks.jsonl"
+REPLAY_SHARE = 0.2
+"""Share of every candidate's training set drawn from general human-written instructions (the
+Self-Instruct seed tasks), as the daemon mixes `training.replay_share` of earlier data into a run:
+one narrow family alone makes any adapter forget, whatever its labels."""
+
+
+def with_replay(candidates: Sequence[Candidate], seed: int = 0) -> list[Candidate]:
+    """Each candidate with the same replay rows added (REPLAY_SHARE of the result), so the controls
+    still differ only in their family labels."""
+    tasks = [json.loads(line) for line in SEED_TASKS.read_text().splitlines() if line.strip()]
+    general = [
+        (t["instruction"] + (f"\n\n{i['input']}" if i["input"] else ""), i["output"])
+        for t in tasks
+        for i in t["instances"][:1]
+    ]
+    random.Random(seed).shuffle(general)
+    out = []
+    for candidate in candidates:
+        wanted = round(len(candidate.examples) * REPLAY_SHARE / (1 - REPLAY_SHARE))
+        out.append(Candidate(candidate.name, [*candidate.examples, *general[:wanted]]))
+    return out
 
 
 def train(candidate: Candidate, base_model: Path, out: Path, work: Path, config: TrainingConfig) -> float:
@@ -266,7 +292,8 @@ def experiment(args: argparse.Namespace, training: TrainingConfig) -> dict[str, 
         admin.wait(lambda: admin.status()["buffer"]["tables"]["labels"] >= len(heldout),
                    "the held-out prompts to be labeled", 3600)  # fmt: skip
         outcomes: list[dict[str, Any]] = []
-        for candidate in training_sets(labeled, policies.training.min_confidence):
+        candidates = training_sets(labeled, policies.training.min_confidence)
+        for candidate in with_replay(candidates) if args.replay else candidates:
             folder = daemon.data_dir / "import" / f"control-{candidate.name}"
             seconds = train(candidate, base_model, folder, work / "train", training)
             outcomes.append(judged(admin, daemon, candidate, folder, gold) | {"training_seconds": seconds})
@@ -288,6 +315,7 @@ def experiment(args: argparse.Namespace, training: TrainingConfig) -> dict[str, 
             "promotion_policy": "shipped",
             "small": args.small,
             "max_steps": training.max_steps,
+            "replay_share": REPLAY_SHARE if args.replay else 0.0,
         },
         "candidates": outcomes,
         "negative_control_rejected": by_name["wrong"]["decision"] == "reject",
@@ -304,6 +332,9 @@ def main() -> int:
     parser.add_argument("--attach-vllm", nargs=2, metavar=("URL", "MODEL_PATH"))
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--no-replay", dest="replay", action="store_false", help="train on the family's examples alone"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

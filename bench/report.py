@@ -443,6 +443,7 @@ def controls_section(result: dict[str, Any] | None) -> list[str]:
         f" **{result['positive_control_promoted']}**; held-out sign agreement:"
         f" **{result['heldout_sign_agreement']:.2f}** (target 0.8). {result['seconds'] / 60:.0f} min.",
         "",
+        *analysis("controls"),
     ]
 
 

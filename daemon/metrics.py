@@ -355,7 +355,7 @@ class LabelMetrics:
 
     def __post_init__(self) -> None:
         initialise(self.extraction_failures, ("number", "option", "yes_no", "span", "free_form"))
-        initialise(self.critique_scores, ("ok", "constrained", "malformed", "missing"))
+        initialise(self.critique_scores, ("expected", "ok", "constrained", "malformed", "missing"))
         initialise(self.refinements, ("accepted", "rejected"))
         initialise(self.pairs, ("critique", "vote"))
 

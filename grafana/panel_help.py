@@ -43,8 +43,9 @@ PANEL_HELP = {
     " p10. Low: the model disagrees with itself, and the training policy's min_confidence filters more.",
     "Extraction failures by answer kind": "Samples whose final answer could not be read, by expected kind."
     " A rise after a model change usually means the answer format drifted.",
-    "Self-critique scores by parse status": "Critiques whose 1-10 score was readable (ok), needed a"
-    " constrained follow-up, or could not be parsed.",
+    "Self-critique scores by parse status": "Critiques scored by the judge's expected score over its"
+    " score-token probabilities (expected, G-Eval), read from their score line (ok), picked in a"
+    " constrained follow-up, or not scored at all (malformed, missing).",
     "Refinement accept rate": "Share of self-refinements accepted (re-scored higher and still agreeing with"
     " the vote).",
     "Preference pairs and training examples": "Preference pairs and training examples the labeler writes"

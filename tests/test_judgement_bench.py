@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from controls import gold_delta, training_sets  # noqa: E402
+from controls import Candidate, gold_delta, training_sets, with_replay  # noqa: E402
 from facts import FAMILIES, Fact, draw  # noqa: E402
 from judgement import Labeled, family_report, verdicts  # noqa: E402
 
@@ -81,6 +81,14 @@ def test_the_controls_train_on_right_wrong_and_self_labels() -> None:
     ]
     assert wrong.examples == [(fact.prompt, texts[1]), (fact.prompt, "The answer is 6.")]
     assert own.examples == [(fact.prompt, texts[0]), (fact.prompt, "The answer is 5.")]
+
+
+def test_every_control_gets_the_same_general_replay_rows() -> None:
+    wrong, gold = with_replay(
+        [Candidate("wrong", [("q", "bad")] * 40), Candidate("gold", [("q", "good")] * 80)]
+    )
+    assert len(wrong.examples) == 50 and len(gold.examples) == 100  # 20% of each set
+    assert wrong.examples[40:] == gold.examples[80:90]  # one replay order for all
 
 
 def test_the_sign_agreement_rescores_the_daemons_own_items_and_answers_against_gold() -> None:
