@@ -268,6 +268,7 @@ class GatewayConfig(_Section):
 
     request_timeout_s: float = Field(300.0, gt=0)
     retry_after_s: int = Field(5, ge=1)
+    """Retry-After sent with 503 while the serving process is restarting."""
     access_log: bool = False
     """One log line per request on the `evolvd.gateway.access` logger: client, route, status, seconds,
     served model and request id."""
@@ -278,7 +279,6 @@ class GatewayConfig(_Section):
     bench/refine.py."""
     self_refine_max_tokens: int = Field(256, ge=8, le=32_768)
     """Longest refinement (the critique is the labeling policy's critique length)."""
-    """Retry-After sent with 503 while the serving process is restarting."""
 
     @property
     def is_loopback(self) -> bool:

@@ -91,10 +91,6 @@ class Judge:
     logprob_scores: bool = True
     """Score by the expected value over the score tokens' logprobs (G-Eval); false: read the digit."""
 
-    @property
-    def name(self) -> str:
-        return self.model
-
     def critique(
         self,
         prompt: str,

@@ -122,6 +122,8 @@ class Evaluator:
                 got_candidate.append(same_answer(extract(candidate[index], kind, item.prompt), item.label))
                 got_live.append(same_answer(extract(live[index], kind, item.prompt), item.label))
         verdicts = {"candidate": 0, "live": 0, "tie": 0}
+        if not long_form:
+            return got_candidate, got_live, verdicts
         with ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="evolvd-judge") as pool:
             judged = pool.map(lambda i: judge.compare(items[i].prompt, candidate[i], live[i]), long_form)
             for index, verdict in zip(long_form, judged, strict=True):

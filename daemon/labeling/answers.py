@@ -311,11 +311,15 @@ def contradicts(a: str, b: str, question: str = "") -> bool:
     not say at all ("... is Jupiter" against "... is Saturn"). Embeddings put such answers closer
     together than most paraphrases, because they share every other word."""
 
-    def says(text: str, term: str) -> bool:
-        return term in f" {' '.join(normal_words(text))} " or term in alpha2digit(text, "en").replace(",", "")
+    def saying(text: str) -> tuple[str, str]:  # its words, and its digits without thousands commas
+        return f" {' '.join(normal_words(text))} ", alpha2digit(text, "en").replace(",", "")
+
+    def says(said: tuple[str, str], term: str) -> bool:
+        return term in said[0] or term in said[1]
 
     mine, theirs = asserted_terms(a, question), asserted_terms(b, question)
-    return any(not says(b, t) for t in mine - theirs) and any(not says(a, t) for t in theirs - mine)
+    said_a, said_b = saying(a), saying(b)
+    return any(not says(said_b, t) for t in mine - theirs) and any(not says(said_a, t) for t in theirs - mine)
 
 
 def semantic_vote(
