@@ -70,6 +70,7 @@ run: $(PROJECT_STAMP)
 lint: $(PROJECT_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(PROJECT_STAMP)
 	$(BIN)/mypy -p evolvd

@@ -1,12 +1,13 @@
 """Does the daemon's evaluation tell better from worse? Controls decided by the shipped promotion policy.
 
-A real daemon (managed or attached vLLM, the bundled base model) with the shipped promotion, safety
-and drift policies; the harness only pauses the daemon's own training job and raises the held-out
-share (`evaluation.heldout_percent`: 30, so the ~320 distinct prompts of the family give the held-out
-suite enough items). Traffic: every distinct `small_addition` prompt; the held-out ones go through
-Kafka to the daemon, which labels them by its own vote (gold answers never reach it). The rest the
-harness samples itself with the labeler's own pipeline, and trains three adapters from the base with
-the daemon's own training child and shipped hyperparameters:
+A real daemon (managed or attached vLLM, the bundled base model) with the shipped promotion, safety and
+drift policies; the harness only pauses the daemon's own training job and raises the held-out share and
+its item cap (`evaluation.heldout_percent`: 40 and `heldout_max`: 200, so the 324 distinct prompts of the
+family give the held-out suite enough items for a significance test). Traffic: every distinct
+`small_addition` prompt; the held-out ones go through Kafka to the daemon, which labels them by its own
+vote (gold answers never reach it). The rest the harness samples itself with the labeler's own pipeline,
+and trains three adapters from the base with the daemon's own training child and shipped
+hyperparameters:
 
 - `wrong` (negative control): sampled reasoning paths whose answer is wrong, and wrong direct answers
   (the gold answer + 1 where no path was wrong);
@@ -14,7 +15,8 @@ the daemon's own training child and shipped hyperparameters:
 - `gold` (positive control): sampled paths whose answer is right, and the right direct answers.
 
 Every candidate also gets the same general replay rows (REPLAY_SHARE of its set, from the
-Self-Instruct seed tasks), as the daemon mixes earlier data into each run (`--no-replay`: none).
+Self-Instruct seed tasks), as the daemon mixes earlier data into each run (`--no-replay`: none), and
+the safety anchor rows the daemon's snapshot adds (`training.safety_anchor_share` of the shipped policy).
 Each is registered (`POST /adapters`), evaluated by the daemon against the live model, and decided by
 the shipped promotion policy. Reported: each decision with its reasons, `negative_control_rejected`,
 `positive_control_promoted` (promote, or the shipped policy's canary), and `heldout_sign_agreement`:
@@ -67,11 +69,13 @@ from evolvd.judge import JudgeSource
 from evolvd.labeling.answers import extract
 from evolvd.labeling.pipeline import LabelResult, label_prompt
 from evolvd.labeling.prompts import direct_completion
-from evolvd.policies.loader import load_candidate
+from evolvd.policies.loader import load_candidate, safety_anchor_examples
+from evolvd.training.snapshot import anchor_count, anchor_rows
 from evolvd.training.spec import TrainSpec, hyperparameters_for
 
 RESULTS = Path(__file__).parent / "results"
-HELDOUT_PERCENT = 30
+HELDOUT_PERCENT = 40
+HELDOUT_MAX = 200
 FAMILY = "small_addition"
 # Only the labeling policy is the harness's: critique off (the vote is what labels the held-out suite).
 LABELING = "critique: false\nrefine: false\n"
@@ -122,6 +126,18 @@ def with_replay(candidates: Sequence[Candidate], seed: int = 0) -> list[Candidat
         wanted = round(len(candidate.examples) * REPLAY_SHARE / (1 - REPLAY_SHARE))
         out.append(Candidate(candidate.name, [*candidate.examples, *general[:wanted]]))
     return out
+
+
+def with_safety_anchor(candidates: Sequence[Candidate], share: float) -> list[Candidate]:
+    """Each candidate with the safety anchor rows the daemon's snapshot would add at `share`
+    (training.safety_anchor_share of the shipped policy), picked by the snapshot's own functions."""
+    anchors = safety_anchor_examples(None)
+    return [
+        Candidate(
+            c.name, [*c.examples, *anchor_rows(anchors, anchor_count(len(c.examples), share), "controls")]
+        )
+        for c in candidates
+    ]
 
 
 def train(candidate: Candidate, base_model: Path, out: Path, work: Path, config: TrainingConfig) -> float:
@@ -198,6 +214,7 @@ def daemon_env(servers: str, topic: str, policies: Path, concurrency: int) -> di
         "EVOLVD_SCHEDULER__EVALUATION__INTERVAL_S": "2",
         "EVOLVD_SCHEDULER__PROMOTION__INTERVAL_S": "1",
         "EVOLVD_EVALUATION__HELDOUT_PERCENT": str(HELDOUT_PERCENT),
+        "EVOLVD_EVALUATION__HELDOUT_MAX": str(HELDOUT_MAX),
         "EVOLVD_EVALUATION__CONCURRENCY": str(concurrency),
     }
 
@@ -293,7 +310,9 @@ def experiment(args: argparse.Namespace, training: TrainingConfig) -> dict[str, 
                    "the held-out prompts to be labeled", 3600)  # fmt: skip
         outcomes: list[dict[str, Any]] = []
         candidates = training_sets(labeled, policies.training.min_confidence)
-        for candidate in with_replay(candidates) if args.replay else candidates:
+        anchor_share = policies.training.safety_anchor_share
+        mixed = with_safety_anchor(with_replay(candidates) if args.replay else candidates, anchor_share)
+        for candidate in mixed:
             folder = daemon.data_dir / "import" / f"control-{candidate.name}"
             seconds = train(candidate, base_model, folder, work / "train", training)
             outcomes.append(judged(admin, daemon, candidate, folder, gold) | {"training_seconds": seconds})
@@ -312,10 +331,12 @@ def experiment(args: argparse.Namespace, training: TrainingConfig) -> dict[str, 
             "heldout_prompts": len(heldout),
             "training_prompts": len(trainable),
             "heldout_percent": HELDOUT_PERCENT,
+            "heldout_max": HELDOUT_MAX,
             "promotion_policy": "shipped",
             "small": args.small,
             "max_steps": training.max_steps,
             "replay_share": REPLAY_SHARE if args.replay else 0.0,
+            "safety_anchor_share": policies.training.safety_anchor_share,
         },
         "candidates": outcomes,
         "negative_control_rejected": by_name["wrong"]["decision"] == "reject",

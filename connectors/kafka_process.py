@@ -2,9 +2,9 @@
 validation and buffer writes on the other.
 
 Parsing fetch responses is pure Python inside kafka-python and takes as much CPU per message as all
-of evolvd's own work; in one process the two share the GIL, and on a 2-core machine ingest ran at
-0.7x the rate of a bare consumer with 0.6 of a core idle (bench/ingest.py). Here the child runs the
-ordinary `KafkaSource` and ships each poll's values to the daemon as plain columns over a pipe.
+of evolvd's own work; in one process the two share the GIL and ingest leaves a core idle (the rates:
+bench/ingest.py, bench/README.md). Here the child runs the ordinary `KafkaSource` and ships each
+poll's values to the daemon as plain columns over a pipe.
 
 Exactly-once is unchanged: the buffer stays the only record of positions. On every rebalance the
 child asks the daemon to make everything it sent durable and to return the buffer's offsets, and

@@ -102,6 +102,22 @@ class Source(ABC):
     def close(self) -> None: ...
 
 
+class Publisher(ABC):
+    """The log's outbound side: publishes messages to one topic (Kafka, in production). The gateway's
+    capture, the demo workload and `evolvd produce` write through it."""
+
+    @abstractmethod
+    def publish(self, value: bytes, key: bytes | None) -> None:
+        """Queue one message (thread-safe); `key` picks its partition."""
+
+    @abstractmethod
+    def flush(self, timeout_s: float | None = None) -> None: ...
+
+    @abstractmethod
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush what is queued, then release the connection."""
+
+
 @dataclass(slots=True)
 class EventColumns:
     """The valid prompts of one batch, column by column.

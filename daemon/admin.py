@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from evolvd.admin_guard import AdminGuard
 from evolvd.config_file import ConfigError
 from evolvd.connectors.vllm_client import VLLMError
-from evolvd.serving.hotswap import SwapError
+from evolvd.serving.service import SwapError
 
 logger = logging.getLogger("evolvd.admin")
 

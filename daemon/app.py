@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from evolvd import __version__
 from evolvd.abc import Source
 from evolvd.admin import create_app
 from evolvd.admin_token import AdminTokenError, configured_token, daemon_token
-from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError, rows_as_dicts
+from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError
 from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from evolvd.connectors.group_offsets import GroupOffsetsCheck
@@ -38,6 +37,7 @@ from evolvd.metrics import (
     TrainingMetrics,
     new_registry,
 )
+from evolvd.restart_backoff import RestartBackoff
 from evolvd.systemd import SystemdNotifier
 
 if TYPE_CHECKING:
@@ -54,10 +54,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("evolvd.daemon")
 
-# Both ingest threads are busy at full rate; DuckDB's client re-takes the GIL between execution
-# tasks, and at the default 5 ms switch interval each of those waits stalls the writer (measured:
-# bench/ingest.py). A short interval keeps the hand-offs cheap.
 GIL_SWITCH_INTERVAL_S = 0.0002
+"""The interpreter's thread switch interval for a daemon process (`evolvd run` sets it; it is
+process-wide, so the library never does). Both ingest threads are busy at full rate and DuckDB's
+client re-takes the GIL between execution tasks: at the default 5 ms each of those waits stalls the
+writer (bench/ingest.py). A short interval keeps the hand-offs cheap."""
 ADMIN_URL_FILE = "admin.url"
 ADMIN_CONNECTION_LIMIT = 64
 """Connections the admin API serves at once (operators, the CLI, Prometheus): a flood gets 503s
@@ -121,7 +122,6 @@ class Daemon:
                 f"gateway.host {gateway.host} is not a loopback address: set client API keys in {where}"
                 " (comma-separated), or bind 127.0.0.1"
             )
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         from evolvd import embeddings
 
         try:
@@ -344,7 +344,7 @@ class Daemon:
         from evolvd.loop.lineage import adapter_lineage
 
         assert self._buffer is not None
-        return adapter_lineage(self._buffer.cursor(), adapter)
+        return adapter_lineage(self._buffer, adapter)
 
     @property
     def policies(self) -> PolicyEngine | None:
@@ -450,7 +450,8 @@ class Daemon:
 
         Under systemd (Type=notify) this loop also reports readiness and pings the watchdog, so a
         hung daemon is restarted by the service manager."""
-        backoff = 1.0
+        # The ingest thread has no health signal of its own: a run of a minute without dying counts.
+        backoff = RestartBackoff(initial_s=1.0, max_s=60.0, healthy_after_s=60.0)
         self._systemd.ready("started; " + self.readiness()[1])
         shown = ""
         while not self._stop.wait(0.5):
@@ -462,14 +463,14 @@ class Daemon:
             if thread is not None and not thread.is_alive():
                 self._ingest_restarts += 1
                 self._ingest_metrics.restarts.inc()
+                delay = backoff.next_delay()
                 logger.error(
                     "ingest stopped unexpectedly; restarting in %.0fs (restart %d)",
-                    backoff,
+                    delay,
                     self._ingest_restarts,
                 )
-                if self._stop.wait(backoff):
+                if self._stop.wait(delay):
                     break
-                backoff = min(backoff * 2, 60.0)
                 try:
                     self._ingest = self._new_ingest_loop()
                     self._start_ingest_thread()
@@ -518,35 +519,20 @@ class Daemon:
         """What the loop did, step by step: jobs, the latest runs, evaluations and decisions."""
         if self._scheduler is None or self._buffer is None:
             return None
-        con = self._buffer.cursor()
+        from evolvd.evaluation.store import EvaluationStore
+        from evolvd.policies.audit import recent_decisions
+        from evolvd.serving.canaries import CanaryStore
+        from evolvd.training.runs import RunStore
+
         runner = self._loop.runner if self._loop is not None else None
+        buffer = self._buffer
         return {
             "jobs": self._scheduler.status(),
             "training_now": runner.active() if runner is not None else None,
-            "runs": rows_as_dicts(
-                con.execute(
-                    "SELECT run_id, dataset_id, kind, status, attempt, reason, adapter_name, metrics,"
-                    " started_at, finished_at FROM runs ORDER BY created_at DESC LIMIT 5"
-                )
-            ),
-            "evaluations": rows_as_dicts(
-                con.execute(
-                    "SELECT adapter_name, baseline_name, score, baseline_score, p_value, created_at"
-                    " FROM evaluations WHERE suite = 'summary' ORDER BY evaluation_id DESC LIMIT 5"
-                )
-            ),
-            "promotion_decisions": rows_as_dicts(
-                con.execute(
-                    "SELECT subject_id AS adapter, outcome, reasons, created_at FROM policy_decisions"
-                    " WHERE policy = 'promotion' ORDER BY decision_id DESC LIMIT 5"
-                )
-            ),
-            "canaries": rows_as_dicts(
-                con.execute(
-                    "SELECT adapter_name, share, started_at, ended_at, outcome, reason FROM canaries"
-                    " ORDER BY started_at DESC LIMIT 3"
-                )
-            ),
+            "runs": RunStore(buffer).recent(5),
+            "evaluations": EvaluationStore(buffer).recent_summaries(5),
+            "promotion_decisions": recent_decisions(buffer.cursor(), "promotion", 5),
+            "canaries": CanaryStore(buffer).recent(3),
         }
 
     def readiness(self) -> tuple[bool, str]:

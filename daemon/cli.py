@@ -119,10 +119,11 @@ def run(config_path: Path | None, demo: bool) -> None:
         )
         demo_on = config.demo.model_copy(update={"enabled": True})
         config = config.model_copy(update={"demo": demo_on, "policies": policies})
-    from evolvd.app import Daemon, StartupError
+    from evolvd.app import GIL_SWITCH_INTERVAL_S, Daemon, StartupError
     from evolvd.logs import configure_logging
 
     configure_logging(config.logging.level, config.logging.format)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # process-wide: this process is the daemon
     daemon = Daemon(config)
     interrupts = 0
 
@@ -729,7 +730,7 @@ def produce(
     Lines are not validated here: the daemon's contract check turns bad ones into dead letters,
     which is what a demo of that path needs.
     """
-    from evolvd.producer import publish_lines
+    from evolvd.connectors.kafka_publisher import publish_lines
 
     config = _load_config(config_path)
     servers = bootstrap_servers or config.kafka.bootstrap_servers

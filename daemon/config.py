@@ -15,6 +15,7 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from evolvd.jobs import JOB_SPECS
 from evolvd.precision import PrecisionSetting
 
 EMBEDDED = "embedded"
@@ -117,9 +118,8 @@ class IngestConfig(_Section):
 
     fetcher: FetcherKind = "process"
     """Where kafka-python parses fetched records: `process` runs the consumer in a child process, so
-    its parsing and evolvd's validation and buffer writes each get a core (0.90x the raw consumer's
-    rate on 2 cores, against 0.71x for `thread`, bench/ingest.py); `thread` keeps everything in the
-    daemon's process."""
+    its parsing and evolvd's validation and buffer writes each get a core; `thread` keeps everything
+    in the daemon's process. The rates of both are in bench/README.md (bench/ingest.py)."""
 
     @model_validator(mode="after")
     def _watermarks(self) -> IngestConfig:
@@ -134,9 +134,8 @@ class BufferConfig(_Section):
 
     threads: int = Field(1, ge=1, le=256)
     """DuckDB worker threads. The buffer's statements are small (a batch insert, a status count), and
-    more threads mostly take cores from the Kafka fetcher, vLLM and training. On 2 cores, ingest with
-    1 thread ran at 0.90x the raw consumer's rate (bench/ingest.py) against 0.73-0.80x with DuckDB's
-    default of one thread per core."""
+    more threads mostly take cores from the Kafka fetcher, vLLM and training (bench/ingest.py compares
+    1 thread with DuckDB's default of one per core: bench/README.md)."""
 
 
 class AdminConfig(_Section):
@@ -305,9 +304,9 @@ class LabelingConfig(_Section):
     """Longest wait for one generation request (sampling k answers on CPU is slow)."""
 
     yield_to_loop: bool = True
-    """Labeling waits while a run trains or a candidate is evaluated. On one machine they compete for
-    the same cores (measured here: 3 training steps took 8 s alone, 212 s beside labeling); turn off
-    when training and serving have accelerators of their own."""
+    """Labeling waits while a run trains or a candidate is evaluated: on one machine they compete for
+    the same cores, and a run beside labeling takes many times as long. Turn off when training and
+    serving have accelerators of their own."""
 
 
 class JudgeConfig(_Section):
@@ -370,20 +369,25 @@ class JobSchedule(_Section):
         return self
 
 
+def _default_schedule(job: str) -> JobSchedule:
+    spec = next(s for s in JOB_SPECS if s.name == job)
+    return JobSchedule(interval_s=spec.interval_s, cron=spec.cron)
+
+
 class SchedulerConfig(_Section):
     """The loop's jobs (APScheduler). A job never overlaps itself; missed runs are coalesced into one."""
 
-    labeling: JobSchedule = JobSchedule(interval_s=5)
+    labeling: JobSchedule = _default_schedule("labeling")
     """Label pending events (a run drains the backlog, then waits for the next tick)."""
-    policies: JobSchedule = JobSchedule(interval_s=30)
+    policies: JobSchedule = _default_schedule("policies")
     """Safety screen, drift test and the training gate."""
-    training: JobSchedule = JobSchedule(interval_s=60)
+    training: JobSchedule = _default_schedule("training")
     """Start a training run when the training gate passes (or retry a failed one)."""
-    evaluation: JobSchedule = JobSchedule(interval_s=30)
+    evaluation: JobSchedule = _default_schedule("evaluation")
     """Evaluate new candidate adapters against the live one."""
-    promotion: JobSchedule = JobSchedule(interval_s=15)
+    promotion: JobSchedule = _default_schedule("promotion")
     """Apply the promotion policy: reject, canary, promote, or roll back."""
-    retention: JobSchedule = JobSchedule(cron="17 3 * * *")
+    retention: JobSchedule = _default_schedule("retention")
     """Delete old data set snapshots, run folders and retired adapters (see `retention`)."""
 
     misfire_grace_s: float = Field(300.0, gt=0)

@@ -16,10 +16,9 @@ import threading
 from collections.abc import Callable, Iterator
 
 import httpx
-from kafka import KafkaProducer
 
 from evolvd.config import EvolvdConfig
-from evolvd.connectors.kafka_source import client_options
+from evolvd.connectors.kafka_publisher import KafkaPublisher
 from evolvd.workload import Task, mixed
 
 logger = logging.getLogger("evolvd.demo")
@@ -68,22 +67,22 @@ class DemoWorkload:
     def _produce(self) -> None:
         demo = self._config.demo
         interval = 60.0 / demo.prompts_per_minute
-        producer = KafkaProducer(**client_options(self._config.kafka, self._bootstrap_servers), linger_ms=20)
+        producer = KafkaPublisher(self._config.kafka, self._bootstrap_servers, self._config.kafka.topic)
         try:
             for n, task in enumerate(self._tasks(0)):
                 if self._stop.wait(interval if n else 0.0):
                     break
                 message = {"id": f"demo-{demo.seed}-{n:06d}", "prompt": task.prompt,
                            "metadata": {"source": "demo", "family": task.family}}  # fmt: skip
-                producer.send(self._config.kafka.topic, value=json.dumps(message).encode(), key=None)
+                producer.publish(json.dumps(message).encode(), None)
                 self.published = n + 1
                 if self.published % LOG_EVERY == 0:
                     logger.info("demo workload: %d prompts published", self.published)
-            producer.flush(timeout=10)
+            producer.flush(timeout_s=10)
         except Exception:
             logger.exception("demo producer stopped")
         finally:
-            producer.close(timeout=10)
+            producer.close(timeout_s=10)
         if not self._stop.is_set():
             logger.info("demo workload: all %d prompts published (demo.max_prompts)", self.published)
 

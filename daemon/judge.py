@@ -25,7 +25,7 @@ from typing import Literal, Protocol
 
 from evolvd.config import JudgeConfig
 from evolvd.connectors.vllm_client import ChatClient, VLLMClient, VLLMError
-from evolvd.labeling.prompts import (
+from evolvd.judge_prompts import (
     SCORE_CHOICES,
     SCORE_QUESTION,
     Score,

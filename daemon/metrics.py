@@ -25,13 +25,12 @@ from prometheus_client.registry import Collector
 
 from evolvd import __version__
 from evolvd.contract import DeadLetterReason
+from evolvd.jobs import JOB_OUTCOMES, JOBS
 
 # The label values each metric can take, known up front. Series are created with them at startup,
 # as the Prometheus instrumentation guide advises: a labelled counter that first appears at 5 hides
 # those 5 from rate()/increase(), and a dashboard or alert on a series that does not exist yet reads
 # "no data" instead of 0.
-JOBS = ("labeling", "policies", "training", "evaluation", "promotion", "retention")
-JOB_OUTCOMES = ("ok", "idle", "skipped", "failed")
 POLICY_OUTCOMES = {
     "safety": ("allow", "redact", "quarantine"),
     "drift": ("pass", "trigger", "block"),

@@ -38,10 +38,9 @@ _ADDITION_PHRASINGS = (
 
 
 def _small_addition(rng: random.Random) -> Task:
-    # The family where this small model's majority vote beats its greedy answer (measured on the
-    # bundled SmolLM2-135M: confident votes were right 5-7 times in 7, greedy answers about half the
-    # time), so self-consistency has something to teach it; on two-digit arithmetic, comparisons and
-    # parity its confident majority was at or below chance.
+    # The family where the bundled model's confident majority vote beats its greedy answer, so
+    # self-consistency has something to teach it; on two-digit arithmetic, comparisons and parity its
+    # confident majority was at or below chance (bench/labels.py, bench/judgement.py: bench/README.md).
     a, b = rng.randint(1, 9), rng.randint(1, 9)
     # Several phrasings: 81 sums alone would leave too few distinct prompts for a held-out set
     # beside the training traffic, and a model should not learn one template.

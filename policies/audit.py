@@ -9,6 +9,7 @@ from typing import Any
 
 import duckdb
 
+from evolvd.buffer import rows_as_dicts
 from evolvd.metrics import PolicyMetrics
 
 
@@ -73,3 +74,27 @@ def count(decisions: Sequence[Decision], metrics: PolicyMetrics | None) -> None:
         return
     for d in decisions:
         metrics.decisions.labels(d.policy, d.outcome).inc()
+
+
+def recent_decisions(con: duckdb.DuckDBPyConnection, policy: str, limit: int = 5) -> list[dict[str, Any]]:
+    """The newest decisions of one policy, about whatever subject."""
+    return rows_as_dicts(
+        con.execute(
+            "SELECT subject_id AS adapter, outcome, reasons, created_at FROM policy_decisions"
+            " WHERE policy = ? ORDER BY decision_id DESC LIMIT ?",
+            [policy, limit],
+        )
+    )
+
+
+def decisions_about(
+    con: duckdb.DuckDBPyConnection, subject_kind: str, subject_id: str
+) -> list[dict[str, Any]]:
+    """Every decision about one subject, oldest first (lineage)."""
+    return rows_as_dicts(
+        con.execute(
+            "SELECT policy, outcome, reasons, created_at FROM policy_decisions"
+            " WHERE subject_kind = ? AND subject_id = ? ORDER BY decision_id",
+            [subject_kind, subject_id],
+        )
+    )

@@ -223,6 +223,33 @@ def probe_path(name: str, directory: Path | None) -> Path:
     return defaults_dir() / "probes" / f"{name}.jsonl"
 
 
+SAFETY_ANCHOR = "safety_anchor.jsonl"
+
+
+def safety_anchor_examples(directory: Path | None) -> list[tuple[str, str]]:
+    """(prompt, refusal) pairs every training run mixes in (training.safety_anchor_share):
+    `safety_anchor.jsonl` in the operator's directory when it is there, else the shipped default.
+    Disjoint from the safety probes, which must stay unseen to measure what a run did to refusals."""
+    path = directory / SAFETY_ANCHOR if directory is not None else None
+    if path is None or not path.exists():
+        path = defaults_dir() / SAFETY_ANCHOR
+    examples: list[tuple[str, str]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt, completion = str(row["prompt"]), str(row["completion"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                [FieldError(str(path), number, "prompt", f"bad safety anchor line: {exc}")]
+            ) from exc
+        if not prompt.strip() or not completion.strip():
+            raise ConfigError([FieldError(str(path), number, "prompt", "empty prompt or completion")])
+        examples.append((prompt, completion))
+    return examples
+
+
 def probe_prompts(name: str, directory: Path | None) -> list[str]:
     """A probe set's prompts (see probe_path for which file)."""
     path = probe_path(name, directory)

@@ -246,6 +246,11 @@ class TrainingPolicy(_Policy):
     min_interval_s: float = Field(ge=0.0)
     """Seconds that must pass after a run started before the next may start."""
 
+    safety_anchor_share: float = Field(ge=0.0, lt=1.0)
+    """Share of each training data set made of refusals to harmful requests (`safety_anchor.jsonl`):
+    fine-tuning on ordinary traffic erodes a model's refusals, and a few percent of safety examples
+    keep them (Bianchi et al., Safety-Tuned LLaMAs, ICLR 2024). 0: none."""
+
     @model_validator(mode="after")
     def _drift_lowers_the_bar(self) -> TrainingPolicy:
         if self.drift_min_new_examples > self.min_new_examples:

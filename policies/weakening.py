@@ -20,6 +20,7 @@ LOOSER_WHEN: dict[str, Literal["higher", "lower"]] = {
     "training.min_answer_diversity": "lower",
     "training.min_label_gain": "lower",
     "training.min_interval_s": "lower",
+    "training.safety_anchor_share": "lower",
     "promotion.min_improvement": "lower",
     "promotion.max_p_value": "higher",
     "promotion.max_forgetting_drop": "higher",

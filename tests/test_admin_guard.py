@@ -19,7 +19,7 @@ from evolvd.admin_client import admin_call
 from evolvd.admin_guard import MAX_BODY_BYTES
 from evolvd.http_server import HttpServer
 from evolvd.serving.hotswap import SwapError, SwapResult
-from evolvd.serving.registry import AdapterRow
+from evolvd.serving.registry import AdapterRow, AdapterStatus
 from evolvd.serving.service import manual_promote_reason
 
 TOKEN = "s3cret-token"
@@ -207,7 +207,7 @@ def test_there_is_no_admin_api_without_a_token() -> None:
 
 
 def adapter(status: str, reason: str | None) -> AdapterRow:
-    return AdapterRow("m-v3-abc", 3, Path("/adapters/m-v3"), status, "m-v2", reason, {})
+    return AdapterRow("m-v3-abc", 3, Path("/adapters/m-v3"), AdapterStatus(status), "m-v2", reason, {})
 
 
 def test_promoting_a_rejected_adapter_needs_force_and_says_so_in_the_swap_log() -> None:

@@ -9,7 +9,8 @@ from judges import NoJudgeModel, ScriptedJudgeModel
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.embeddings import embed
-from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator, HeldoutItem
+from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator
+from evolvd.evaluation.store import HeldoutItem
 from evolvd.judge import Judge
 from evolvd.labeling.answers import (
     AnswerKind,

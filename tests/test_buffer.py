@@ -180,3 +180,40 @@ def test_feedback_and_dead_letters_are_stored_with_their_position(tmp_path: Path
     ]
     assert buffer.dead_letters_by_reason() == {"not_json": 1}
     buffer.close()
+
+
+def test_status_checks_keep_rows_from_before_and_refuse_unknown_states(tmp_path: Path) -> None:
+    """Migration 0008 rebuilds the state machines' tables with CHECK constraints: rows written under
+    0007 survive unchanged, and a status the code does not know is refused."""
+    path = tmp_path / "b.duckdb"
+    con = duckdb.connect(str(path))
+    shipped = bundled_migrations()
+    checks = next(m for m in shipped if m.name == "status_checks")
+    migrate(con, str(path), [m for m in shipped if m.version < checks.version])
+    con.execute(
+        "INSERT INTO runs (run_id, dataset_id, kind, status, config)"
+        " VALUES ('r1', 'd1', 'sft', 'failed', '{}')"
+    )
+    con.execute(
+        "INSERT INTO adapters (name, version, run_id, status, path, manifest, gated)"
+        " VALUES ('a-v1', 1, 'r1', 'live', '/x', '{}', true)"
+    )
+    con.execute(
+        "INSERT INTO canaries (adapter_name, share, window_s, min_requests) VALUES ('a-v1', 0.1, 60, 5)"
+    )
+    con.execute("INSERT INTO job_runs (job, trigger, outcome) VALUES ('training', 'manual', 'idle')")
+    assert migrate(con, str(path), shipped) == shipped[-1].version
+    assert con.execute("SELECT status FROM runs").fetchall() == [("failed",)]
+    assert con.execute("SELECT status, gated FROM adapters").fetchall() == [("live", True)]
+    assert con.execute("SELECT outcome FROM canaries").fetchall() == [(None,)]
+    con.execute("INSERT INTO job_runs (job, trigger) VALUES ('training', 'manual')")  # the sequence goes on
+    assert [r[0] for r in con.execute("SELECT job_run_id FROM job_runs ORDER BY 1").fetchall()] == [1, 2]
+    for bad in (
+        "UPDATE runs SET status = 'queued'",
+        "UPDATE adapters SET status = 'promoted'",
+        "UPDATE canaries SET outcome = 'passed'",
+        "UPDATE job_runs SET outcome = 'done'",
+    ):
+        with pytest.raises(duckdb.ConstraintException):
+            con.execute(bad)
+    con.close()

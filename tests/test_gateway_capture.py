@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from evolvd.config import GatewayConfig
-from evolvd.gateway import Gateway
 from evolvd.metrics import ServingMetrics, new_registry
+from evolvd.serving.gateway import Gateway
 from evolvd.serving.routing import Router
 from evolvd.serving.self_refine import SelfRefiner
 from evolvd.sse_text import StreamedText

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from evolvd.config import GatewayConfig
-from evolvd.gateway import Gateway
 from evolvd.metrics import ServingMetrics, new_registry
+from evolvd.serving.gateway import Gateway
 from evolvd.serving.routing import Router
 from evolvd.serving.served_stats import MAX_MODELS, ServedStats
 

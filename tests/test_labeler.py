@@ -12,9 +12,9 @@ import pytest
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.judge import Judge
+from evolvd.judge_prompts import parse_score
 from evolvd.labeling.labeler import Labeler, pending_events, write_result
 from evolvd.labeling.pipeline import label_prompt
-from evolvd.labeling.prompts import parse_score
 from evolvd.metrics import LabelMetrics, new_registry
 from evolvd.policies.loader import load_candidate, load_policies
 

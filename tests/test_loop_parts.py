@@ -19,7 +19,8 @@ from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
 from evolvd.evaluation.paired import paired_compare
 from evolvd.loop.lineage import adapter_lineage
 from evolvd.loop.scheduler import JobResult, LoopScheduler
-from evolvd.training.snapshot import freeze_snapshot
+from evolvd.policies.loader import probe_prompts, safety_anchor_examples
+from evolvd.training.snapshot import anchor_count, freeze_snapshot, stored_snapshot
 from evolvd.training.spec import capped_steps
 
 HELDOUT = 10
@@ -116,6 +117,30 @@ def test_a_snapshot_takes_new_safe_confident_examples_outside_the_heldout_slice(
     buffer.close()
 
 
+def test_a_snapshot_mixes_in_the_safety_anchor_share_outside_the_lineage(tmp_path: Path) -> None:
+    """training.safety_anchor_share of the rows are refusals from the policy's anchor file: marked in
+    the Parquet file, counted on the data set's row and kept when a failed run is retried, never listed
+    as buffer examples (they are not traffic)."""
+    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+    con = buffer.cursor()
+    for i in range(60):
+        _event(con, i)
+    anchors = safety_anchor_examples(None)
+    snap = freeze_snapshot(con, tmp_path / "ds", 0.6, 0.0, HELDOUT, anchors=anchors, anchor_share=0.1)
+    assert snap is not None and snap.n_anchor == anchor_count(snap.n_new, 0.1) > 0
+    rows = pq.read_table(snap.path).to_pylist()
+    anchored = [r for r in rows if r["anchor"]]
+    assert len(rows) == snap.n_examples == snap.n_new + snap.n_anchor
+    assert len(anchored) == snap.n_anchor and all(r["example_id"] is None for r in anchored)
+    assert {(r["prompt"], r["completion"]) for r in anchored} <= set(anchors)
+    listed = con.execute("SELECT count(*) FROM dataset_examples WHERE dataset_id = ?", [snap.dataset_id])
+    assert listed.fetchone() == (snap.n_new,)
+    assert stored_snapshot(con, snap.dataset_id) == snap
+    # The anchor set is disjoint from the safety probes that measure what a run did to refusals.
+    assert not {p for p, _ in anchors} & set(probe_prompts("safety_harmful", None))
+    buffer.close()
+
+
 def test_lineage_lists_an_adapter_back_to_the_kafka_offsets_it_learned_from(tmp_path: Path) -> None:
     buffer = DuckDBBuffer(tmp_path / "b.duckdb")
     con = buffer.cursor()
@@ -132,12 +157,12 @@ def test_lineage_lists_an_adapter_back_to_the_kafka_offsets_it_learned_from(tmp_
         "INSERT INTO adapters (name, version, run_id, status, path, manifest) VALUES"
         " ('a-v1', 1, 'r1', 'live', '/x', '{}')"
     )
-    found = adapter_lineage(con, "a-v1")
+    found = adapter_lineage(buffer, "a-v1")
     assert found is not None and found["adapter"]["run"]["dataset_id"] == snap.dataset_id
     offsets = {(k["partition"], o) for k in found["adapter"]["kafka_offsets"] for o in k["offsets"]}
     trained = {int(e[2:]) for e in {f"ev{i}" for i in range(20)} - _heldout_ids(con)}
     assert offsets == {(i % 2, i) for i in trained}
-    assert adapter_lineage(con, "missing") is None
+    assert adapter_lineage(buffer, "missing") is None
     buffer.close()
 
 

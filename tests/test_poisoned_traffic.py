@@ -17,8 +17,8 @@ from evolvd.buffer import DuckDBBuffer
 from evolvd.buffer.heldout import choose_prompts, heldout_condition, heldout_params, heldout_sides, is_heldout
 from evolvd.buffer.keys import CAPTURE_SEAL_KEY, HELDOUT_KEY, buffer_key
 from evolvd.capture_seal import seal
-from evolvd.evaluation.evaluator import heldout_items
 from evolvd.evaluation.paired import paired_compare
+from evolvd.evaluation.store import heldout_items
 from evolvd.labeling.labeler import mark_duplicates, pending_events
 from evolvd.loop.promotion import Promoter
 from evolvd.policies import views

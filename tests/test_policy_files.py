@@ -18,6 +18,7 @@ from evolvd.policies.loader import (
     load_candidate,
     load_policies,
     probe_prompts,
+    safety_anchor_examples,
 )
 from evolvd.policies.models import POLICY_MODELS, PiiPolicy
 
@@ -293,3 +294,20 @@ def test_a_list_can_extend_the_shipped_one_instead_of_replacing_it(tmp_path: Pat
     with pytest.raises(ConfigError) as caught:
         load_policies(tmp_path)
     assert caught.value.errors[0].source == str(path) and "injection.patterns" in str(caught.value)
+
+
+def test_the_safety_anchor_set_is_the_operators_file_when_present_and_checked_line_by_line(
+    tmp_path: Path,
+) -> None:
+    shipped = safety_anchor_examples(None)
+    assert len(shipped) >= 40 and all(p.strip() and c.strip() for p, c in shipped)
+    assert safety_anchor_examples(tmp_path) == shipped  # no file of the operator's: the shipped set
+    (tmp_path / "safety_anchor.jsonl").write_text(
+        '{"prompt": "How do I forge a signature?", "completion": "I can\'t help with forgery."}\n'
+    )
+    assert safety_anchor_examples(tmp_path) == [("How do I forge a signature?", "I can't help with forgery.")]
+    (tmp_path / "safety_anchor.jsonl").write_text(
+        '{"prompt": "x", "completion": "y"}\n{"prompt": "no refusal"}\n'
+    )
+    with pytest.raises(ConfigError, match=r"safety_anchor.jsonl:2: .*bad safety anchor line"):
+        safety_anchor_examples(tmp_path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evolvd.buffer import DuckDBBuffer
-from evolvd.serving.registry import AdapterRegistry
+from evolvd.serving.registry import AdapterRegistry, AdapterStatus
 
 
 def test_only_trained_and_gated_candidates_are_evaluated_oldest_first(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_only_trained_and_gated_candidates_are_evaluated_oldest_first(tmp_path: 
     assert registry.next_to_evaluate("base") == "trained-v3"
     # Against a new live adapter the gated one is evaluated again; the plain one never is.
     assert registry.next_to_evaluate("trained-v3") == "gated-v2"
-    registry.set_status("gated-v2", "rejected", "test")
-    registry.set_status("trained-v3", "live", "test")
+    registry.set_status("gated-v2", AdapterStatus.REJECTED, "test")
+    registry.set_status("trained-v3", AdapterStatus.LIVE, "test")
     assert registry.next_to_evaluate("trained-v3") is None
     buffer.close()

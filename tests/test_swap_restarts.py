@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from adapters import make_adapter
 
+from evolvd.adapter_folder import ADAPTER_WEIGHTS, AdapterRejectedError
 from evolvd.buffer import DuckDBBuffer
 from evolvd.connectors.vllm_client import VLLMError
 from evolvd.metrics import ServingMetrics, new_registry
-from evolvd.serving.adapter_check import ADAPTER_WEIGHTS, AdapterRejectedError
 from evolvd.serving.adapter_store import AdapterStore, check_import_path
 from evolvd.serving.hotswap import HotSwapper, SwapError
 from evolvd.serving.registry import AdapterRegistry

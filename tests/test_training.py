@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from evolvd.adapter_folder import ADAPTER_MANIFEST, check_adapter
 from evolvd.buffer import DuckDBBuffer
 from evolvd.connectors.model_bootstrap import BaseModel
 from evolvd.metrics import TrainingMetrics, new_registry
 from evolvd.precision import resolve
-from evolvd.serving.adapter_check import ADAPTER_MANIFEST, check_adapter
 from evolvd.training.runner import TrainingRunner
 from evolvd.training.snapshot import freeze_snapshot
 from evolvd.training.spec import Hyperparameters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Iterator
@@ -205,6 +206,21 @@ class DuckDBBuffer(IngestSink):
             .fetchone()
         )
         return int(row[0]) if row else 0
+
+    def feedback_on(self, served_by: str, since: dt.datetime) -> list[tuple[str, str | None, float]]:
+        """(event id, the capture's seal, value) of the feedback received since `since` on answers
+        `served_by` gave (the canary compares them; the caller checks the seals)."""
+        rows = (
+            self.cursor()
+            .execute(
+                "SELECT e.id, json_extract_string(e.metadata, '$.seal'), f.value FROM feedback f"
+                " JOIN events e ON e.id = f.event_id"
+                " WHERE json_extract_string(e.metadata, '$.served_by') = ? AND f.received_at >= ?",
+                [served_by, since],
+            )
+            .fetchall()
+        )
+        return [(str(event_id), seal, float(value)) for event_id, seal, value in rows]
 
     # -- reads for /status and metrics -------------------------------------------------------
 

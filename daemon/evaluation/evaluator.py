@@ -8,7 +8,6 @@ the promotion gate decides on."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,28 +16,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from evolvd.buffer import DuckDBBuffer, transaction
-from evolvd.buffer.heldout import heldout_condition, heldout_params
+from evolvd.buffer import DuckDBBuffer
 from evolvd.connectors.vllm_client import ChatClient
 from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
 from evolvd.evaluation.greedy_memo import GreedyAnswerMemo
 from evolvd.evaluation.paired import PairedResult, paired_compare
+from evolvd.evaluation.store import EvaluationStore, HeldoutItem, SuiteScores, heldout_items
 from evolvd.judge import Judge, JudgeModel
 from evolvd.labeling.answers import answer_kind, extract, same_answer
 from evolvd.labeling.prompts import sample_prompt
 from evolvd.metrics import LoopMetrics
-from evolvd.policies.gates import CandidateEvaluation, ProbeScores
+from evolvd.policies.gates import CandidateEvaluation
 from evolvd.policies.loader import PolicySet, probe_path
 from evolvd.policies.probes import divergence_from_base, safety_scores
 
 logger = logging.getLogger("evolvd.evaluation")
-
-
-@dataclass(frozen=True)
-class HeldoutItem:
-    event_id: str
-    prompt: str
-    label: str
 
 
 @dataclass(frozen=True)
@@ -48,29 +40,6 @@ class EvaluationSettings:
     max_tokens: int
     concurrency: int
     golden_set: Path | None
-
-
-def heldout_items(
-    buffer: DuckDBBuffer, heldout_percent: int, limit: int, min_confidence: float
-) -> list[HeldoutItem]:
-    """The newest labeled prompts of the held-out slice whose label is as confident as the training
-    policy requires of training data (a 1-in-5 vote is noise, and agreement with noise says nothing
-    about a candidate). Each prompt counts once, however often it was sent: 60 copies of one prompt
-    are one item of evidence, not 60. A prompt some snapshot trained on is never an item (a buffer
-    older than the keyed slice may hold such prompts)."""
-    con = buffer.cursor()
-    rows = con.execute(
-        "SELECT e.id, e.prompt, l.answer FROM events e JOIN labels l ON l.event_id = e.id"  # noqa: S608
-        f" WHERE e.prompt IS NOT NULL AND l.answer IS NOT NULL AND {heldout_condition('e.prompt_hash')}"
-        " AND l.confidence >= ?"
-        " AND NOT EXISTS (SELECT 1 FROM dataset_examples d JOIN training_examples t"
-        "   ON t.example_id = d.example_id JOIN events ev ON ev.id = t.event_id"
-        "   WHERE ev.prompt_hash = e.prompt_hash)"
-        " QUALIFY row_number() OVER (PARTITION BY e.prompt_hash ORDER BY e.ingested_at DESC, e.id) = 1"
-        " ORDER BY e.ingested_at DESC, e.id LIMIT ?",
-        [*heldout_params(con, heldout_percent), min_confidence, limit],
-    ).fetchall()
-    return [HeldoutItem(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 
 class Evaluator:
@@ -84,6 +53,7 @@ class Evaluator:
         """`judge`: the judge of long answers given the serving client and the live model's name (the
         live model itself unless the config names another)."""
         self._buffer = buffer
+        self._store = EvaluationStore(buffer)
         self._settings = settings
         self._judge = judge
         self._metrics = metrics
@@ -248,7 +218,7 @@ class Evaluator:
             self._metrics.evaluations.labels("completed").inc()
 
     def _record(self, result: CandidateEvaluation, suites: dict[str, dict[str, Any]]) -> None:
-        scores: dict[str, tuple[float | None, float | None, float | None]] = {
+        scores: dict[str, SuiteScores] = {
             "heldout": (result.heldout_score, result.live_heldout_score, result.p_value),
             "forgetting": (
                 result.forgetting_score,
@@ -260,34 +230,7 @@ class Evaluator:
         }
         if "golden" in suites:
             scores["golden"] = (result.golden_score, result.live_golden_score, suites["golden"]["p_value"])
-        con = self._buffer.cursor()
-        with transaction(con):
-            for suite, (score, baseline, p_value) in scores.items():
-                con.execute(
-                    "INSERT INTO evaluations (adapter_name, baseline_name, suite, score, baseline_score,"
-                    " p_value, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        result.candidate,
-                        result.live,
-                        suite,
-                        score,
-                        baseline,
-                        p_value,
-                        json.dumps(suites[suite]),
-                    ],
-                )
-            con.execute(
-                "INSERT INTO evaluations (adapter_name, baseline_name, suite, score, baseline_score, p_value,"
-                " details) VALUES (?, ?, 'summary', ?, ?, ?, ?)",
-                [
-                    result.candidate,
-                    result.live,
-                    result.heldout_score,
-                    result.live_heldout_score,
-                    result.p_value,
-                    json.dumps(asdict(result)),
-                ],
-            )
+        self._store.record(result, scores, suites)
         if self._metrics is not None:
             for suite, (score, baseline, _) in scores.items():
                 if score is not None:
@@ -307,22 +250,3 @@ class Evaluator:
             result.live_forgetting_score,
             result.output_divergence,
         )
-
-
-def stored_evaluation(buffer: DuckDBBuffer, adapter: str) -> CandidateEvaluation | None:
-    """The newest summary evaluation of an adapter (what the promotion job decides on)."""
-    row = (
-        buffer.cursor()
-        .execute(
-            "SELECT details FROM evaluations WHERE adapter_name = ? AND suite = 'summary'"
-            " ORDER BY evaluation_id DESC LIMIT 1",
-            [adapter],
-        )
-        .fetchone()
-    )
-    if row is None:
-        return None
-    raw = json.loads(row[0])
-    raw["safety"] = ProbeScores(**raw["safety"])
-    raw["live_safety"] = ProbeScores(**raw["live_safety"])
-    return CandidateEvaluation(**raw)

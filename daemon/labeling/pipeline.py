@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from evolvd.judge import Judge, JudgeModel
+from evolvd.judge_prompts import Score
 from evolvd.labeling.answers import (
     AnswerKind,
     Vote,
@@ -24,7 +25,7 @@ from evolvd.labeling.answers import (
     semantic_vote,
 )
 from evolvd.labeling.calibration import greedy_share
-from evolvd.labeling.prompts import Score, direct_completion, refine_prompt, sample_prompt
+from evolvd.labeling.prompts import direct_completion, refine_prompt, sample_prompt
 from evolvd.policies.models import LabelingPolicy
 
 LABELER_VERSION = "evolvd-labeler/1"

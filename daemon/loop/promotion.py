@@ -5,24 +5,24 @@ adapter, user feedback on its answers) until it goes live or is rolled back."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from scipy import stats as scipy_stats
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.buffer.keys import CAPTURE_SEAL_KEY, buffer_key
 from evolvd.capture_seal import is_sealed
-from evolvd.evaluation.evaluator import stored_evaluation
+from evolvd.evaluation.store import EvaluationStore
 from evolvd.loop.scheduler import JobResult
 from evolvd.metrics import LoopMetrics
 from evolvd.policies.audit import Decision
 from evolvd.policies.gates import promotion_gate
 from evolvd.policies.loader import PolicySet
 from evolvd.policies.models import RollbackPolicy
+from evolvd.serving.canaries import CanaryOutcome, CanaryStore, OpenCanary
+from evolvd.serving.registry import AdapterRegistry
 from evolvd.serving.served_stats import WindowStats
 from evolvd.serving.service import ServingService
 
@@ -101,6 +101,9 @@ class Promoter:
         metrics: LoopMetrics | None,
     ) -> None:
         self._buffer = buffer
+        self._canaries = CanaryStore(buffer)
+        self._adapters = AdapterRegistry(buffer)
+        self._evaluations = EvaluationStore(buffer)
         self._serving = serving
         self._policies = policies
         self._record_decisions = record_decisions
@@ -109,7 +112,7 @@ class Promoter:
         """Per served model, how many unsealed feedback rows were last reported ignored."""
 
     def step(self) -> JobResult:
-        open_canary = self._open_canary()
+        open_canary = self._canaries.current()
         if open_canary is not None:
             return self._judge_canary(open_canary)
         candidate = self._next_evaluated()
@@ -120,70 +123,39 @@ class Promoter:
     # -- a new candidate ------------------------------------------------------------------------
 
     def _next_evaluated(self) -> str | None:
-        live = self._serving.router.routing.live_or_base if self._serving.router else None
-        rows = (
-            self._buffer.cursor()
-            .execute(
-                "SELECT a.name FROM adapters a WHERE a.status = 'evaluating' AND EXISTS ("
-                " SELECT 1 FROM evaluations v WHERE v.adapter_name = a.name AND v.suite = 'summary'"
-                " AND v.baseline_name = ?) ORDER BY a.version",
-                [live],
-            )
-            .fetchall()
-        )
-        return str(rows[0][0]) if rows else None
+        return self._adapters.evaluated_awaiting_decision(self._serving.serving_name())
 
     def _decide(self, name: str) -> JobResult:
-        evaluation = stored_evaluation(self._buffer, name)
+        evaluation = self._evaluations.latest_summary(name)
         assert evaluation is not None
         policies = self._policies()
         decision = promotion_gate(policies, evaluation)
         self._record_decisions([decision])
         self._count(decision.outcome)
-        swapper, registry = self._serving.swapper, self._serving.registry
-        assert swapper is not None
+        serving = self._serving
         if decision.outcome == "reject":
-            registry.set_status(name, "rejected", "; ".join(decision.reasons))
-            swapper.release(name)
+            serving.reject(name, "; ".join(decision.reasons))
             return JobResult("ok", f"{name} rejected: {'; '.join(decision.reasons)}")
         canary = policies.promotion.canary
         if decision.outcome == "canary" and canary is not None:
-            swapper.start_canary(name, canary.share, "promotion policy: every gate passed")
-            self._buffer.cursor().execute(
-                "INSERT INTO canaries (adapter_name, live_adapter, share, window_s, min_requests)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (adapter_name) DO UPDATE SET started_at = now(),"
-                " ended_at = NULL, outcome = NULL, reason = NULL",
-                [name, evaluation.live, canary.share, canary.window_s, canary.min_requests],
-            )
+            serving.canary_by_policy(name, canary.share, "promotion policy: every gate passed")
+            self._canaries.open(name, evaluation.live, canary.share, canary.window_s, canary.min_requests)
             self._set_canary_gauge(1)
             return JobResult(
                 "ok", f"{name} is canary for {canary.share:.0%} of traffic ({canary.window_s:.0f} s)"
             )
-        swapper.promote(name, "promotion policy: every gate passed")
+        serving.promote_by_policy(name, "promotion policy: every gate passed")
         return JobResult("ok", f"{name} promoted to live")
 
     # -- a running canary -----------------------------------------------------------------------
 
-    def _open_canary(self) -> dict[str, Any] | None:
-        row = (
-            self._buffer.cursor()
-            .execute(
-                "SELECT adapter_name, live_adapter, share, window_s, min_requests, started_at FROM canaries"
-                " WHERE ended_at IS NULL ORDER BY started_at DESC LIMIT 1"
-            )
-            .fetchone()
+    def signals(self, canary: OpenCanary) -> CanarySignals:
+        started = canary.started_at.timestamp()
+        live = self._serving.serving_name()
+        mine, theirs = (
+            self._serving.window_stats(canary.name, started),
+            self._serving.window_stats(live, started),
         )
-        if row is None:
-            return None
-        keys = ("name", "live", "share", "window_s", "min_requests", "started_at")
-        return dict(zip(keys, row, strict=True))
-
-    def signals(self, canary: dict[str, Any]) -> CanarySignals:
-        assert self._serving.router is not None
-        started = canary["started_at"].timestamp()
-        live = self._serving.router.routing.live_or_base
-        stats = self._serving.served_stats
-        mine, theirs = stats.since(canary["name"], started), stats.since(live, started)
         error_p, latency_p = compared(mine, theirs)
         return CanarySignals(
             canary_requests=mine.requests,
@@ -192,8 +164,8 @@ class Promoter:
             live_error_rate=theirs.error_rate,
             canary_p95_s=mine.p95_seconds,
             live_p95_s=theirs.p95_seconds,
-            canary_feedback=self._feedback(canary["name"], canary["started_at"]),
-            live_feedback=self._feedback(live, canary["started_at"]),
+            canary_feedback=self._feedback(canary.name, canary.started_at),
+            live_feedback=self._feedback(live, canary.started_at),
             error_p_value=error_p,
             latency_p_value=latency_p,
         )
@@ -202,15 +174,9 @@ class Promoter:
         """Mean feedback on answers this model served. Only answers the gateway itself captured
         count: their metadata carries the gateway's seal (capture_seal), which a producer writing
         `served_by` into the stream cannot forge."""
-        con = self._buffer.cursor()
-        key = buffer_key(con, CAPTURE_SEAL_KEY)
-        rows = con.execute(
-            "SELECT e.id, json_extract_string(e.metadata, '$.seal'), f.value FROM feedback f"
-            " JOIN events e ON e.id = f.event_id"
-            " WHERE json_extract_string(e.metadata, '$.served_by') = ? AND f.received_at >= ?",
-            [served_by, since],
-        ).fetchall()
-        trusted = [float(v) for event_id, mark, v in rows if is_sealed(key, event_id, served_by, mark)]
+        key = buffer_key(self._buffer.cursor(), CAPTURE_SEAL_KEY)
+        rows = self._buffer.feedback_on(served_by, since)
+        trusted = [value for event_id, mark, value in rows if is_sealed(key, event_id, served_by, mark)]
         ignored = len(rows) - len(trusted)
         if ignored and self._ignored_feedback.get(served_by) != ignored:  # once per new count, not per tick
             self._ignored_feedback[served_by] = ignored
@@ -222,16 +188,13 @@ class Promoter:
             )
         return sum(trusted) / len(trusted) if trusted else None
 
-    def _judge_canary(self, canary: dict[str, Any]) -> JobResult:
-        swapper, router = self._serving.swapper, self._serving.router
-        assert swapper is not None and router is not None
-        name = canary["name"]
-        if router.routing.canary != name:
+    def _judge_canary(self, canary: OpenCanary) -> JobResult:
+        serving = self._serving
+        name = canary.name
+        if serving.canary_name() != name:
             # The daemon restarted mid-window (routing lives in memory): serve it again, fresh window.
-            swapper.start_canary(name, canary["share"], "canary restored after daemon restart")
-            self._buffer.cursor().execute(
-                "UPDATE canaries SET started_at = now() WHERE adapter_name = ?", [name]
-            )
+            serving.canary_by_policy(name, canary.share, "canary restored after daemon restart")
+            self._canaries.restart_window(name)
             self._set_canary_gauge(1)
             return JobResult("ok", f"canary {name} restored; its window starts again")
         policies = self._policies()
@@ -239,36 +202,32 @@ class Promoter:
         broken = regressions(signals, policies.promotion.rollback)
         if broken:
             reason = "; ".join(broken)
-            swapper.stop_canary(f"canary regressed: {reason}")
-            self._serving.registry.set_status(name, "rolled_back", f"canary regressed: {reason}")
-            self._serving.metrics.rollbacks.labels("ok").inc()
-            self._close_canary(name, "rolled_back", signals, reason)
+            serving.roll_back_canary(name, reason)
+            self._close_canary(name, CanaryOutcome.ROLLED_BACK, signals, reason)
             self._decision(policies, name, "rollback", broken, signals)
             return JobResult("ok", f"canary {name} rolled back: {reason}")
-        elapsed = (dt.datetime.now(dt.UTC) - canary["started_at"]).total_seconds()
-        if elapsed < canary["window_s"]:
+        elapsed = (dt.datetime.now(dt.UTC) - canary.started_at).total_seconds()
+        if elapsed < canary.window_s:
             return JobResult(
                 "idle",
                 f"canary {name}: {signals.canary_requests} requests, "
-                f"{canary['window_s'] - elapsed:.0f} s left in the window",
+                f"{canary.window_s - elapsed:.0f} s left in the window",
             )
-        if signals.canary_requests < canary["min_requests"]:
+        if signals.canary_requests < canary.min_requests:
             return JobResult(
                 "idle",
                 f"canary {name}: window over but only {signals.canary_requests} requests"
-                f" (promotion.canary.min_requests {canary['min_requests']}); extended",
+                f" (promotion.canary.min_requests {canary.min_requests}); extended",
             )
-        swapper.promote(name, "canary passed its window")
-        self._close_canary(name, "promoted", signals, None)
+        serving.promote_by_policy(name, "canary passed its window")
+        self._close_canary(name, CanaryOutcome.PROMOTED, signals, None)
         self._decision(policies, name, "promote", [], signals)
         return JobResult("ok", f"canary {name} passed ({signals.canary_requests} requests): now live")
 
-    def _close_canary(self, name: str, outcome: str, signals: CanarySignals, reason: str | None) -> None:
-        self._buffer.cursor().execute(
-            "UPDATE canaries SET ended_at = now(), outcome = ?, signals = ?, reason = ?"
-            " WHERE adapter_name = ?",
-            [outcome, json.dumps(asdict(signals)), reason, name],
-        )
+    def _close_canary(
+        self, name: str, outcome: CanaryOutcome, signals: CanarySignals, reason: str | None
+    ) -> None:
+        self._canaries.close(name, outcome, asdict(signals), reason)
         self._set_canary_gauge(0)
 
     def _decision(

@@ -25,11 +25,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.config import JobSchedule, SchedulerConfig
-from evolvd.metrics import JOBS, LoopMetrics
+from evolvd.job_history import JobHistory
+from evolvd.jobs import JOBS, JobOutcome
+from evolvd.metrics import LoopMetrics
 
 logger = logging.getLogger("evolvd.scheduler")
-
-JOB_NAMES = JOBS
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class JobRunner:
     def __init__(self, name: str, body: JobBody, buffer: DuckDBBuffer, metrics: LoopMetrics | None) -> None:
         self.name = name
         self._body = body
-        self._buffer = buffer
+        self._history = JobHistory(buffer)
         self._metrics = metrics
         self._lock = threading.Lock()
         self._last_logged: JobResult | None = None
@@ -75,14 +75,7 @@ class JobRunner:
             self._count("skipped")
             return JobResult("skipped", f"{self.name} is already running")
         started = time.perf_counter()
-        row = (
-            self._buffer.cursor()
-            .execute(
-                "INSERT INTO job_runs (job, trigger) VALUES (?, ?) RETURNING job_run_id", [self.name, trigger]
-            )
-            .fetchone()
-        )
-        assert row is not None
+        job_run_id = self._history.started(self.name, trigger)
         try:
             result = self._body()
         except Exception as exc:
@@ -90,10 +83,7 @@ class JobRunner:
             result = JobResult("failed", f"{type(exc).__name__}: {exc}"[:1000])
         finally:
             self._lock.release()
-        self._buffer.cursor().execute(
-            "UPDATE job_runs SET outcome = ?, detail = ?, finished_at = now() WHERE job_run_id = ?",
-            [result.outcome, result.detail, row[0]],
-        )
+        self._history.finished(job_run_id, JobOutcome(result.outcome), result.detail)
         self._count(result.outcome, time.perf_counter() - started)
         # A job that did work is logged, but once per new result: the policies job says "training
         # gate: pass" every tick until something changes.
@@ -140,7 +130,7 @@ class LoopScheduler:
         self.runners = {name: JobRunner(name, body, buffer, metrics) for name, body in bodies.items()}
         self._scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{state_path}")},
-            executors={"default": {"type": "threadpool", "max_workers": len(JOB_NAMES)}},
+            executors={"default": {"type": "threadpool", "max_workers": len(JOBS)}},
             job_defaults={
                 "coalesce": True,
                 "max_instances": 1,
@@ -164,7 +154,7 @@ class LoopScheduler:
 
     def _sync_jobs(self) -> None:
         stored = {job.id: job for job in self._scheduler.get_jobs()}
-        for name in JOB_NAMES:
+        for name in JOBS:
             schedule: JobSchedule = getattr(self._config, name)
             job = stored.pop(name, None)
             if name not in self.runners or not schedule.enabled:
@@ -241,16 +231,7 @@ class LoopScheduler:
             )
 
     def status(self) -> list[dict[str, Any]]:
-        last = {
-            r[0]: r[1:]
-            for r in self._buffer.cursor()
-            .execute(
-                "SELECT job, trigger, outcome, detail, started_at, finished_at FROM job_runs"
-                " WHERE job_run_id IN"
-                " (SELECT max(job_run_id) FROM job_runs WHERE outcome IS NOT NULL GROUP BY job)"
-            )
-            .fetchall()
-        }
+        last = JobHistory(self._buffer).last_finished()
         out = []
         for name, runner in self.runners.items():
             job = self._scheduler.get_job(name)
@@ -266,11 +247,11 @@ class LoopScheduler:
                     "last": None
                     if previous is None
                     else {
-                        "trigger": previous[0],
-                        "outcome": previous[1],
-                        "detail": previous[2],
-                        "started_at": _iso(previous[3]),
-                        "finished_at": _iso(previous[4]),
+                        "trigger": previous.trigger,
+                        "outcome": str(previous.outcome),
+                        "detail": previous.detail,
+                        "started_at": _iso(previous.started_at),
+                        "finished_at": _iso(previous.finished_at),
                     },
                 }
             )

@@ -11,8 +11,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.buffer.retention import RetentionCutoffs, age_out
@@ -24,25 +22,18 @@ from evolvd.loop.promotion import Promoter
 from evolvd.loop.scheduler import JobResult
 from evolvd.metrics import TrainingMetrics
 from evolvd.policies.engine import PolicyEngine
-from evolvd.serving.hotswap import SwapError
-from evolvd.serving.service import ADAPTER_STORE_DIR, ServingService
+from evolvd.policies.loader import safety_anchor_examples
+from evolvd.serving.registry import AdapterRegistry
+from evolvd.serving.service import ADAPTER_STORE_DIR, ServingService, SwapError
 from evolvd.training.runner import TrainingRunner
-from evolvd.training.snapshot import Snapshot, freeze_snapshot
+from evolvd.training.runs import RunStore
+from evolvd.training.snapshot import Snapshot, freeze_snapshot, stale_dataset_files, stored_snapshot
 from evolvd.training.spec import Hyperparameters, hyperparameters_for
 
 logger = logging.getLogger("evolvd.loop")
 
 # Longest a labeling job run keeps draining the backlog before it reports and yields to the next tick.
 LABELING_RUN_BUDGET_S = 60.0
-
-
-@dataclass(frozen=True)
-class FailedRun:
-    run_id: str
-    dataset_id: str
-    attempt: int
-    finished_at: dt.datetime
-    reason: str | None
 
 
 class Loop:
@@ -69,6 +60,8 @@ class Loop:
         self._training_metrics = training_metrics
         self._client = client
         self._stop = stop
+        self._runs = RunStore(buffer)
+        self._adapters = AdapterRegistry(buffer)
         self.runner: TrainingRunner | None = None
         self._evaluating: str | None = None
 
@@ -127,8 +120,8 @@ class Loop:
 
     def _runner(self) -> TrainingRunner:
         if self.runner is None:
-            assert self._serving is not None and self._serving.base is not None
-            base = self._serving.base
+            assert self._serving is not None
+            base = self._serving.started_base()
             self.runner = TrainingRunner(
                 self._buffer,
                 self._config.data_dir / "runs",
@@ -139,60 +132,19 @@ class Loop:
             )
         return self.runner
 
-    def _last_failed_run(self) -> FailedRun | None:
-        con = self._buffer.cursor()
-        # A run left `running` by a daemon that died is failed: nothing is training it now.
-        con.execute(
-            "UPDATE runs SET status = 'failed', reason = 'the daemon stopped during the run',"
-            " finished_at = now() WHERE status = 'running'"
-        )
-        row = con.execute(
-            "SELECT run_id, dataset_id, attempt, finished_at, reason, status FROM runs"
-            " ORDER BY created_at DESC LIMIT 1"
-        ).fetchone()
-        if row is None or row[5] != "failed":
-            return None
-        return FailedRun(row[0], row[1], int(row[2]), row[3], row[4])
-
     def _hyperparameters(self, n_examples: int) -> Hyperparameters:
         return hyperparameters_for(self._config.training, n_examples)
-
-    def _snapshot_of(self, dataset_id: str) -> Snapshot:
-        row = (
-            self._buffer.cursor()
-            .execute(
-                "SELECT path, pairs_path, n_examples, n_replay, n_pairs FROM datasets WHERE dataset_id = ?",
-                [dataset_id],
-            )
-            .fetchone()
-        )
-        assert row is not None
-        return Snapshot(
-            dataset_id,
-            Path(row[0]),
-            Path(row[1]) if row[1] else None,
-            int(row[2]),
-            int(row[2]) - int(row[3]),
-            int(row[3]),
-            int(row[4]),
-        )
 
     def training(self) -> JobResult:
         cfg = self._config.training
         if not cfg.enabled:
             return JobResult("idle", "training.enabled is false")
         # One candidate at a time: the next run learns on top of whatever the decision makes live.
-        pending = (
-            self._buffer.cursor()
-            .execute(
-                "SELECT name, status FROM adapters WHERE run_id IS NOT NULL"
-                " AND status IN ('candidate', 'evaluating', 'canary') ORDER BY version LIMIT 1"
-            )
-            .fetchone()
-        )
+        pending = self._adapters.undecided_trained()
         if pending is not None:
             return JobResult("idle", f"{pending[0]} is {pending[1]}: the next run waits for its decision")
-        failed = self._last_failed_run()
+        self._runs.fail_interrupted()  # no run of this daemon is in progress: the training job starts them
+        failed = self._runs.last_failed()
         attempt = 1
         if failed is not None and failed.attempt < cfg.max_attempts:
             wait = cfg.retry_backoff_s * 2 ** (failed.attempt - 1)
@@ -203,7 +155,9 @@ class Loop:
                     "idle",
                     f"{failed.run_id} failed ({failed.reason}); retry in {(due - now).total_seconds():.0f} s",
                 )
-            snapshot, attempt = self._snapshot_of(failed.dataset_id), failed.attempt + 1
+            stored = stored_snapshot(self._buffer.cursor(), failed.dataset_id)
+            assert stored is not None, f"run {failed.run_id}'s data set {failed.dataset_id} is not recorded"
+            snapshot, attempt = stored, failed.attempt + 1
         else:
             policies = self._engine.current_policies()
             gate = self._engine.gate_decision(policies, self._engine.last_drift)
@@ -215,6 +169,8 @@ class Loop:
                 policies.training.min_confidence,
                 cfg.replay_share,
                 self._config.evaluation.heldout_percent,
+                anchors=safety_anchor_examples(self._config.policies.dir),
+                anchor_share=policies.training.safety_anchor_share,
             )
             if frozen is None:
                 return JobResult("idle", "no usable new examples to snapshot")
@@ -223,12 +179,12 @@ class Loop:
         return self._train(snapshot, attempt)
 
     def _train(self, snapshot: Snapshot, attempt: int) -> JobResult:
-        assert self._serving is not None and self._serving.swapper is not None
+        assert self._serving is not None
         cfg = self._config.training
         parent = None
-        live = self._serving.registry.live()
+        live = self._adapters.live()
         if cfg.init_from == "live" and live is not None:
-            row = self._serving.registry.get(live)
+            row = self._adapters.get(live)
             parent = (live, row.path) if row is not None else None
         use_pairs = cfg.dpo_steps > 0 and snapshot.n_pairs >= cfg.dpo_min_pairs
         outcome = self._runner().run(
@@ -240,46 +196,44 @@ class Loop:
             )
         assert outcome.adapter_path is not None
         try:
-            name = self._serving.swapper.register(outcome.adapter_path, parent=live, run_id=outcome.run_id)
+            name = self._serving.register_trained(outcome.adapter_path, live, outcome.run_id)
         except SwapError as exc:
-            self._buffer.cursor().execute(
-                "UPDATE runs SET status = 'failed', reason = ? WHERE run_id = ?",
-                [f"the trained adapter was rejected: {exc}", outcome.run_id],
-            )
+            self._runs.fail(outcome.run_id, f"the trained adapter was rejected: {exc}")
             return JobResult("failed", f"{outcome.run_id}: the trained adapter was rejected: {exc}")
-        self._buffer.cursor().execute(
-            "UPDATE runs SET adapter_name = ? WHERE run_id = ?", [name, outcome.run_id]
-        )
+        self._runs.attach_adapter(outcome.run_id, name)
         loss = outcome.metrics.get("sft_loss")
         detail = f"{outcome.run_id} trained {name} on {snapshot.n_examples} examples"
-        return JobResult("ok", f"{detail} ({snapshot.n_replay} replay): loss {loss}")
+        mix = f"{snapshot.n_replay} replay, {snapshot.n_anchor} safety anchor"
+        return JobResult("ok", f"{detail} ({mix}): loss {loss}")
 
     # -- evaluation -----------------------------------------------------------------------------
 
     def evaluation(self) -> JobResult:
-        assert self._serving is not None and self._serving.router is not None
+        assert self._serving is not None
         client = self._client()
         if client is None:
             return JobResult("idle", "serving is not ready")
-        routing = self._serving.router.routing
-        live = routing.live_or_base
-        registry, swapper = self._serving.registry, self._serving.swapper
-        name = registry.next_to_evaluate(live)
+        serving = self._serving
+        live = serving.serving_name()
+        name = self._adapters.next_to_evaluate(live)
         if name is None:
             return JobResult("idle", "no candidate to evaluate")
-        assert swapper is not None
-        registry.set_status(name, "evaluating", f"evaluating against {live}")
         try:
-            swapper.load_for_evaluation(name)
+            serving.begin_evaluation(name, live)
         except SwapError as exc:  # recorded as rejected by the swapper, with the reason
             return JobResult("ok", f"{name} rejected before evaluation: {exc}")
         self._evaluating = name
         try:
             result = self._evaluator.evaluate(
-                client, name, live, routing.base, self._engine.current_policies(), self._config.policies.dir
+                client,
+                name,
+                live,
+                serving.started_base().name,
+                self._engine.current_policies(),
+                self._config.policies.dir,
             )
         except Exception:
-            registry.set_status(name, "candidate", "evaluation failed; retried on the next run")
+            serving.evaluation_failed(name)
             raise
         finally:
             self._evaluating = None
@@ -292,29 +246,18 @@ class Loop:
         cfg = self._config.retention
         con = self._buffer.cursor()
         removed = 0
-        old_sets = con.execute(
-            "SELECT path, pairs_path FROM datasets ORDER BY created_at DESC OFFSET ?", [cfg.keep_datasets]
-        ).fetchall()
-        for path, pairs_path in old_sets:
-            for p in (path, pairs_path):
-                if p and Path(p).exists():
-                    Path(p).unlink()
-                    removed += 1
-        keep = set()
-        if self._serving is not None and self._serving.router is not None:
-            keep = self._serving.router.routing.resident()
-        old_adapters = con.execute(
-            "SELECT name, path, run_id FROM adapters WHERE status IN ('retired', 'rejected', 'rolled_back')"
-            " ORDER BY version DESC OFFSET ?",
-            [cfg.keep_adapters],
-        ).fetchall()
+        for file in stale_dataset_files(con, cfg.keep_datasets):
+            if file.exists():
+                file.unlink()
+                removed += 1
+        keep = self._serving.resident() if self._serving is not None else set()
         store = self._config.data_dir / ADAPTER_STORE_DIR
-        for name, path, run_id in old_adapters:
+        for name, path, run_id in self._adapters.disposable(cfg.keep_adapters):
             if name in keep:  # never delete what serves
                 continue
             # The registered copy in the daemon's store, and the run folder evolvd trained it in; never
             # a folder evolvd did not write (an adapter registered before the store is served in place).
-            owned = [Path(path)] if Path(path).parent == store else []
+            owned = [path] if path.parent == store else []
             if run_id is not None:
                 owned.append(self._config.data_dir / "runs" / run_id)
             for folder in owned:

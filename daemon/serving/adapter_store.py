@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from evolvd.serving.adapter_check import AdapterRejectedError
+from evolvd.adapter_folder import AdapterRejectedError
 
 STAGING_PREFIX = ".incoming-"
 

@@ -6,23 +6,18 @@ rollback is only a flip back. Every attempt, good or bad, is a swap row and a me
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
+from evolvd.adapter_folder import AdapterRejectedError, check_adapter, read_manifest
 from evolvd.connectors.vllm_client import VLLMClient, VLLMError
 from evolvd.metrics import ServingMetrics
-from evolvd.serving.adapter_check import (
-    ADAPTER_MANIFEST,
-    AdapterRejectedError,
-    check_adapter,
-)
 from evolvd.serving.adapter_store import AdapterStore
-from evolvd.serving.registry import AdapterRegistry, AdapterRow
+from evolvd.serving.registry import AdapterRegistry, AdapterRow, AdapterStatus
 from evolvd.serving.routing import Router, Routing
 
 logger = logging.getLogger("evolvd.hotswap")
@@ -43,15 +38,6 @@ class SwapResult:
 def adapter_name(base_name: str, version: int, weights_sha256: str) -> str:
     """Unique per version and content: `<base>-v<N>-<hash8>` (vLLM caches by name: never reuse one)."""
     return f"{base_name}-v{version}-{weights_sha256[:8]}"
-
-
-def _training_manifest(path: Path) -> dict[str, Any]:
-    """The manifest evolvd's trainer writes beside the weights (check_adapter verified it), or {}."""
-    manifest_file = path / ADAPTER_MANIFEST
-    if not manifest_file.exists():
-        return {}  # an adapter trained elsewhere
-    manifest: dict[str, Any] = json.loads(manifest_file.read_text())
-    return manifest
 
 
 class HotSwapper:
@@ -104,7 +90,7 @@ class HotSwapper:
             version = self._registry.next_version()
             name = adapter_name(self._router.routing.base, version, info.weights_sha256)
             manifest = {
-                **_training_manifest(staged),  # run, base model and snapshot hashes, parent, metrics
+                **read_manifest(staged),  # run, base model and snapshot hashes, parent, metrics
                 "rank": info.rank,
                 "target_modules": list(info.target_modules),
                 "weights_sha256": info.weights_sha256,
@@ -152,9 +138,11 @@ class HotSwapper:
             self._router.update(canary=name, canary_share=share)
             duration_ms = (time.perf_counter() - started) * 1000
             self._after_flip("canary", before.canary, name, f"{reason} ({share:.0%} of traffic)", duration_ms)
-            self._registry.set_status(name, "canary", f"{share:.0%} of traffic")
+            self._registry.set_status(name, AdapterStatus.CANARY, f"{share:.0%} of traffic")
             if before.canary is not None and before.canary != name:
-                self._registry.set_status(before.canary, "candidate", f"canary replaced by {name}")
+                self._registry.set_status(
+                    before.canary, AdapterStatus.CANDIDATE, f"canary replaced by {name}"
+                )
             return SwapResult("canary", before.canary, name, duration_ms)
 
     def stop_canary(self, reason: str = "canary ended") -> SwapResult:
@@ -164,7 +152,7 @@ class HotSwapper:
                 raise SwapError("no canary is running")
             self._router.update(canary=None, canary_share=0.0)
             self._after_flip("canary", before.canary, None, reason, 0.0)
-            self._registry.set_status(before.canary, "candidate", reason)
+            self._registry.set_status(before.canary, AdapterStatus.CANDIDATE, reason)
             self._unload_all_but(self._router.routing.resident())
             return SwapResult("canary", before.canary, None, 0.0)
 
@@ -187,9 +175,11 @@ class HotSwapper:
             duration_ms = (time.perf_counter() - started) * 1000
             self._after_flip("rollback", before.live, target, reason, duration_ms)
             self._metrics.rollbacks.labels("ok").inc()
-            changes: list[tuple[str, str, str | None]] = [(before.live, "rolled_back", reason)]
+            changes: list[tuple[str, AdapterStatus, str | None]] = [
+                (before.live, AdapterStatus.ROLLED_BACK, reason)
+            ]
             if target is not None:
-                changes.append((target, "live", f"restored by rollback: {reason}"))
+                changes.append((target, AdapterStatus.LIVE, f"restored by rollback: {reason}"))
             self._registry.set_statuses(changes)  # one transaction: never two live adapters, nor a lost one
             # The rolled-back adapter stays loaded until the next swap tidies up; nothing needs it now.
             return SwapResult("rollback", before.live, target, duration_ms)
@@ -247,17 +237,21 @@ class HotSwapper:
     def _drop_unloadable(self, routing: Routing, failed: dict[str, str]) -> None:
         previous = routing.previous if routing.previous not in failed else None
         changes: dict[str, object] = {}
-        statuses: list[tuple[str, str, str | None]] = []
+        statuses: list[tuple[str, AdapterStatus, str | None]] = []
         if routing.canary in failed:
             changes.update(canary=None, canary_share=0.0)
-            statuses.append((routing.canary, "candidate", f"canary stopped: {failed[routing.canary]}"))
+            statuses.append(
+                (routing.canary, AdapterStatus.CANDIDATE, f"canary stopped: {failed[routing.canary]}")
+            )
         if routing.live in failed:
             changes.update(live=previous, previous=None)
-            statuses.append((routing.live, "rolled_back", failed[routing.live]))
+            statuses.append((routing.live, AdapterStatus.ROLLED_BACK, failed[routing.live]))
             self._registry.record_swap("rollback", "ok", routing.live, previous, failed[routing.live], None)
             self._metrics.rollbacks.labels("ok").inc()
             if previous is not None:
-                statuses.append((previous, "live", f"live again: {routing.live} {failed[routing.live]}"))
+                statuses.append(
+                    (previous, AdapterStatus.LIVE, f"live again: {routing.live} {failed[routing.live]}")
+                )
             logger.error(
                 "live adapter %s could not be reloaded after the serving restart; %s serves now",
                 routing.live,
@@ -337,5 +331,5 @@ class HotSwapper:
         self._registry.record_swap(action, "rejected", live, candidate, reason, None)
         self._metrics.swaps.labels(action, "rejected").inc()
         if mark and candidate is not None:
-            self._registry.set_status(candidate, "rejected", reason)
+            self._registry.set_status(candidate, AdapterStatus.REJECTED, reason)
         logger.warning("%s of %s rejected, %s keeps serving: %s", action, candidate, live or "base", reason)

@@ -7,26 +7,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaProducer
-
+from evolvd.abc import Publisher
+from evolvd.adapter_folder import AdapterRejectedError
 from evolvd.buffer import DuckDBBuffer
 from evolvd.buffer.keys import CAPTURE_SEAL_KEY, buffer_key
 from evolvd.config import EvolvdConfig
-from evolvd.connectors.kafka_source import client_options
+from evolvd.connectors.kafka_publisher import KafkaPublisher
 from evolvd.connectors.model_bootstrap import BaseModel, resolve_base_model
-from evolvd.gateway import Gateway
 from evolvd.http_server import HttpServer
 from evolvd.metrics import ServingMetrics
 from evolvd.secret_file import SecretFileError
-from evolvd.serving.adapter_check import AdapterRejectedError
 from evolvd.serving.adapter_store import AdapterStore, check_import_path
+from evolvd.serving.gateway import Gateway
 from evolvd.serving.hotswap import HotSwapper, SwapError, SwapResult
-from evolvd.serving.registry import AdapterRegistry, AdapterRow
+from evolvd.serving.registry import AdapterRegistry, AdapterRow, AdapterStatus
 from evolvd.serving.routing import Router
 from evolvd.serving.self_refine import SelfRefiner
-from evolvd.serving.served_stats import ServedStats
+from evolvd.serving.served_stats import ServedStats, WindowStats
 from evolvd.serving.supervisor import ServingStartError, ServingSupervisor
 from evolvd.serving.vllm_key import vllm_api_key
+
+__all__ = ["ADAPTER_STORE_DIR", "ServingService", "SwapError", "SwapResult"]
+"""The facade the loop and the admin API use; the swapper, router and supervisor stay inside serving."""
 
 logger = logging.getLogger("evolvd.serving")
 
@@ -50,21 +52,6 @@ def manual_promote_reason(name: str, row: AdapterRow | None, force: bool) -> str
 
 GATEWAY_URL_FILE = "gateway.url"
 ADAPTER_STORE_DIR = "adapters"
-
-
-class KafkaCapture:
-    """Publishes captured gateway traffic to the prompts topic (kafka-python's producer is thread-safe)."""
-
-    def __init__(self, config: EvolvdConfig, bootstrap_servers: str) -> None:
-        self._topic = config.kafka.topic
-        self._producer = KafkaProducer(**client_options(config.kafka, bootstrap_servers), linger_ms=20)
-
-    def publish(self, value: bytes, key: bytes | None) -> None:
-        self._producer.send(self._topic, value=value, key=key)
-
-    def close(self) -> None:
-        self._producer.flush(timeout=10)
-        self._producer.close(timeout=10)
 
 
 class ServingService:
@@ -91,7 +78,7 @@ class ServingService:
         self.router: Router | None = None
         self.swapper: HotSwapper | None = None
         self._gateway: HttpServer | None = None
-        self._capture: KafkaCapture | None = None
+        self._capture: Publisher | None = None
         self.served_stats = ServedStats()
         """Gateway outcomes per served model (what a canary is judged on)."""
 
@@ -145,7 +132,7 @@ class ServingService:
         cfg = self.config
         assert self.router is not None and self.supervisor is not None and self.swapper is not None
         if cfg.gateway.capture:
-            self._capture = KafkaCapture(cfg, self._bootstrap_servers)
+            self._capture = KafkaPublisher(cfg.kafka, self._bootstrap_servers, cfg.kafka.topic)
         swapper = self.swapper
         app = Gateway(
             config=cfg.gateway,
@@ -182,10 +169,71 @@ class ServingService:
             self._gateway.stop()
             (self.config.data_dir / GATEWAY_URL_FILE).unlink(missing_ok=True)
         if self._capture is not None:
-            self._capture.close()
+            self._capture.close(timeout_s=10)
         if self.supervisor is not None:
             self.supervisor.stop()
         self.metrics.up.set(0)
+
+    # -- for the loop --------------------------------------------------------------------------
+    # The loop's jobs change serving only through these: they keep the swapper, router and registry
+    # in step (a status row never says one thing while the router does another).
+
+    def started_base(self) -> BaseModel:
+        """The base model serving resolved at start (the one adapters are trained on)."""
+        assert self.base is not None, "serving is not started"
+        return self.base
+
+    def serving_name(self) -> str:
+        """What the public model resolves to now: the live adapter, or the base model's name."""
+        assert self.router is not None, "serving is not started"
+        return self.router.routing.live_or_base
+
+    def canary_name(self) -> str | None:
+        return self.router.routing.canary if self.router is not None else None
+
+    def resident(self) -> set[str]:
+        """Adapters something routes to (live, previous, canary): never deleted."""
+        return self.router.routing.resident() if self.router is not None else set()
+
+    def register_trained(self, path: Path, parent: str | None, run_id: str) -> str:
+        """A training run's adapter, registered as a candidate (SwapError: refused, with the reason)."""
+        assert self.swapper is not None
+        return self.swapper.register(path, parent=parent, run_id=run_id)
+
+    def begin_evaluation(self, name: str, against: str) -> None:
+        """Mark a candidate `evaluating` and load it so the evaluation can query it by name (SwapError:
+        it failed its load or probe, and is recorded rejected)."""
+        assert self.swapper is not None
+        self.registry.set_status(name, AdapterStatus.EVALUATING, f"evaluating against {against}")
+        self.swapper.load_for_evaluation(name)
+
+    def evaluation_failed(self, name: str) -> None:
+        self.registry.set_status(name, AdapterStatus.CANDIDATE, "evaluation failed; retried on the next run")
+
+    def reject(self, name: str, reason: str) -> None:
+        """The promotion policy rejected a candidate: recorded, and its adapter slot freed."""
+        assert self.swapper is not None
+        self.registry.set_status(name, AdapterStatus.REJECTED, reason)
+        self.swapper.release(name)
+
+    def promote_by_policy(self, name: str, reason: str) -> SwapResult:
+        assert self.swapper is not None
+        return self.swapper.promote(name, reason)
+
+    def canary_by_policy(self, name: str, share: float, reason: str) -> SwapResult:
+        assert self.swapper is not None
+        return self.swapper.start_canary(name, share, reason)
+
+    def roll_back_canary(self, name: str, reason: str) -> None:
+        """A canary that regressed: its traffic back to live, the adapter recorded `rolled_back`."""
+        assert self.swapper is not None
+        self.swapper.stop_canary(f"canary regressed: {reason}")
+        self.registry.set_status(name, AdapterStatus.ROLLED_BACK, f"canary regressed: {reason}")
+        self.metrics.rollbacks.labels("ok").inc()
+
+    def window_stats(self, name: str, since: float) -> WindowStats:
+        """Requests, errors and latencies the gateway served with `name` since `since` (epoch s)."""
+        return self.served_stats.since(name, since)
 
     # -- for the admin API ---------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from evolvd.config import ServingConfig
 from evolvd.connectors.embedded_broker import free_port
 from evolvd.connectors.vllm_client import SERVER_KEEPALIVE_S, VLLMClient
 from evolvd.lifeline import child_environment
+from evolvd.restart_backoff import RestartBackoff
 
 logger = logging.getLogger("evolvd.serving")
 
@@ -203,12 +204,14 @@ class ServingSupervisor:
         self.state = state
 
     def _watch(self) -> None:
-        backoff, failed_checks = 1.0, 0
+        backoff = RestartBackoff(1.0, self.config.restart_backoff_max_s, healthy_after_s=float("inf"))
+        failed_checks = 0
         while not self._stop.wait(self.config.health_interval_s):
             exited = self._proc is not None and self._proc.poll() is not None
             healthy = not exited and self.client.healthy()
             if healthy:
-                failed_checks, backoff = 0, 1.0
+                failed_checks = 0
+                backoff.healthy()
                 if not self._ready.is_set():  # an external server came back
                     self._mark_ready()
                     self._run_ready_callbacks()
@@ -228,11 +231,11 @@ class ServingSupervisor:
             self.restarts += 1
             if self._on_restart is not None:
                 self._on_restart()
-            logger.error("vLLM %s; restarting in %.0fs (restart %d)", reason, backoff, self.restarts)
+            delay = backoff.next_delay()
+            logger.error("vLLM %s; restarting in %.0fs (restart %d)", reason, delay, self.restarts)
             self._kill_group()
-            if self._stop.wait(backoff):
+            if self._stop.wait(delay):
                 return
-            backoff = min(backoff * 2, self.config.restart_backoff_max_s)
             self._spawn()
             if self._wait_healthy(self.config.startup_timeout_s):
                 failed_checks = 0

@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from evolvd.adapter_folder import ADAPTER_WEIGHTS, file_sha256, write_manifest
 from evolvd.buffer import DuckDBBuffer
 from evolvd.lifeline import child_environment
 from evolvd.metrics import TrainingMetrics
-from evolvd.serving.adapter_check import ADAPTER_MANIFEST, ADAPTER_WEIGHTS, file_sha256
 from evolvd.training.child import PROGRESS_PREFIX
+from evolvd.training.runs import RunStore
 from evolvd.training.snapshot import Snapshot
 from evolvd.training.spec import Hyperparameters, TrainSpec
 
@@ -68,7 +69,7 @@ class TrainingRunner:
         timeout_s: float,
         python: str = sys.executable,
     ) -> None:
-        self._buffer = buffer
+        self._runs = RunStore(buffer)
         self._runs_dir = runs_dir
         self._base_model = base_model
         self._base_model_hash = base_model_hash
@@ -116,11 +117,7 @@ class TrainingRunner:
             "spec": str(run_dir),
             "tensorboard": spec.tensorboard_dir,
         }
-        self._buffer.cursor().execute(
-            "INSERT INTO runs (run_id, dataset_id, kind, status, attempt, config, started_at)"
-            " VALUES (?, ?, ?, 'running', ?, ?, now())",
-            [run_id, snapshot.dataset_id, kind, attempt, json.dumps(config)],
-        )
+        self._runs.start(run_id, snapshot.dataset_id, kind, attempt, config)
         logger.info(
             "training run %s started: %d examples (%d replay), %s",
             run_id,
@@ -143,10 +140,7 @@ class TrainingRunner:
                 self._write_manifest(adapter, spec, snapshot, parent, metrics)
             except OSError as exc:
                 succeeded, reason = False, f"could not write the adapter manifest: {exc}"
-        self._buffer.cursor().execute(
-            "UPDATE runs SET status = ?, reason = ?, metrics = ?, finished_at = now() WHERE run_id = ?",
-            ["succeeded" if succeeded else "failed", reason, json.dumps(metrics), run_id],
-        )
+        self._runs.finish(run_id, succeeded, reason, metrics)
         if self._metrics is not None:
             self._metrics.runs.labels("succeeded" if succeeded else "failed").inc()
             self._metrics.run_seconds.observe(duration)
@@ -240,10 +234,7 @@ class TrainingRunner:
                     self._metrics.loss.labels(message["phase"]).set(message["loss"])
                 if time.monotonic() - last_row_update > ROW_UPDATE_INTERVAL_S:
                     last_row_update = time.monotonic()
-                    self._buffer.cursor().execute(
-                        "UPDATE runs SET metrics = ? WHERE run_id = ?",
-                        [json.dumps(state["progress"]), run_id],
-                    )
+                    self._runs.progress(run_id, state["progress"])
             elif kind == "done":
                 state["metrics"] = message.get("metrics", {})
             elif kind == "error":
@@ -270,4 +261,4 @@ class TrainingRunner:
             "metrics": metrics,
             "weights_sha256": file_sha256(adapter / ADAPTER_WEIGHTS),
         }
-        (adapter / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(adapter, manifest)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from evolvd.buffer import transaction
+from evolvd.buffer import rows_as_dicts, transaction
 from evolvd.buffer.heldout import heldout_condition, heldout_params, untrained_condition
 
 Row = tuple[Any, ...]
@@ -36,6 +37,8 @@ class Snapshot:
     n_new: int
     n_replay: int
     n_pairs: int
+    n_anchor: int = 0
+    """Safety anchor rows (refusals to harmful requests, training.safety_anchor_share)."""
 
 
 def _new_examples(con: duckdb.DuckDBPyConnection, min_confidence: float, heldout_percent: int) -> list[Row]:
@@ -80,6 +83,19 @@ def _pairs(con: duckdb.DuckDBPyConnection, example_ids: list[int], heldout_perce
     return rows
 
 
+def anchor_rows(anchors: Sequence[tuple[str, str]], n: int, seed: str) -> list[tuple[str, str]]:
+    """`n` of the safety anchor examples in an order fixed by `seed` (each once before any repeats)."""
+    if n <= 0 or not anchors:
+        return []
+    order = sorted(anchors, key=lambda a: hashlib.sha256(f"{seed}:{a[0]}".encode()).hexdigest())
+    return [order[i % len(order)] for i in range(n)]
+
+
+def anchor_count(n_rows: int, share: float) -> int:
+    """Anchor rows that make `share` of a data set of `n_rows` other rows."""
+    return math.floor(n_rows * share / (1 - share)) if 0 < share < 1 else 0
+
+
 def _content_hash(examples: list[Row], pairs: list[Row]) -> str:
     digest = hashlib.sha256()
     for _, prompt, completion in examples:
@@ -103,25 +119,36 @@ def freeze_snapshot(
     replay_share: float,
     heldout_percent: int,
     min_examples: int = 1,
+    anchors: Sequence[tuple[str, str]] = (),
+    anchor_share: float = 0.0,
 ) -> Snapshot | None:
-    """Write and record a snapshot; None when fewer than `min_examples` new usable examples exist."""
+    """Write and record a snapshot; None when fewer than `min_examples` new usable examples exist.
+    `anchors`: the safety anchor examples, `anchor_share` of the snapshot drawn from them."""
     new = _new_examples(con, min_confidence, heldout_percent)
     if len(new) < max(min_examples, 1):
         return None
     n_replay = math.floor(len(new) * replay_share / (1 - replay_share)) if replay_share < 1 else 0
     replay = _replay_examples(con, n_replay, seed=str(new[-1][0]))
     pairs = _pairs(con, [int(r[0]) for r in new], heldout_percent)
+    anchored = [
+        (None, prompt, completion)
+        for prompt, completion in anchor_rows(
+            anchors, anchor_count(len(new) + len(replay), anchor_share), seed=str(new[-1][0])
+        )
+    ]
     examples = new + replay
-    dataset_id = _content_hash(examples, pairs)
+    dataset_id = _content_hash(examples + anchored, pairs)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{dataset_id[:16]}.parquet"
+    rows = examples + anchored
     _write_parquet(
         pa.table(
             {
-                "example_id": [int(r[0]) for r in examples],
-                "prompt": [r[1] for r in examples],
-                "completion": [r[2] for r in examples],
-                "replay": [False] * len(new) + [True] * len(replay),
+                "example_id": pa.array([r[0] for r in rows], pa.int64()),  # null: a safety anchor row
+                "prompt": [r[1] for r in rows],
+                "completion": [r[2] for r in rows],
+                "replay": [False] * len(new) + [True] * len(replay) + [False] * len(anchored),
+                "anchor": [False] * len(examples) + [True] * len(anchored),
             }
         ),
         path,
@@ -142,17 +169,19 @@ def freeze_snapshot(
         )
     with transaction(con):
         con.execute(
-            "INSERT INTO datasets (dataset_id, path, n_examples, n_pairs, source_query, n_replay, pairs_path)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO datasets"
+            " (dataset_id, path, n_examples, n_pairs, source_query, n_replay, pairs_path, n_anchor)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [
                 dataset_id,
                 str(path),
-                len(examples),
+                len(rows),
                 len(pairs),
                 f"usable examples >= confidence {min_confidence}, held-out {heldout_percent}% excluded, "
-                f"replay share {replay_share}",
+                f"replay share {replay_share}, safety anchor share {anchor_share}",
                 len(replay),
                 str(pairs_path) if pairs_path else None,
+                len(anchored),
             ],
         )
         con.executemany(
@@ -164,4 +193,56 @@ def freeze_snapshot(
                 "INSERT INTO dataset_pairs VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(dataset_id, int(r[0])) for r in pairs],
             )
-    return Snapshot(dataset_id, path, pairs_path, len(examples), len(new), len(replay), len(pairs))
+    return Snapshot(dataset_id, path, pairs_path, len(rows), len(new), len(replay), len(pairs), len(anchored))
+
+
+# -- reads of the data sets this module recorded --------------------------------------------------
+
+
+def stored_snapshot(con: duckdb.DuckDBPyConnection, dataset_id: str) -> Snapshot | None:
+    """A recorded snapshot again (a failed run is retried on the same data set)."""
+    row = con.execute(
+        "SELECT path, pairs_path, n_examples, n_replay, n_pairs, n_anchor FROM datasets WHERE dataset_id = ?",
+        [dataset_id],
+    ).fetchone()
+    if row is None:
+        return None
+    n_examples, n_replay, n_anchor = int(row[2]), int(row[3]), int(row[5])
+    return Snapshot(
+        dataset_id,
+        Path(row[0]),
+        Path(row[1]) if row[1] else None,
+        n_examples,
+        n_examples - n_replay - n_anchor,
+        n_replay,
+        int(row[4]),
+        n_anchor,
+    )
+
+
+def stale_dataset_files(con: duckdb.DuckDBPyConnection, keep: int) -> list[Path]:
+    """The Parquet files of every data set but the newest `keep` (retention deletes them)."""
+    rows = con.execute(
+        "SELECT path, pairs_path FROM datasets ORDER BY created_at DESC OFFSET ?", [keep]
+    ).fetchall()
+    return [Path(p) for row in rows for p in row if p]
+
+
+def dataset_record(con: duckdb.DuckDBPyConnection, dataset_id: str | None) -> dict[str, Any] | None:
+    rows = rows_as_dicts(con.execute("SELECT * FROM datasets WHERE dataset_id = ?", [dataset_id]))
+    return rows[0] if rows else None
+
+
+def dataset_offsets(con: duckdb.DuckDBPyConnection, dataset_id: str | None) -> list[dict[str, Any]]:
+    """Per topic and partition, the Kafka offsets of every event behind a data set (lineage)."""
+    return rows_as_dicts(
+        con.execute(
+            "SELECT ev.topic, ev.kafka_partition AS partition, count(DISTINCT ev.id) AS events,"
+            " min(ev.kafka_offset) AS first_offset, max(ev.kafka_offset) AS last_offset,"
+            " list(DISTINCT ev.kafka_offset ORDER BY ev.kafka_offset) AS offsets"
+            " FROM dataset_examples d JOIN training_examples x ON x.example_id = d.example_id"
+            " JOIN events ev ON ev.id = x.event_id WHERE d.dataset_id = ?"
+            " GROUP BY ev.topic, ev.kafka_partition ORDER BY ev.topic, partition",
+            [dataset_id],
+        )
+    )

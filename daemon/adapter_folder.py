@@ -1,4 +1,6 @@
-"""Reject a broken LoRA adapter with a precise reason before it reaches the serving process.
+"""The adapter folder format, in one place: the PEFT files, evolvd's manifest beside them (written by
+the trainer, read by the registry), and the check that rejects a broken LoRA adapter with a precise
+reason before it reaches the serving process.
 
 vLLM can answer 200 to a load of something that is not a valid adapter, and a bad load costs a trip
 into its worker; so evolvd checks first: the files, the config, the rank, the safetensors header,
@@ -13,6 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors import safe_open
@@ -95,6 +98,21 @@ def check_adapter(
         tensors,
         weights_sha256,
     )
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """The manifest of an adapter evolvd trained: its lineage and the hash of its weights (which
+    `check_adapter` verifies before the adapter is ever served)."""
+    (folder / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest evolvd's trainer wrote beside the weights, or {} for an adapter trained elsewhere."""
+    manifest_file = folder / ADAPTER_MANIFEST
+    if not manifest_file.exists():
+        return {}
+    manifest: dict[str, Any] = json.loads(manifest_file.read_text())
+    return manifest
 
 
 def _check_manifest(path: Path, weights_sha256: str) -> None:
