@@ -15,6 +15,7 @@ DEMO   ?= 1
 STACK_STAMP   := $(VENV)/.stack-$(EXTRA)
 PROJECT_STAMP := $(VENV)/.project
 PROMETHEUS    := $(VENV)/prometheus/.installed
+KUBECTL       := $(VENV)/kubectl/.installed
 SOURCES := $(shell find daemon connectors policies -type f \( -name '*.py' -o -name '*.sql' -o -name '*.yaml' \) 2>/dev/null)
 
 export HF_HUB_OFFLINE := 1
@@ -62,6 +63,20 @@ $(PROMETHEUS): | $(BIN)/python
 	fi
 	mkdir -p $(VENV)/prometheus && touch $@
 
+# The deploy tests render the Kubernetes overlays with kubectl's kustomize: kubectl from PATH when
+# installed, otherwise Debian's `kubernetes-client` unpacked into .venv/kubectl (the overlays use the
+# kustomize fields its older kustomize reads too).
+$(KUBECTL): | $(BIN)/python
+	@if command -v kubectl >/dev/null; then \
+		echo "kubectl: using $$(command -v kubectl)"; \
+	else \
+		tmp=$$(mktemp -d) && cd $$tmp && \
+		{ apt-get download kubernetes-client >/dev/null 2>&1 || { apt-get update -qq && apt-get download kubernetes-client; }; } && \
+		cd - >/dev/null && dpkg-deb -x $$tmp/kubernetes-client_*.deb $(VENV)/kubectl && rm -rf $$tmp && \
+		$(VENV)/kubectl/usr/bin/kubectl version --client | head -1; \
+	fi
+	mkdir -p $(VENV)/kubectl && touch $@
+
 # DEMO=1 (the default) feeds the built-in demo workload so the whole loop shows; DEMO=0 runs the
 # daemon alone, waiting for traffic on its topic.
 run: $(PROJECT_STAMP)
@@ -76,7 +91,7 @@ typecheck: $(PROJECT_STAMP)
 	$(BIN)/mypy -p evolvd
 	$(BIN)/mypy tests bench grafana
 
-unit: $(PROJECT_STAMP) $(PROMETHEUS)
+unit: $(PROJECT_STAMP) $(PROMETHEUS) $(KUBECTL)
 	PATH="$(CURDIR)/$(VENV)/prometheus/usr/bin:$$PATH" $(BIN)/pytest -q --durations=15
 
 test: lint typecheck unit

@@ -233,6 +233,79 @@ def test_the_config_maps_hold_a_valid_config_and_valid_policies(tmp_path: Path) 
         assert "training: ok" in checked.stdout and str(directory / "training.yaml") in checked.stdout
 
 
+# -- Overlays (rendered by kubectl's kustomize) -----------------------------------------------------
+
+OVERLAYS = DEPLOY / "overlays"
+
+
+def kubectl() -> str:
+    """kubectl from PATH, else the one `make test` unpacks from Debian's kubernetes-client."""
+    found = shutil.which("kubectl") or shutil.which("kubectl", path=str(ROOT / ".venv/kubectl/usr/bin"))
+    assert found, "kubectl is missing: `make test` unpacks Debian's kubernetes-client into .venv/kubectl"
+    return found
+
+
+def rendered(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """What `kubectl kustomize` makes of a kustomization, by (kind, name)."""
+    result = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+
+
+def pod_containers(resources: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    spec = resources[("StatefulSet", "evolvd")]["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec["initContainers"] + spec["containers"]}
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "production"])
+def test_each_overlay_renders_from_the_base_and_validates_strictly(overlay: str) -> None:
+    base, resources = rendered(K8S), rendered(OVERLAYS / overlay)
+    assert set(base) <= set(resources)
+    for resource in resources.values():
+        if resource["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # CRDs: checked on the base (test_the_service_monitor_scrapes_...)
+        kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
+    images = {c["image"] for c in pod_containers(resources).values()}
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert len(images) == 1 and images.pop().endswith(f":{version}"), "one image, pinned to the release"
+    assert resources[("StatefulSet", "evolvd")]["spec"]["replicas"] == 1  # DuckDB has one writer
+
+
+def test_the_gpu_overlay_gives_vllm_one_gpu_and_the_cuda_build() -> None:
+    resources = rendered(OVERLAYS / "gpu")
+    containers = pod_containers(resources)
+    vllm = containers["vllm"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "VLLM_CPU_KVCACHE_SPACE" not in {e["name"] for e in vllm["env"]}
+    assert {"--enable-lora", "--host=127.0.0.1"} <= set(vllm["args"])
+    assert all(c["image"].startswith("evolvd-gpu:") for c in containers.values())
+    assert "nvidia.com/gpu" not in str(containers["evolvd"]["resources"])  # training's GPU: issue 23
+    tolerations = resources[("StatefulSet", "evolvd")]["spec"]["template"]["spec"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+
+
+def test_the_production_overlay_closes_the_admin_api_and_keeps_a_valid_config(tmp_path: Path) -> None:
+    resources = rendered(OVERLAYS / "production")
+    policy = resources[("NetworkPolicy", "evolvd")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "evolvd"}
+    by_port = {r["ports"][0]["port"]: r["from"] for r in policy["ingress"]}
+    assert by_port[8750] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert by_port[8751] == [{"namespaceSelector": {}}] and set(by_port) == {8750, 8751}
+    claim = resources[("StatefulSet", "evolvd")]["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    config = tmp_path / "evolvd.yaml"
+    config.write_text(resources[("ConfigMap", "evolvd-config")]["data"]["evolvd.yaml"])
+    base_config = rendered(K8S)[("ConfigMap", "evolvd-config")]["data"]["evolvd.yaml"]
+    assert yaml.safe_load(config.read_text()) == {
+        **yaml.safe_load(base_config),
+        "logging": {"format": "json"},
+    }
+    checked = run_cli("config", "check", str(config), env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 # -- Compose and the image ---------------------------------------------------------------------------
 
 
