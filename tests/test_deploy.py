@@ -306,6 +306,61 @@ def test_the_production_overlay_closes_the_admin_api_and_keeps_a_valid_config(tm
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+# -- Helm ------------------------------------------------------------------------------------------
+
+CHART = DEPLOY / "helm" / "evolvd"
+
+
+def helm_rendered(*values: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """`helm template` of the chart (the helm binary from the dev dependency helm-binary)."""
+    helm = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
+    assert helm, "helm is missing: it comes with the dev dependency helm-binary (make setup)"
+    command = [helm, "template", "evolvd", str(CHART), "--namespace", "evolvd"]
+    result = subprocess.run(
+        [*command, *[a for v in values for a in ("--set", v)]], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+
+
+def without_labels(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource without what only says who deployed it (labels, annotations)."""
+    out = {k: v for k, v in resource.items() if k != "metadata"} | {"name": resource["metadata"]["name"]}
+    if resource["kind"] == "StatefulSet":
+        out["spec"] = {**out["spec"], "template": {"spec": out["spec"]["template"]["spec"]}}
+    return out
+
+
+def test_the_helm_chart_lints_and_renders_what_the_kustomize_base_does() -> None:
+    helm = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
+    assert helm
+    linted = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert (CHART / "files" / "alerts.yml").read_text() == (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    base, rendered_chart = rendered(K8S), helm_rendered()
+    assert set(rendered_chart) == set(base) - {("Namespace", "evolvd")}  # helm installs into --namespace
+    for key, resource in rendered_chart.items():
+        assert without_labels(resource) == without_labels(base[key]), key
+        assert resource["metadata"]["labels"]["app.kubernetes.io/name"] == "evolvd"
+
+
+def test_the_helm_chart_renders_the_gpu_and_production_settings_as_the_overlays_do() -> None:
+    resources = helm_rendered("vllm.gpus=1", "networkPolicy.enabled=true", "persistence.size=200Gi")
+    for resource in resources.values():
+        if not resource["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
+    gpu = pod_containers(rendered(OVERLAYS / "gpu"))["vllm"]
+    vllm = pod_containers(resources)["vllm"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert vllm["args"] == gpu["args"] and vllm["env"] == gpu["env"]
+    production = rendered(OVERLAYS / "production")
+    assert resources[("NetworkPolicy", "evolvd")]["spec"] == production[("NetworkPolicy", "evolvd")]["spec"]
+    claim = resources[("StatefulSet", "evolvd")]["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+
+
 # -- Compose and the image ---------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Write deploy/k8s/prometheusrule.yaml from alerts.yml: the same rules for the Prometheus Operator.
+"""Write deploy/k8s/prometheusrule.yaml from alerts.yml: the same rules for the Prometheus Operator; and
+copy alerts.yml into the Helm chart (deploy/helm/evolvd/files/alerts.yml), which renders its own.
 
     python deploy/prometheus/to_prometheusrule.py
 
@@ -16,6 +17,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ALERTS = HERE / "alerts.yml"
 TARGET = HERE.parent / "k8s" / "prometheusrule.yaml"
+CHART_COPY = HERE.parent / "helm" / "evolvd" / "files" / "alerts.yml"
 HEADER = (
     "# Generated from deploy/prometheus/alerts.yml by deploy/prometheus/to_prometheusrule.py: edit those.\n"
 )
@@ -42,4 +44,5 @@ def render() -> str:
 
 if __name__ == "__main__":
     TARGET.write_text(render())
-    print(f"wrote {TARGET}")
+    CHART_COPY.write_text(ALERTS.read_text())
+    print(f"wrote {TARGET} and {CHART_COPY}")
