@@ -422,6 +422,11 @@ def adapters_show(name: str, url: str | None, config_path: Path | None, as_json:
             config = json.loads(run["config"]) if isinstance(run["config"], str) else run["config"]
             if tensorboard := config.get("tensorboard"):
                 click.echo(f"{pad}  training metrics: tensorboard --logdir {tensorboard}")
+            if mlflow := config.get("mlflow"):
+                runs = ", ".join(mlflow["runs"])
+                click.echo(
+                    f"{pad}  MLflow: {mlflow['tracking_uri']}, experiment {mlflow['experiment']}, runs {runs}"
+                )
         if data is not None:
             click.echo(
                 f"{pad}  data set {data['dataset_id'][:16]}: {data['n_examples']} examples"

@@ -6,13 +6,14 @@ Unknown keys are errors, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from evolvd.jobs import JOB_SPECS
@@ -427,6 +428,19 @@ class TrainingConfig(_Section):
     """Attempts per snapshot (a crash, OOM or timeout is retried) before it is given up."""
     retry_backoff_s: float = Field(60.0, ge=0)
     """Wait before the 2nd attempt; doubles for each later one."""
+    mlflow_tracking_uri: str | None = None
+    """An MLflow tracking URI (a tracking server's http(s) URL, or `sqlite:///path/mlflow.db`): each run's
+    parameters and per-step metrics go there too, one MLflow run per phase named `<run id>-sft` /
+    `-dpo`, beside the TensorBoard files. Needs the `mlflow` extra (`pip install 'evolvd[mlflow]'`).
+    None: TensorBoard only."""
+    mlflow_experiment: str = "evolvd"
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _mlflow_installed(cls, uri: str | None) -> str | None:
+        if uri is not None and importlib.util.find_spec("mlflow") is None:
+            raise ValueError("needs MLflow: pip install 'evolvd[mlflow]' (or mlflow-skinny)")
+        return uri
 
 
 class EvaluationConfig(_Section):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from evolvd.adapter_folder import ADAPTER_MANIFEST, check_adapter
@@ -18,7 +19,7 @@ from evolvd.buffer import DuckDBBuffer
 from evolvd.connectors.model_bootstrap import BaseModel
 from evolvd.metrics import TrainingMetrics, new_registry
 from evolvd.precision import resolve
-from evolvd.training.runner import TrainingRunner
+from evolvd.training.runner import MlflowTarget, TrainingRunner
 from evolvd.training.snapshot import freeze_snapshot
 from evolvd.training.spec import Hyperparameters
 
@@ -58,6 +59,8 @@ def _buffer_with_examples(path: Path) -> DuckDBBuffer:
     return buffer
 
 
+# MLflow's SQL store (read back below) uses a SQLAlchemy loader strategy that SQLAlchemy 2.1 deprecates.
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 def test_a_run_trains_an_adapter_and_a_killed_or_hung_child_fails_with_its_reason(
     tmp_path: Path, base_model: BaseModel
 ) -> None:
@@ -66,7 +69,16 @@ def test_a_run_trains_an_adapter_and_a_killed_or_hung_child_fails_with_its_reaso
     assert snapshot is not None and snapshot.n_pairs > 0
     registry = new_registry()
     metrics = TrainingMetrics.create(registry)
-    runner = TrainingRunner(buffer, tmp_path / "runs", base_model.path, base_model.content_hash, metrics, 600)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a real MLflow tracking store (SQLite)
+    runner = TrainingRunner(
+        buffer,
+        tmp_path / "runs",
+        base_model.path,
+        base_model.content_hash,
+        metrics,
+        600,
+        mlflow=MlflowTarget(tracking, "evolvd-test"),
+    )
     stop = threading.Event()
 
     # 1. Killed mid-run (as the OOM killer would): failed, with the reason, nothing half-written served.
@@ -124,6 +136,20 @@ def test_a_run_trains_an_adapter_and_a_killed_or_hung_child_fails_with_its_reaso
         losses = events.Scalars("train/loss")
         assert [e.step for e in losses] == list(range(1, phase_steps + 1)), phase
         assert all(math.isfinite(e.value) for e in losses)
+    # ... and to MLflow, one run per phase named after the evolvd run, where `adapters show` points.
+    assert config["mlflow"] == {
+        "tracking_uri": tracking,
+        "experiment": "evolvd-test",
+        "runs": [f"{ok.run_id}-sft", f"{ok.run_id}-dpo"],
+    }
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("evolvd-test")
+    assert experiment is not None
+    by_name = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    for phase, phase_steps in (("sft", TINY.max_steps), ("dpo", TINY.dpo_steps)):
+        history = client.get_metric_history(by_name[f"{ok.run_id}-{phase}"].info.run_id, "loss")
+        assert sorted(m.step for m in history) == list(range(1, phase_steps + 1)), phase
+        assert all(math.isfinite(m.value) for m in history)
     buffer.close()
 
 
@@ -144,7 +170,7 @@ import sys, threading, time
 from pathlib import Path
 from evolvd.buffer import DuckDBBuffer
 from evolvd.metrics import TrainingMetrics, new_registry
-from evolvd.training.runner import TrainingRunner
+from evolvd.training.runner import MlflowTarget, TrainingRunner
 from evolvd.training.snapshot import freeze_snapshot
 from evolvd.training.spec import Hyperparameters
 

@@ -25,7 +25,7 @@ from evolvd.policies.engine import PolicyEngine
 from evolvd.policies.loader import safety_anchor_examples
 from evolvd.serving.registry import AdapterRegistry
 from evolvd.serving.service import ADAPTER_STORE_DIR, ServingService, SwapError
-from evolvd.training.runner import TrainingRunner
+from evolvd.training.runner import MlflowTarget, TrainingRunner
 from evolvd.training.runs import RunStore
 from evolvd.training.snapshot import Snapshot, freeze_snapshot, stale_dataset_files, stored_snapshot
 from evolvd.training.spec import Hyperparameters, hyperparameters_for
@@ -129,6 +129,9 @@ class Loop:
                 base.content_hash,
                 self._training_metrics,
                 self._config.training.timeout_s,
+                mlflow=MlflowTarget(cfg.mlflow_tracking_uri, cfg.mlflow_experiment)
+                if (cfg := self._config.training).mlflow_tracking_uri
+                else None,
             )
         return self.runner
 

@@ -94,7 +94,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "per_device_train_batch_size": hp.batch_size,
         "logging_steps": 1,
         "save_strategy": "no",
-        "report_to": ["tensorboard"] if spec.tensorboard_dir else [],
+        "report_to": (["tensorboard"] if spec.tensorboard_dir else [])
+        + (["mlflow"] if spec.mlflow_tracking_uri else []),
         "disable_tqdm": True,
         "use_cpu": True,
         "bf16": precision == "bfloat16",
@@ -105,7 +106,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     _tensorboard_phase(spec, "sft")
     sft = SFTTrainer(
         model=model,
-        args=SFTConfig(max_steps=hp.max_steps, learning_rate=hp.learning_rate, **common),
+        args=SFTConfig(
+            max_steps=hp.max_steps, learning_rate=hp.learning_rate, run_name=f"{spec.run_id}-sft", **common
+        ),
         train_dataset=sft_data,
         processing_class=tokenizer,
         callbacks=[Progress("sft", hp.max_steps)],
@@ -135,7 +138,11 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             model=sft.model,
             ref_model=None,  # a PEFT model: the reference is the same model with the adapter disabled
             args=DPOConfig(
-                max_steps=hp.dpo_steps, learning_rate=hp.learning_rate / 4, beta=hp.dpo_beta, **common
+                max_steps=hp.dpo_steps,
+                learning_rate=hp.learning_rate / 4,
+                beta=hp.dpo_beta,
+                run_name=f"{spec.run_id}-dpo",
+                **common,
             ),
             train_dataset=dpo_data,
             processing_class=tokenizer,
@@ -159,9 +166,13 @@ def train(spec: TrainSpec) -> dict[str, Any]:
 
 def _tensorboard_phase(spec: TrainSpec, phase: str) -> None:
     """Point transformers' TensorBoard callback at this phase's folder (it reads the variable when the
-    trainer is made; `logging_dir` is gone from TrainingArguments in transformers 5)."""
+    trainer is made; `logging_dir` is gone from TrainingArguments in transformers 5), and its MLflow
+    callback at the tracking URI (it reads these when the run starts; the run is named by `run_name`)."""
     if spec.tensorboard_dir is not None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(spec.tensorboard_dir) / phase)
+    if spec.mlflow_tracking_uri is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = spec.mlflow_tracking_uri
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = spec.mlflow_experiment
 
 
 def _finite(value: float) -> float | None:

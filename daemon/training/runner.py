@@ -58,6 +58,12 @@ def _exit_reason(returncode: int, error: str | None) -> str:
     return f"trainer exited with status {returncode} and no reason (see its log)"
 
 
+@dataclass(frozen=True)
+class MlflowTarget:
+    tracking_uri: str
+    experiment: str
+
+
 class TrainingRunner:
     def __init__(
         self,
@@ -68,7 +74,10 @@ class TrainingRunner:
         metrics: TrainingMetrics | None,
         timeout_s: float,
         python: str = sys.executable,
+        mlflow: MlflowTarget | None = None,
     ) -> None:
+        """`mlflow`: (tracking URI, experiment) to log each run to as well (training.mlflow_*)."""
+        self._mlflow = mlflow
         self._runs = RunStore(buffer)
         self._runs_dir = runs_dir
         self._base_model = base_model
@@ -108,6 +117,8 @@ class TrainingRunner:
             parent_adapter=str(parent[1]) if parent else None,
             hyperparameters=hyperparameters,
             tensorboard_dir=str(run_dir / "tensorboard"),
+            mlflow_tracking_uri=self._mlflow.tracking_uri if self._mlflow else None,
+            mlflow_experiment=self._mlflow.experiment if self._mlflow else "evolvd",
         )
         spec.write(run_dir / "spec.json")
         kind = "sft+dpo" if spec.pairs else "sft"
@@ -116,6 +127,13 @@ class TrainingRunner:
             "parent": parent[0] if parent else None,
             "spec": str(run_dir),
             "tensorboard": spec.tensorboard_dir,
+            "mlflow": {
+                "tracking_uri": spec.mlflow_tracking_uri,
+                "experiment": spec.mlflow_experiment,
+                "runs": [f"{run_id}-sft", f"{run_id}-dpo"] if spec.pairs else [f"{run_id}-sft"],
+            }
+            if spec.mlflow_tracking_uri
+            else None,
         }
         self._runs.start(run_id, snapshot.dataset_id, kind, attempt, config)
         logger.info(

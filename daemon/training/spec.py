@@ -73,6 +73,9 @@ class TrainSpec:
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     tensorboard_dir: str | None = None
     """Where the trainers write TensorBoard event files, one folder per phase (sft, dpo); None: none."""
+    mlflow_tracking_uri: str | None = None
+    """Where the trainers also log to MLflow (one run per phase); None: not at all."""
+    mlflow_experiment: str = "evolvd"
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
