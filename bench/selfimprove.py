@@ -228,11 +228,13 @@ class Admin:
         status: dict[str, Any] = response.json()
         return status
 
-    def job(self, name: str, action: str) -> None:
+    def job(self, name: str, action: str) -> dict[str, Any]:
         response = admin_call(
             self.daemon.url, "POST", f"/jobs/{name}/{action}", token=self.daemon.token, timeout_s=60
         )
         response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        return answer
 
     def wait(self, check: Callable[[], Any], what: str, timeout_s: float, interval_s: float = 2.0) -> Any:
         deadline = time.monotonic() + timeout_s
@@ -406,9 +408,25 @@ def vote_accuracy(gateway: VLLMClient, tasks: Sequence[Task], settings: Settings
 # -- one cycle ------------------------------------------------------------------------------------------
 
 
-def _training_job(status: dict[str, Any]) -> dict[str, Any]:
-    job: dict[str, Any] = next(j for j in status["loop"]["jobs"] if j["job"] == "training")
+def _training_job(status: dict[str, Any], name: str = "training") -> dict[str, Any]:
+    job: dict[str, Any] = next(j for j in status["loop"]["jobs"] if j["job"] == name)
     return job
+
+
+def screen_now(admin: Admin) -> None:
+    """Run the policies job (the safety screen) once and wait for it: the training gate counts only
+    screened examples, and the cycle's last labels may be newer than the job's last scheduled run."""
+    before = _training_job(admin.status(), "policies").get("last")
+    # Refused while a scheduled run is in progress (a job never overlaps itself): ask again.
+    admin.wait(
+        lambda: admin.job("policies", "run").get("started"), "a manual run of the policies job", 600, 1.0
+    )
+
+    def finished() -> bool:
+        job = _training_job(admin.status(), "policies")
+        return not job["running"] and job.get("last") != before
+
+    admin.wait(finished, "the policies job to screen the cycle's examples", 600, 1.0)
 
 
 def cycle_event_prefix(cycle: int) -> str:
@@ -442,6 +460,7 @@ def run_cycle(n: int, admin: Admin, bootstrap: str, topic: str, prompts: Sequenc
     cycle.labeled = admin.wait(all_labeled, f"cycle {n}'s {len(prompts)} prompts to be labeled", 3600)
     cycle.stage_seconds["labeling"] = round(time.monotonic() - started, 1)
 
+    screen_now(admin)
     status = admin.status()
     known_runs = {r["run_id"] for r in status["loop"]["runs"]}
     last_training = _training_job(status).get("last")

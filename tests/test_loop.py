@@ -282,7 +282,8 @@ def test_a_killed_trainer_is_retried_and_a_failing_gate_rejects_its_candidate_wh
         def retried() -> dict[str, Any] | None:
             dataset = active["run_id"].rsplit("-", 1)[0]  # run-<data set>-<attempt>
             runs = [r for r in harness.runs() if r["run_id"].rsplit("-", 1)[0] == dataset]
-            done = [r for r in runs if r["status"] == "succeeded"]
+            # Succeeded and registered: the run row names its adapter once the registry took it.
+            done = [r for r in runs if r["status"] == "succeeded" and r["adapter_name"]]
             return done[0] if done else None
 
         succeeded = wait_for(retried, "the retried run to succeed", 300, 1.0, daemon)
