@@ -70,7 +70,7 @@ from evolvd.labeling.answers import extract
 from evolvd.labeling.pipeline import LabelResult, label_prompt
 from evolvd.labeling.prompts import direct_completion
 from evolvd.policies.loader import load_candidate, safety_anchor_examples
-from evolvd.training.snapshot import anchor_count, anchor_rows
+from evolvd.training.snapshot import anchor_rows, rows_for_share
 from evolvd.training.spec import TrainSpec, hyperparameters_for
 
 RESULTS = Path(__file__).parent / "results"
@@ -134,7 +134,7 @@ def with_safety_anchor(candidates: Sequence[Candidate], share: float) -> list[Ca
     anchors = safety_anchor_examples(None)
     return [
         Candidate(
-            c.name, [*c.examples, *anchor_rows(anchors, anchor_count(len(c.examples), share), "controls")]
+            c.name, [*c.examples, *anchor_rows(anchors, rows_for_share(len(c.examples), share), "controls")]
         )
         for c in candidates
     ]

@@ -408,7 +408,7 @@ def vote_accuracy(gateway: VLLMClient, tasks: Sequence[Task], settings: Settings
 # -- one cycle ------------------------------------------------------------------------------------------
 
 
-def _training_job(status: dict[str, Any], name: str = "training") -> dict[str, Any]:
+def _job(status: dict[str, Any], name: str = "training") -> dict[str, Any]:
     job: dict[str, Any] = next(j for j in status["loop"]["jobs"] if j["job"] == name)
     return job
 
@@ -416,14 +416,14 @@ def _training_job(status: dict[str, Any], name: str = "training") -> dict[str, A
 def screen_now(admin: Admin) -> None:
     """Run the policies job (the safety screen) once and wait for it: the training gate counts only
     screened examples, and the cycle's last labels may be newer than the job's last scheduled run."""
-    before = _training_job(admin.status(), "policies").get("last")
+    before = _job(admin.status(), "policies").get("last")
     # Refused while a scheduled run is in progress (a job never overlaps itself): ask again.
     admin.wait(
         lambda: admin.job("policies", "run").get("started"), "a manual run of the policies job", 600, 1.0
     )
 
     def finished() -> bool:
-        job = _training_job(admin.status(), "policies")
+        job = _job(admin.status(), "policies")
         return not job["running"] and job.get("last") != before
 
     admin.wait(finished, "the policies job to screen the cycle's examples", 600, 1.0)
@@ -463,7 +463,7 @@ def run_cycle(n: int, admin: Admin, bootstrap: str, topic: str, prompts: Sequenc
     screen_now(admin)
     status = admin.status()
     known_runs = {r["run_id"] for r in status["loop"]["runs"]}
-    last_training = _training_job(status).get("last")
+    last_training = _job(status).get("last")
     started = time.monotonic()
     admin.job("training", "run")  # works while the job is paused: once, now
 
@@ -474,7 +474,7 @@ def run_cycle(n: int, admin: Admin, bootstrap: str, topic: str, prompts: Sequenc
         if runs:
             finished = runs[0]["status"] in ("succeeded", "failed")
             return dict(runs[0]) if finished else None
-        last = _training_job(status).get("last")
+        last = _job(status).get("last")
         if (
             last != last_training
             and last is not None

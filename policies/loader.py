@@ -233,17 +233,8 @@ def safety_anchor_examples(directory: Path | None) -> list[tuple[str, str]]:
     path = directory / SAFETY_ANCHOR if directory is not None else None
     if path is None or not path.exists():
         path = defaults_dir() / SAFETY_ANCHOR
-    examples: list[tuple[str, str]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt, completion = str(row["prompt"]), str(row["completion"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(
-                [FieldError(str(path), number, "prompt", f"bad safety anchor line: {exc}")]
-            ) from exc
+    examples = []
+    for number, (prompt, completion) in _jsonl_fields(path, ("prompt", "completion"), "safety anchor"):
         if not prompt.strip() or not completion.strip():
             raise ConfigError([FieldError(str(path), number, "prompt", "empty prompt or completion")])
         examples.append((prompt, completion))
@@ -253,16 +244,22 @@ def safety_anchor_examples(directory: Path | None) -> list[tuple[str, str]]:
 def probe_prompts(name: str, directory: Path | None) -> list[str]:
     """A probe set's prompts (see probe_path for which file)."""
     path = probe_path(name, directory)
-    prompts: list[str] = []
+    return [prompt for _, (prompt,) in _jsonl_fields(path, ("prompt",), "probe")]
+
+
+def _jsonl_fields(path: Path, keys: tuple[str, ...], what: str) -> list[tuple[int, tuple[str, ...]]]:
+    """(line number, the lines' `keys` as strings) of a JSON Lines file; a bad line is a ConfigError
+    naming the file and line."""
+    out = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            prompts.append(str(row["prompt"]))
+            out.append((number, tuple(str(row[k]) for k in keys)))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError([FieldError(str(path), number, "prompt", f"bad probe line: {exc}")]) from exc
-    return prompts
+            raise ConfigError([FieldError(str(path), number, "prompt", f"bad {what} line: {exc}")]) from exc
+    return out
 
 
 def load_candidate(

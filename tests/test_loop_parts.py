@@ -20,7 +20,7 @@ from evolvd.evaluation.paired import paired_compare
 from evolvd.loop.lineage import adapter_lineage
 from evolvd.loop.scheduler import JobResult, LoopScheduler
 from evolvd.policies.loader import probe_prompts, safety_anchor_examples
-from evolvd.training.snapshot import anchor_count, freeze_snapshot, stored_snapshot
+from evolvd.training.snapshot import freeze_snapshot, rows_for_share, stored_snapshot
 from evolvd.training.spec import capped_steps
 
 HELDOUT = 10
@@ -127,7 +127,7 @@ def test_a_snapshot_mixes_in_the_safety_anchor_share_outside_the_lineage(tmp_pat
         _event(con, i)
     anchors = safety_anchor_examples(None)
     snap = freeze_snapshot(con, tmp_path / "ds", 0.6, 0.0, HELDOUT, anchors=anchors, anchor_share=0.1)
-    assert snap is not None and snap.n_anchor == anchor_count(snap.n_new, 0.1) > 0
+    assert snap is not None and snap.n_anchor == rows_for_share(snap.n_new, 0.1) > 0
     rows = pq.read_table(snap.path).to_pylist()
     anchored = [r for r in rows if r["anchor"]]
     assert len(rows) == snap.n_examples == snap.n_new + snap.n_anchor

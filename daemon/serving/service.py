@@ -32,7 +32,7 @@ __all__ = ["ADAPTER_STORE_DIR", "ServingService", "SwapError", "SwapResult"]
 
 logger = logging.getLogger("evolvd.serving")
 
-GATED_OUT = frozenset({"rejected", "rolled_back"})
+GATED_OUT = frozenset({AdapterStatus.REJECTED, AdapterStatus.ROLLED_BACK})
 """Adapter statuses a gate or a canary decided against: an operator's promote of one must be forced."""
 
 

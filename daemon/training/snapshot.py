@@ -91,8 +91,8 @@ def anchor_rows(anchors: Sequence[tuple[str, str]], n: int, seed: str) -> list[t
     return [order[i % len(order)] for i in range(n)]
 
 
-def anchor_count(n_rows: int, share: float) -> int:
-    """Anchor rows that make `share` of a data set of `n_rows` other rows."""
+def rows_for_share(n_rows: int, share: float) -> int:
+    """Rows to add to `n_rows` others so that they make `share` of the result (replay, anchors)."""
     return math.floor(n_rows * share / (1 - share)) if 0 < share < 1 else 0
 
 
@@ -127,13 +127,13 @@ def freeze_snapshot(
     new = _new_examples(con, min_confidence, heldout_percent)
     if len(new) < max(min_examples, 1):
         return None
-    n_replay = math.floor(len(new) * replay_share / (1 - replay_share)) if replay_share < 1 else 0
+    n_replay = rows_for_share(len(new), replay_share)
     replay = _replay_examples(con, n_replay, seed=str(new[-1][0]))
     pairs = _pairs(con, [int(r[0]) for r in new], heldout_percent)
     anchored = [
         (None, prompt, completion)
         for prompt, completion in anchor_rows(
-            anchors, anchor_count(len(new) + len(replay), anchor_share), seed=str(new[-1][0])
+            anchors, rows_for_share(len(new) + len(replay), anchor_share), seed=str(new[-1][0])
         )
     ]
     examples = new + replay
