@@ -192,7 +192,7 @@ def served_model(url: str | None) -> Iterator[tuple[VLLMClient, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-family", type=int, default=80)
-    parser.add_argument("--small", action="store_true", help="8 facts per family: a quick check")
+    parser.add_argument("--small", action="store_true", help="4 facts per family: a quick check")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--families", nargs="+", default=[*FAMILIES, *CONTROL_FAMILIES])
     parser.add_argument(
@@ -203,7 +203,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    per_family = 8 if args.small else args.per_family
+    per_family = 4 if args.small else args.per_family
     out = args.out or RESULTS / ("judgement-small.json" if args.small else "judgement.json")
     policies = load_candidate(None, {"labeling.yaml": BENCH_LABELING}, False, "bench")
     started = time.time()

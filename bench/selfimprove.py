@@ -127,6 +127,9 @@ class Settings:
     rarely pass the shipped confidence and diversity filters)."""
     probe_limit: int | None = None
     """Use only the first N items of each shipped probe set (the small run; the full run uses all)."""
+    critique_max_tokens: int | None = None
+    """The critique's token budget when the variant critiques (None: the shipped labeling policy's).
+    The small run shortens it; a score cut off is then asked for with constrained decoding."""
 
     def as_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -266,6 +269,11 @@ def policy_dir(root: Path, settings: Settings) -> Path:
             "vote_pairs": variant["vote_pairs"],
             # The greedy baseline serves only the label check, which the loose filters switch off.
             "greedy_baseline": not settings.loose_training_filters,
+            **(
+                {"critique_max_tokens": settings.critique_max_tokens}
+                if settings.critique_max_tokens is not None
+                else {}
+            ),
         },
         # The harness decides when a run starts (one per cycle), so the size and interval bars are
         # lowered; the quality filters (confidence, cluster share, answer diversity) stay as shipped.

@@ -184,8 +184,12 @@ def test_republished_ids_are_deduplicated(
     produce(broker.bootstrap_servers, topic, [prompt_message(i) for i in range(100)] * 2)
     buffer = DuckDBBuffer(tmp_path / "b.duckdb")
     with running_ingest(broker.bootstrap_servers, topic, buffer, fetcher) as loop:
+        duplicates = loop._metrics.messages.labels("duplicate")
         wait_for(lambda: sum(buffer.stored_offsets(topic).values()) == 200)
-        registry_value = loop._metrics.messages.labels("duplicate")._value.get()
+        # The counter moves just after the batch's transaction commits its offsets: wait for it,
+        # then require the exact count (a wrong count never settles at 100 and times out).
+        wait_for(lambda: duplicates._value.get() >= 100)
+        registry_value = duplicates._value.get()
     assert count(buffer) == 100
     assert registry_value == 100
     buffer.close()

@@ -1,5 +1,5 @@
 """bench/judgement.py: its verdict rules on made-up families, and its small mode against the
-session's real vLLM (the shape of what it reports; 8 facts per family prove nothing, the full
+session's real vLLM (the shape of what it reports; 4 facts per family prove nothing, the full
 benchmark is `python bench/judgement.py`)."""
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def test_small_mode_reports_every_family(vllm_daemon: Any, tmp_path: Path) -> No
     report = json.loads(out.read_text())
     assert set(report["families"]) == {*FAMILIES, "small_addition"}
     for name, family in report["families"].items():
-        assert family["n"] == 8, name
+        assert family["n"] == 4, name
         for key in ("greedy_acc", "vote_acc", "label_ece"):
             assert 0.0 <= family[key] <= 1.0, (name, key)
-        assert sum(b["count"] for b in family["reliability"]) == 8
+        assert sum(b["count"] for b in family["reliability"]) == 4
     assert (result.returncode == 1) == bool(report["misses"])

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -346,7 +347,8 @@ rollback:
         1.0,
         daemon,
     )
-    served = [harness.ask(f"What is {i} + 2?") for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:  # concurrent users: vLLM batches them
+        served = list(pool.map(harness.ask, [f"What is {i} + 2?" for i in range(16)]))
     assert {model for model, _ in served} == {live, canary}
     # Users dislike the canary's answers and like the live adapter's: feedback events on the
     # captured answers (the gateway publishes each as message `gw-<response id>`).
