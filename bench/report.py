@@ -609,10 +609,32 @@ def chaos_section(result: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def pictures_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["## What an operator sees (bench/pictures.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    decision = result["decision"]
+    return [
+        *out,
+        f"`evolvd run --demo` from a fresh data dir, scraped by a real Prometheus; its first promotion"
+        f" decision ({decision['outcome']} of `{decision['adapter']}`) came after"
+        f" {result['first_decision_s'] / 60:.1f} min. The dashboards are the committed JSON rendered by"
+        " grafana/render.py (annotations: swaps, rejected swaps, promotion decisions, rollbacks); the loss"
+        f" is run `{result['run']}`'s, read back from its TensorBoard files.",
+        "",
+        "![the overview dashboard](../docs/images/dashboard-overview.png)",
+        "",
+        "![the training dashboard](../docs/images/dashboard-training.png)",
+        "",
+        "![the first run's training loss](../docs/images/training-loss.png)",
+        "",
+    ]
+
+
 def main() -> int:
     names = (
         "ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform", "chaos",
-        "judgement", "meaning", "controls", "refine",
+        "judgement", "meaning", "controls", "refine", "pictures",
     )  # fmt: skip
     results = {name: load(name) for name in names}
     lines = [
@@ -631,6 +653,7 @@ def main() -> int:
         *refine_section(results["refine"]),
         *policies_section(results["policies"]),
         *chaos_section(results["chaos"]),
+        *pictures_section(results["pictures"]),
     ]
     README.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {README}")

@@ -332,8 +332,9 @@ class PolicyMetrics:
             ),
             evaluation_errors=Counter(
                 "evolvd_policy_evaluation_errors_total",
-                "Policy evaluations that failed, by job (screen, drift, training_gate)",
-                ["job"],
+                "Policy evaluations that failed, by check (screen, drift, training_gate)",
+                # Not `job`: Prometheus's scrape-job label (it would be renamed exported_job).
+                ["check"],
                 registry=registry,
             ),
         )
@@ -479,18 +480,18 @@ class LoopMetrics:
         return cls(
             job_runs=Counter(
                 "evolvd_job_runs_total",
-                "Runs of the scheduled jobs, by job and outcome (ok, idle, skipped, failed)",
-                ["job", "outcome"],
+                "Runs of the scheduled jobs, by loop job and outcome (ok, idle, skipped, failed)",
+                ["loop_job", "outcome"],  # not `job`: Prometheus's scrape-job label
                 registry=registry,
             ),
             job_seconds=Histogram(
                 "evolvd_job_seconds",
                 "Duration of a scheduled job run",
-                ["job"],
+                ["loop_job"],
                 buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
                 registry=registry,
             ),
-            job_paused=Gauge("evolvd_job_paused", "1 while a job is paused", ["job"], registry=registry),
+            job_paused=Gauge("evolvd_job_paused", "1 while a job is paused", ["loop_job"], registry=registry),
             evaluation_score=Gauge(
                 "evolvd_evaluation_score",
                 "Last evaluation score, by suite and role (candidate, live)",

@@ -438,8 +438,9 @@ def policies() -> dict[str, object]:
                             ),
                             q(f"max(evolvd_policy_rejected{{{I}}})", "on-disk files rejected"),
                             q(
-                                f"sum by (job) (increase(evolvd_policy_evaluation_errors_total{{{I}}}[1h]))",
-                                "{{job}} errors/h",
+                                "sum by (check) (increase(evolvd_policy_evaluation_errors_total"
+                                f"{{{I}}}[1h]))",
+                                "{{check}} errors/h",
                             ),
                         ],
                     ),
@@ -543,17 +544,19 @@ def training() -> dict[str, object]:
                         "Job runs by outcome (per hour)",
                         [
                             q(
-                                f"sum by (job, outcome) (increase(evolvd_job_runs_total{{{I}}}[1h]))",
-                                "{{job}} {{outcome}}",
+                                f"sum by (loop_job, outcome) (increase(evolvd_job_runs_total{{{I}}}[1h]))",
+                                "{{loop_job}} {{outcome}}",
                             )
                         ],
                     ),
                     graph(
                         "Job duration p95",
-                        [q(quantile("evolvd_job_seconds", "job"), "{{job}}")],
+                        [q(quantile("evolvd_job_seconds", "loop_job"), "{{loop_job}}")],
                         "s",
                     ),
-                    graph("Paused jobs", [q(f"max by (job) (evolvd_job_paused{{{I}}})", "{{job}}")]),
+                    graph(
+                        "Paused jobs", [q(f"max by (loop_job) (evolvd_job_paused{{{I}}})", "{{loop_job}}")]
+                    ),
                 ],
             ),
         ],

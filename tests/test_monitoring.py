@@ -7,10 +7,13 @@ package (`make test` installs it into .venv/prometheus when it is not on PATH).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,6 +193,18 @@ def test_every_dashboard_panel_query_parses_and_returns_data(prometheus: Prometh
     assert values == [prometheus_target(prometheus)]
 
 
+def test_no_evolvd_label_collides_with_a_prometheus_target_label(prometheus: Prometheus) -> None:
+    """`job` and `instance` are the scrape's own labels: a metric label of that name is renamed
+    `exported_job` and every query grouping by it silently groups by the scrape job instead."""
+    renamed = prometheus.query(
+        'count by (__name__) ({__name__=~"evolvd_.*", exported_job!=""})'
+        ' or count by (__name__) ({__name__=~"evolvd_.*", exported_instance!=""})'
+    )
+    assert renamed == [], [r["metric"]["__name__"] for r in renamed]
+    loop_jobs = prometheus.query('count by (loop_job) (evolvd_job_runs_total{job="evolvd"})')
+    assert {r["metric"]["loop_job"] for r in loop_jobs} >= {"labeling", "training", "promotion"}
+
+
 def prometheus_target(prometheus: Prometheus) -> str:
     (result,) = prometheus.query('up{job="evolvd"}')
     instance: str = result["metric"]["instance"]
@@ -244,3 +259,47 @@ def test_the_dead_letter_alert_fires_when_a_producer_sends_garbage(
         "not_utf8": 40.0,
         "not_json": 40.0,
     }
+
+
+def load_renderer() -> Any:
+    spec = importlib.util.spec_from_file_location("grafana_render", ROOT / "grafana" / "render.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_overview_dashboard_renders_from_its_json_with_live_data(
+    prometheus: Prometheus, tmp_path: Path
+) -> None:
+    """grafana/render.py (the README's dashboard picture) draws every panel of the committed JSON from
+    this Prometheus: each time series panel with its series, each stat with its value."""
+    render = load_renderer()
+    dashboard, out = ROOT / "grafana" / "dashboards" / "overview.json", tmp_path / "overview.png"
+    end = time.time()
+    drawn = render.render(dashboard, prometheus.url, end - 120, end, out, 2.0)
+    board = json.loads(dashboard.read_text())
+    assert [p.title for p in drawn] == [p["title"] for p in board["panels"] if p["type"] != "row"]
+    assert all(p.series >= 1 for p in drawn), [p for p in drawn if not p.series]
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_annotation_events_start_where_their_series_starts() -> None:
+    """Grafana marks an annotation where its query's series appears; `increase(...[2m]) > 0` stays
+    present for two minutes after one event, which must stay one mark (a fake range, no server)."""
+    render = load_renderer()
+
+    class TwoEvents:
+        step_s = 15.0
+
+        def series(self, expr: str) -> list[dict[str, Any]]:
+            present = [0, 15, 30, 45, 300, 315]  # one run from 0 s, another from 300 s
+            return [{"metric": {"action": "promote", "instance": "x"}, "values": [[t, "1"] for t in present]}]
+
+    board = {"annotations": {"list": [{"name": "Swaps", "iconColor": "blue", "expr": "up", "enable": True}]}}
+    events = render.annotation_events(board, TwoEvents(), {})
+    assert [(e.at, e.name, e.text, e.color) for e in events] == [
+        (0.0, "Swaps", "promote", "blue"),
+        (300.0, "Swaps", "promote", "blue"),
+    ]

@@ -4,11 +4,13 @@ as a failed run with the reason, and the next attempt succeeds."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -28,6 +30,14 @@ pytestmark = [pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CACHE = REPO / "var" / "test-cache" / "models"
 TINY = Hyperparameters(max_steps=3, batch_size=2, max_length=96, dpo_steps=2)
+
+
+def bench_pictures() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_pictures", REPO / "bench" / "pictures.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +146,11 @@ def test_a_run_trains_an_adapter_and_a_killed_or_hung_child_fails_with_its_reaso
         losses = events.Scalars("train/loss")
         assert [e.step for e in losses] == list(range(1, phase_steps + 1)), phase
         assert all(math.isfinite(e.value) for e in losses)
+    # The README's loss picture (bench/pictures.py) is drawn from those same files.
+    picture = tmp_path / "loss.png"
+    drawn = bench_pictures().plot_loss(Path(config["tensorboard"]).parent, picture)
+    assert [step for step, _ in drawn] == list(range(1, TINY.max_steps + 1))
+    assert picture.read_bytes().startswith(b"\x89PNG")
     # ... and to MLflow, one run per phase named after the evolvd run, where `adapters show` points.
     assert config["mlflow"] == {
         "tracking_uri": tracking,
