@@ -9,7 +9,8 @@ parser runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +23,20 @@ from pydantic import BaseModel
 from evolvd.admin_guard import AdminGuard
 from evolvd.config_file import ConfigError
 from evolvd.connectors.vllm_client import VLLMError
-from evolvd.serving.service import SwapError
+from evolvd.serving.service import ServingNotStartedError, SwapError
+from evolvd.status_models import (
+    AdapterList,
+    DaemonStatus,
+    DryRunReport,
+    JobAction,
+    JobList,
+    JobStatus,
+    Lineage,
+    PolicyReload,
+    PolicyStatus,
+    Registered,
+    SwapOutcome,
+)
 
 logger = logging.getLogger("evolvd.admin")
 
@@ -43,7 +57,7 @@ class ServingControl(Protocol):
 class PolicyControl(Protocol):
     """The policy operations the admin API exposes."""
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> PolicyStatus: ...
     def reload(self) -> str: ...
     def dry_run(self, files: dict[str, str], replace_all: bool, shown_as: str) -> dict[str, Any]: ...
 
@@ -51,10 +65,10 @@ class PolicyControl(Protocol):
 class SchedulerControl(Protocol):
     """The scheduled jobs the admin API exposes."""
 
-    def status(self) -> list[dict[str, Any]]: ...
+    def status(self) -> list[JobStatus]: ...
     def pause(self, name: str) -> None: ...
     def resume(self, name: str) -> None: ...
-    def run_now(self, name: str) -> dict[str, Any]: ...
+    def run_now(self, name: str) -> JobAction: ...
 
 
 class DaemonView(Protocol):
@@ -65,7 +79,7 @@ class DaemonView(Protocol):
     @property
     def scheduler(self) -> SchedulerControl | None: ...
 
-    def lineage(self, adapter: str) -> dict[str, Any] | None: ...
+    def lineage(self, adapter: str) -> Lineage | None: ...
 
     @property
     def serving(self) -> ServingControl | None: ...
@@ -73,7 +87,7 @@ class DaemonView(Protocol):
     @property
     def policies(self) -> PolicyControl | None: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> DaemonStatus: ...
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): reason says what is not ready, or 'ok'."""
@@ -107,11 +121,20 @@ class RegisterRequest(BaseModel):
     """Put it through the loop's evaluation and the promotion policy, like a trained candidate."""
 
 
-def _swap(action: Callable[[], Any]) -> Any:
+@contextmanager
+def _serving_errors() -> Iterator[None]:
+    """A refused swap is a conflict (409, with the reason); serving still starting is 503."""
     try:
-        return action()
+        yield
     except SwapError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
+    except ServingNotStartedError as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from exc
+
+
+def _swap(action: Callable[[], Any]) -> SwapOutcome:
+    with _serving_errors():
+        return SwapOutcome.model_validate(asdict(action()))
 
 
 def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI:
@@ -138,7 +161,7 @@ def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI
         return {"ready": ready, "reason": reason}
 
     @app.get("/status")
-    def status() -> dict[str, Any]:
+    def status() -> DaemonStatus:
         return daemon.status()
 
     @app.get("/metrics")
@@ -151,32 +174,35 @@ def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI
         return daemon.serving
 
     @app.get("/adapters")
-    def adapters() -> dict[str, Any]:
+    def adapters() -> AdapterList:
         control = serving()
-        return {"adapters": control.registry.all(), "swaps": control.registry.swaps()}
+        return AdapterList.model_validate(
+            {"adapters": control.registry.all(), "swaps": control.registry.swaps()}
+        )
 
     @app.post("/adapters")
-    def register(body: RegisterRequest) -> dict[str, Any]:
-        return {"name": _swap(lambda: serving().register(Path(body.path), body.evaluate))}
+    def register(body: RegisterRequest) -> Registered:
+        with _serving_errors():
+            return Registered(name=serving().register(Path(body.path), body.evaluate))
 
     @app.post("/adapters/{name}/promote")
-    def promote(name: str, body: PromoteRequest | None = None) -> dict[str, Any]:
+    def promote(name: str, body: PromoteRequest | None = None) -> SwapOutcome:
         force = body.force if body is not None else False
-        return asdict(_swap(lambda: serving().promote(name, force)))
+        return _swap(lambda: serving().promote(name, force))
 
     @app.post("/adapters/{name}/canary")
-    def canary(name: str, body: CanaryRequest | None = None) -> dict[str, Any]:
-        return asdict(_swap(lambda: serving().start_canary(name, body.share if body else None)))
+    def canary(name: str, body: CanaryRequest | None = None) -> SwapOutcome:
+        return _swap(lambda: serving().start_canary(name, body.share if body else None))
 
     @app.delete("/canary")
-    def stop_canary() -> dict[str, Any]:
-        return asdict(_swap(lambda: serving().stop_canary()))
+    def stop_canary() -> SwapOutcome:
+        return _swap(lambda: serving().stop_canary())
 
     @app.get("/serving/metrics")
     def vllm_metrics() -> Response:
         try:
             text = serving().vllm_metrics()
-        except (VLLMError, httpx.HTTPError) as exc:
+        except (VLLMError, httpx.HTTPError, ServingNotStartedError) as exc:
             raise HTTPException(
                 status_code=503, detail=f"serving process metrics unavailable: {exc}"
             ) from exc
@@ -188,25 +214,27 @@ def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI
         return daemon.policies
 
     @app.get("/policies")
-    def policy_status() -> dict[str, Any]:
+    def policy_status() -> PolicyStatus:
         return policies().status()
 
     @app.post("/policies/reload")
-    def policy_reload() -> dict[str, Any]:
+    def policy_reload() -> PolicyReload:
         control = policies()
         outcome = control.reload()
-        return {"outcome": outcome, **control.status()}
+        return PolicyReload(outcome=outcome, **control.status().model_dump())
 
     @app.post("/policies/dry-run")
-    def policy_dry_run(body: DryRunRequest) -> dict[str, Any]:
+    def policy_dry_run(body: DryRunRequest) -> DryRunReport:
         try:
-            return policies().dry_run(body.files, body.replace_all, body.shown_as)
+            return DryRunReport.model_validate(
+                policies().dry_run(body.files, body.replace_all, body.shown_as)
+            )
         except ConfigError as exc:
             raise HTTPException(status_code=422, detail={"errors": [str(e) for e in exc.errors]}) from exc
 
     @app.post("/rollback")
-    def rollback() -> dict[str, Any]:
-        return asdict(_swap(lambda: serving().rollback()))
+    def rollback() -> SwapOutcome:
+        return _swap(lambda: serving().rollback())
 
     _add_loop_routes(app, daemon)
     return app
@@ -216,7 +244,7 @@ def _add_loop_routes(app: FastAPI, daemon: DaemonView) -> None:
     """Lineage of an adapter and the scheduled jobs (pause, resume, run now)."""
 
     @app.get("/adapters/{name}")
-    def adapter_lineage(name: str) -> dict[str, Any]:
+    def adapter_lineage(name: str) -> Lineage:
         found = daemon.lineage(name)
         if found is None:
             raise HTTPException(status_code=404, detail=f"no adapter named {name}")
@@ -228,11 +256,11 @@ def _add_loop_routes(app: FastAPI, daemon: DaemonView) -> None:
         return daemon.scheduler
 
     @app.get("/jobs")
-    def jobs() -> dict[str, Any]:
-        return {"jobs": scheduler().status()}
+    def jobs() -> JobList:
+        return JobList(jobs=scheduler().status())
 
     @app.post("/jobs/{name}/{action}")
-    def job_action(name: str, action: str) -> dict[str, Any]:
+    def job_action(name: str, action: str) -> JobAction:
         control = scheduler()
         try:
             if action == "pause":
@@ -247,4 +275,4 @@ def _add_loop_routes(app: FastAPI, daemon: DaemonView) -> None:
                 )
         except KeyError as exc:
             raise HTTPException(status_code=404, detail=str(exc.args[0])) from exc
-        return {"job": name, "action": action, "ok": True}
+        return JobAction(job=name, action=action)

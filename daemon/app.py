@@ -38,6 +38,7 @@ from evolvd.metrics import (
     new_registry,
 )
 from evolvd.restart_backoff import RestartBackoff
+from evolvd.status_models import DaemonStatus, Lineage, PartitionStatus
 from evolvd.systemd import SystemdNotifier
 
 if TYPE_CHECKING:
@@ -340,11 +341,12 @@ class Daemon:
     def loop(self) -> Loop | None:
         return self._loop
 
-    def lineage(self, adapter: str) -> dict[str, Any] | None:
+    def lineage(self, adapter: str) -> Lineage | None:
         from evolvd.loop.lineage import adapter_lineage
 
         assert self._buffer is not None
-        return adapter_lineage(self._buffer, adapter)
+        found = adapter_lineage(self._buffer, adapter)
+        return None if found is None else Lineage.model_validate(found)
 
     @property
     def policies(self) -> PolicyEngine | None:
@@ -542,9 +544,7 @@ class Daemon:
             return False, "ingest is not running"
         if (stalled := self._ingest.writer_stall.unready_reason()) is not None:
             return False, stalled
-        if self._serving is not None and not (
-            self._serving.supervisor and self._serving.supervisor.is_ready()
-        ):
+        if self._serving is not None and self._serving.live_model() is None:
             return False, "serving is not ready"
         return True, "ok"
 
@@ -555,56 +555,59 @@ class Daemon:
         failing_s = round(stall.seconds(), 1)
         return {"failing_s": failing_s, "attempts": stall.attempts, "last_error": stall.last_error}
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DaemonStatus:
         assert self._buffer is not None
         ingest = self._ingest.state if self._ingest is not None else None
         partitions = [
-            {
-                "topic": p.topic,
-                "partition": p.partition,
-                "buffer_offset": p.position,
-                "highwater": p.highwater,
-                "lag": p.lag,
-            }
+            PartitionStatus(
+                topic=p.topic,
+                partition=p.partition,
+                buffer_offset=p.position,
+                highwater=p.highwater,
+                lag=p.lag,
+            )
             for p in (ingest.partitions if ingest else [])
         ]
         dead = self._buffer.dead_letters_by_reason()
-        return {
-            "version": __version__,
-            "state": self._state,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self._started_at, 1),
-            "kafka": {
-                "bootstrap_servers": self._bootstrap_servers,
-                "embedded": self.config.kafka.is_embedded,
-                "topic": self.config.kafka.topic,
-                "group_id": self.config.kafka.group_id,
-            },
-            "ingest": {
-                "running": bool(ingest and ingest.running),
-                "paused_by_backpressure": bool(ingest and ingest.paused),
-                "backlog": ingest.backlog if ingest else None,
-                "backlog_high_watermark": self.config.ingest.backlog_high_watermark,
-                "restarts": self._ingest_restarts,
-                "last_error": self._ingest_last_error,
-                "writer": self._writer_status(),
-                "fetcher_pid": self._fetcher_pid,
-                "lag_total": sum(p["lag"] or 0 for p in partitions),
-                "partitions": partitions,
-                "group_ahead": [asdict(a) for a in (ingest.group_ahead if ingest else [])],
-            },
-            "buffer": {
-                "path": str(self.config.buffer_path),
-                "schema_version": self._buffer.schema_version,
-                "tables": self._buffer.table_counts(),
-                "events_by_state": self._buffer.events_by_state(),
-            },
-            "dead_letters": {"total": sum(dead.values()), "by_reason": dead},
-            "serving": self._serving.status() if self._serving is not None else {"state": "disabled"},
-            "policies": self._policy_engine.status() if self._policy_engine is not None else None,
-            "loop": self._loop_status(),
-            "config": as_dict(self.config),
-        }
+        # Validated here, where a drifted field is a bug of this daemon, not a KeyError in the CLI.
+        return DaemonStatus.model_validate(
+            {
+                "version": __version__,
+                "state": self._state,
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - self._started_at, 1),
+                "kafka": {
+                    "bootstrap_servers": self._bootstrap_servers,
+                    "embedded": self.config.kafka.is_embedded,
+                    "topic": self.config.kafka.topic,
+                    "group_id": self.config.kafka.group_id,
+                },
+                "ingest": {
+                    "running": bool(ingest and ingest.running),
+                    "paused_by_backpressure": bool(ingest and ingest.paused),
+                    "backlog": ingest.backlog if ingest else None,
+                    "backlog_high_watermark": self.config.ingest.backlog_high_watermark,
+                    "restarts": self._ingest_restarts,
+                    "last_error": self._ingest_last_error,
+                    "writer": self._writer_status(),
+                    "fetcher_pid": self._fetcher_pid,
+                    "lag_total": sum(p.lag or 0 for p in partitions),
+                    "partitions": partitions,
+                    "group_ahead": [asdict(a) for a in (ingest.group_ahead if ingest else [])],
+                },
+                "buffer": {
+                    "path": str(self.config.buffer_path),
+                    "schema_version": self._buffer.schema_version,
+                    "tables": self._buffer.table_counts(),
+                    "events_by_state": self._buffer.events_by_state(),
+                },
+                "dead_letters": {"total": sum(dead.values()), "by_reason": dead},
+                "serving": self._serving.status() if self._serving is not None else {"state": "disabled"},
+                "policies": self._policy_engine.status() if self._policy_engine is not None else None,
+                "loop": self._loop_status(),
+                "config": as_dict(self.config),
+            }
+        )
 
 
 def data_dir_admin_url(data_dir: Path) -> str | None:

@@ -13,9 +13,16 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from evolvd.status_models import LoopStatus, PolicyStatus
+
+    Answer = TypeVar("Answer", bound=BaseModel)
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -70,8 +77,11 @@ def fail(code: int, *errors: str) -> NoReturn:
 
 
 def emit(data: Any, *lines: str) -> None:
-    """`data` as JSON with --json, else the human-readable `lines`."""
+    """`data` (a mapping or one of the admin API's answer models) as JSON with --json, else the
+    human-readable `lines`."""
     if json_mode():
+        if hasattr(data, "model_dump"):
+            data = data.model_dump(mode="json", by_alias=True)
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         for line in lines:
@@ -164,7 +174,26 @@ def _admin_url(url: str | None, config: Any) -> str:
     return f"http://{config.admin.host}:{config.admin.port}"
 
 
-def admin_request(
+def admin_answer(
+    answer: type[Answer],
+    url: str | None,
+    config_path: Path | None,
+    path: str,
+    method: str = "GET",
+    body: Any = None,
+) -> Answer:
+    """The admin API's answer read as its model (evolvd.status_models); exits with what differs when a
+    daemon of another version answers in another shape."""
+    from pydantic import ValidationError
+
+    raw = _admin_json(url, config_path, path, method, body)
+    try:
+        return answer.model_validate(raw)
+    except ValidationError as exc:
+        fail(EXIT_FAILED, f"the daemon's answer to {method} {path} is not what this evolvd expects: {exc}")
+
+
+def _admin_json(
     url: str | None, config_path: Path | None, path: str, method: str = "GET", body: Any = None
 ) -> dict[str, Any]:
     """Call the running daemon's admin API; print the daemon's own reason and exit on an error."""
@@ -216,99 +245,89 @@ URL_OPTION = click.option(
 @JSON_OPTION
 def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Show what the running daemon is doing (read through its admin API)."""
-    body = admin_request(url, config_path, "/status")
+    from evolvd.status_models import DaemonStatus
+
+    body = admin_answer(DaemonStatus, url, config_path, "/status")
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        emit(body)
         return
-    ingest, buf, dead = body["ingest"], body["buffer"], body["dead_letters"]
-    click.echo(f"evolvd {body['version']}  state={body['state']}  pid={body['pid']}  up {body['uptime_s']}s")
-    kafka = body["kafka"]
+    ingest, buf, dead, kafka = body.ingest, body.buffer, body.dead_letters, body.kafka
+    click.echo(f"evolvd {body.version}  state={body.state}  pid={body.pid}  up {body.uptime_s}s")
     click.echo(
-        f"kafka    {kafka['bootstrap_servers']}{' (embedded, in-memory)' if kafka['embedded'] else ''}"
-        f"  topic={kafka['topic']}  group={kafka['group_id']}"
+        f"kafka    {kafka.bootstrap_servers}{' (embedded, in-memory)' if kafka.embedded else ''}"
+        f"  topic={kafka.topic}  group={kafka.group_id}"
     )
-    paused = "  PAUSED (backpressure)" if ingest["paused_by_backpressure"] else ""
+    paused = "  PAUSED (backpressure)" if ingest.paused_by_backpressure else ""
     click.echo(
-        f"ingest   running={ingest['running']}  backlog={ingest['backlog']}"
-        f"/{ingest['backlog_high_watermark']}  lag={ingest['lag_total']}{paused}"
+        f"ingest   running={ingest.running}  backlog={ingest.backlog}"
+        f"/{ingest.backlog_high_watermark}  lag={ingest.lag_total}{paused}"
     )
-    writer = ingest["writer"]
-    if writer["failing_s"]:
-        stalled = f"{writer['failing_s']}s ({writer['attempts']} attempts)"
-        click.echo(f"  WRITER STALLED for {stalled}: {writer['last_error']}")
-    for a in ingest.get("group_ahead", []):
+    writer = ingest.writer
+    if writer.failing_s:
+        stalled = f"{writer.failing_s}s ({writer.attempts} attempts)"
+        click.echo(f"  WRITER STALLED for {stalled}: {writer.last_error}")
+    for a in ingest.group_ahead:
         click.echo(
-            f"  GROUP AHEAD OF BUFFER on partition {a['partition']}: group at {a['group_offset']},"
-            f" buffer at {a['buffer_offset']} (another daemon with its own buffer in this group?)"
+            f"  GROUP AHEAD OF BUFFER on partition {a.partition}: group at {a.group_offset},"
+            f" buffer at {a.buffer_offset} (another daemon with its own buffer in this group?)"
         )
-    for p in ingest["partitions"]:
-        at, end, lag = (p[k] if p[k] is not None else "-" for k in ("buffer_offset", "highwater", "lag"))
-        click.echo(f"  partition {p['partition']}: buffer at {at}, end {end}, lag {lag}")
-    serving = body["serving"]
-    if serving["state"] == "disabled":
+    for p in ingest.partitions:
+        at, end, lag = (v if v is not None else "-" for v in (p.buffer_offset, p.highwater, p.lag))
+        click.echo(f"  partition {p.partition}: buffer at {at}, end {end}, lag {lag}")
+    serving = body.serving
+    if serving.state == "disabled":
         click.echo("serving  disabled")
     else:
-        click.echo(f"serving  {serving['state']}  {serving['url']}  restarts={serving['restarts']}")
-        canary = f"  canary={serving['canary']}" if serving["canary"] else ""
-        rollback_to = serving["previous"] or "-"
+        click.echo(f"serving  {serving.state}  {serving.url}  restarts={serving.restarts}")
+        canary = f"  canary={serving.canary}" if serving.canary else ""
         click.echo(
-            f"  {serving['public_model_name']!r} -> {serving['live']}  (rollback to {rollback_to})"
-            f"{canary}  gateway {serving['gateway_url']}/v1"
+            f"  {serving.public_model_name!r} -> {serving.live}  (rollback to {serving.previous or '-'})"
+            f"{canary}  gateway {serving.gateway_url}/v1"
         )
-    _echo_policies(body.get("policies"))
-    _echo_loop(body.get("loop"))
-    click.echo(f"buffer   {buf['path']} (schema v{buf['schema_version']})")
-    rows = "  ".join(f"{k}={v}" for k, v in buf["tables"].items() if v)
+    _echo_policies(body.policies)
+    _echo_loop(body.loop)
+    click.echo(f"buffer   {buf.path} (schema v{buf.schema_version})")
+    rows = "  ".join(f"{k}={v}" for k, v in buf.tables.items() if v)
     click.echo(f"  {rows or 'empty'}")
-    click.echo(
-        f"dead letters {dead['total']}"
-        + (
-            ": " + ", ".join(f"{r}={n}" for r, n in sorted(dead["by_reason"].items()))
-            if dead["total"]
-            else ""
-        )
-    )
+    reasons = ", ".join(f"{r}={n}" for r, n in sorted(dead.by_reason.items()))
+    click.echo(f"dead letters {dead.total}" + (f": {reasons}" if dead.total else ""))
 
 
-def _echo_policies(policies: dict[str, Any] | None) -> None:
+def _echo_policies(policies: PolicyStatus | None) -> None:
     if policies is None:
         return
     hashes = "  ".join(
-        f"{name}={p['hash']}{'*' if p['source'] != '<default>' else ''}"
-        for name, p in policies["in_force"].items()
+        f"{name}={p.hash}{'*' if p.source != '<default>' else ''}" for name, p in policies.in_force.items()
     )
-    click.echo(f"policies {policies['directory'] or 'shipped defaults'}  {hashes}  (* = operator's file)")
-    for line in policies["rejected"]:
+    click.echo(f"policies {policies.directory or 'shipped defaults'}  {hashes}  (* = operator's file)")
+    for line in policies.rejected:
         click.echo(f"  REJECTED EDIT (previous policy in force): {line}")
-    for lines in policies.get("weaker_than_shipped", {}).values():
+    for lines in policies.weaker_than_shipped.values():
         for line in lines:
             click.echo(f"  WEAKER THAN SHIPPED: {line}")
-    drift = policies["drift"]
-    report = drift["report"]
+    report = policies.drift.report
     if report is None:
-        click.echo(f"  drift: {drift['note']}")
+        click.echo(f"  drift: {policies.drift.note}")
     else:
-        mmd = report["mmd"]
         state = (
             "GUARD TRIPPED"
-            if report["guard_tripped"]
-            else ("trigger fired" if report["trigger_fired"] else "no significant drift")
+            if report.guard_tripped
+            else ("trigger fired" if report.trigger_fired else "no significant drift")
         )
         click.echo(
-            f"  drift: {state} (MMD^2 {mmd['mmd2']:.4f}, p={mmd['p_value']:.4f}"
-            f" vs {report['reference_kind']})"
+            f"  drift: {state} (MMD^2 {report.mmd.mmd2:.4f}, p={report.mmd.p_value:.4f}"
+            f" vs {report.reference_kind})"
         )
-    gate = policies["training_gate"]
+    gate = policies.training_gate
     if gate is not None:
-        click.echo(f"  training gate: {gate['outcome']}")
-        for reason in gate["reasons"]:
+        click.echo(f"  training gate: {gate.outcome}")
+        for reason in gate.reasons:
             click.echo(f"    - {reason}")
 
 
-def _run_progress(run: dict[str, Any]) -> str:
+def _run_progress(status: str, metrics: dict[str, Any]) -> str:
     """`, sft step 12/30, loss 0.84` for a run in flight; its loss once it is done."""
-    metrics = json.loads(run["metrics"]) if isinstance(run["metrics"], str) else (run["metrics"] or {})
-    if run["status"] == "running" and "step" in metrics:
+    if status == "running" and "step" in metrics:
         step = f"{metrics['step']}/{metrics['max_steps']}"
         return f", {metrics['phase']} step {step}, loss {metrics['loss']:.3f}"
     if "sft_loss" in metrics:
@@ -316,33 +335,33 @@ def _run_progress(run: dict[str, Any]) -> str:
     return ""
 
 
-def _echo_loop(loop: dict[str, Any] | None) -> None:
+def _echo_loop(loop: LoopStatus | None) -> None:
     """The loop, step by step: each job's last outcome, then runs, evaluations and decisions."""
     if loop is None:
         return
     click.echo("loop")
-    for job in loop["jobs"]:
-        state = "PAUSED" if job["paused"] else ("running" if job["running"] else "scheduled")
-        last = job["last"]
-        said = f"{last['outcome']}: {last['detail']}" if last else "not run yet"
-        click.echo(f"  {job['job']:<11} {state:<9} {said}")
-    for run in loop["runs"][:3]:
-        reason = f" ({run['reason']})" if run["reason"] else ""
-        made = f" -> {run['adapter_name']}" if run["adapter_name"] else ""
-        progress = _run_progress(run)
-        click.echo(f"  run {run['run_id']} attempt {run['attempt']}: {run['status']}{made}{reason}{progress}")
-    for ev in loop["evaluations"][:3]:
+    for job in loop.jobs:
+        state = "PAUSED" if job.paused else ("running" if job.running else "scheduled")
+        said = f"{job.last.outcome}: {job.last.detail}" if job.last else "not run yet"
+        click.echo(f"  {job.job:<11} {state:<9} {said}")
+    for run in loop.runs[:3]:
+        reason = f" ({run.reason})" if run.reason else ""
+        made = f" -> {run.adapter_name}" if run.adapter_name else ""
+        progress = _run_progress(run.status, run.metrics or {})
+        click.echo(f"  run {run.run_id} attempt {run.attempt}: {run.status}{made}{reason}{progress}")
+    for ev in loop.evaluations[:3]:
+        score = "-" if ev.score is None else f"{ev.score:.3f}"
+        base = "-" if ev.baseline_score is None else f"{ev.baseline_score:.3f}"
+        p_value = "-" if ev.p_value is None else f"{ev.p_value:.4f}"
         click.echo(
-            f"  evaluated {ev['adapter_name']}: held-out {ev['score']:.3f} vs {ev['baseline_score']:.3f}"
-            f" ({ev['baseline_name']}), p={ev['p_value']:.4f}"
+            f"  evaluated {ev.adapter_name}: held-out {score} vs {base} ({ev.baseline_name}), p={p_value}"
         )
-    for d in loop["promotion_decisions"][:3]:
-        reasons = "; ".join(json.loads(d["reasons"]) if isinstance(d["reasons"], str) else d["reasons"])
-        click.echo(f"  promotion {d['adapter']}: {d['outcome']}{' - ' + reasons if reasons else ''}")
-    for c in loop["canaries"][:1]:
-        state = c["outcome"] or "running"
-        why = f" - {c['reason']}" if c["reason"] else ""
-        click.echo(f"  canary {c['adapter_name']} ({c['share']:.0%}): {state}{why}")
+    for d in loop.promotion_decisions[:3]:
+        reasons = "; ".join(d.reasons)
+        click.echo(f"  promotion {d.adapter}: {d.outcome}{' - ' + reasons if reasons else ''}")
+    for c in loop.canaries[:1]:
+        why = f" - {c.reason}" if c.reason else ""
+        click.echo(f"  canary {c.adapter_name} ({c.share:.0%}): {c.outcome or 'running'}{why}")
 
 
 # -- model and adapters -----------------------------------------------------------------------
@@ -384,19 +403,21 @@ def adapters() -> None:
 @JSON_OPTION
 def adapters_list(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Every adapter with its status, and the latest swaps."""
-    body = admin_request(url, config_path, "/adapters")
+    from evolvd.status_models import AdapterList
+
+    body = admin_answer(AdapterList, url, config_path, "/adapters")
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        emit(body)
         return
-    for a in body["adapters"]:
-        click.echo(f"{a['name']:<48} v{a['version']:<4} {a['status']:<12} {a['reason'] or ''}")
-    if body["swaps"]:
+    for a in body.adapters:
+        click.echo(f"{a.name:<48} v{a.version:<4} {a.status:<12} {a.reason or ''}")
+    if body.swaps:
         click.echo("recent swaps:")
-        for s in body["swaps"][:10]:
-            ms = f"{s['duration_ms']:.0f} ms" if s["duration_ms"] is not None else ""
+        for s in body.swaps[:10]:
+            ms = f"{s.duration_ms:.0f} ms" if s.duration_ms is not None else ""
             click.echo(
-                f"  {s['created_at']}  {s['action']:<9} {s['outcome']:<9} {s['from'] or 'base'} -> "
-                f"{s['to'] or 'base'}  {ms}  {s['reason'] or ''}"
+                f"  {s.created_at.isoformat()}  {s.action:<9} {s.outcome:<9} {s.from_ or 'base'} -> "
+                f"{s.to or 'base'}  {ms}  {s.reason or ''}"
             )
 
 
@@ -407,43 +428,44 @@ def adapters_list(url: str | None, config_path: Path | None, as_json: bool) -> N
 @JSON_OPTION
 def adapters_show(name: str, url: str | None, config_path: Path | None, as_json: bool) -> None:
     """NAME's lineage: run, data set, the Kafka offsets it learned from, evaluations, decisions, parents."""
-    body = admin_request(url, config_path, f"/adapters/{name}")
+    from evolvd.status_models import Lineage
+
+    body = admin_answer(Lineage, url, config_path, f"/adapters/{name}")
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        emit(body)
         return
-    for depth, node in enumerate([body["adapter"], *body["ancestors"]]):
+    for depth, node in enumerate([body.adapter, *body.ancestors]):
         pad = "  " * depth
-        click.echo(f"{pad}{node['name']}  v{node['version']}  {node['status']}  {node['reason'] or ''}")
-        run, data = node["run"], node["dataset"]
+        click.echo(f"{pad}{node.name}  v{node.version}  {node.status}  {node.reason or ''}")
+        run, data = node.run, node.dataset
         if run is not None:
-            click.echo(
-                f"{pad}  run {run['run_id']} ({run['kind']}, attempt {run['attempt']}): {run['status']}"
-            )
-            config = json.loads(run["config"]) if isinstance(run["config"], str) else run["config"]
+            click.echo(f"{pad}  run {run.run_id} ({run.kind}, attempt {run.attempt}): {run.status}")
+            config = run.config or {}
             if tensorboard := config.get("tensorboard"):
                 click.echo(f"{pad}  training metrics: tensorboard --logdir {tensorboard}")
-            if mlflow := config.get("mlflow"):
-                runs = ", ".join(mlflow["runs"])
+            if isinstance(mlflow := config.get("mlflow"), dict):
+                listed = mlflow.get("runs")
+                runs = ", ".join(str(r) for r in listed) if isinstance(listed, list) else ""
                 click.echo(
                     f"{pad}  MLflow: {mlflow['tracking_uri']}, experiment {mlflow['experiment']}, runs {runs}"
                 )
         if data is not None:
             click.echo(
-                f"{pad}  data set {data['dataset_id'][:16]}: {data['n_examples']} examples"
-                f" ({data['n_replay']} replay), {data['n_pairs']} pairs"
+                f"{pad}  data set {data.dataset_id[:16]}: {data.n_examples} examples"
+                f" ({data.n_replay} replay), {data.n_pairs} pairs"
             )
-        for k in node["kafka_offsets"]:
+        for k in node.kafka_offsets:
             click.echo(
-                f"{pad}  kafka {k['topic']}[{k['partition']}] offsets {k['first_offset']}..{k['last_offset']}"
-                f" ({k['events']} events)"
+                f"{pad}  kafka {k.topic}[{k.partition}] offsets {k.first_offset}..{k.last_offset}"
+                f" ({k.events} events)"
             )
-        for ev in node["evaluations"]:
-            score = "-" if ev["score"] is None else f"{ev['score']:.3f}"
-            base = "-" if ev["baseline_score"] is None else f"{ev['baseline_score']:.3f}"
-            click.echo(f"{pad}  eval {ev['suite']:<12} {score} vs {base} ({ev['baseline_name']})")
-        for d in node["decisions"]:
-            click.echo(f"{pad}  {d['policy']} decision: {d['outcome']} {d['reasons']}")
-        if depth == 0 and node["parent"]:
+        for ev in node.evaluations:
+            score = "-" if ev.score is None else f"{ev.score:.3f}"
+            base = "-" if ev.baseline_score is None else f"{ev.baseline_score:.3f}"
+            click.echo(f"{pad}  eval {ev.suite:<12} {score} vs {base} ({ev.baseline_name})")
+        for d in node.decisions:
+            click.echo(f"{pad}  {d.policy} decision: {d.outcome} {d.reasons}")
+        if depth == 0 and node.parent:
             click.echo(f"{pad}  learned on top of:")
 
 
@@ -464,8 +486,10 @@ def adapters_register(
     """Copy an adapter folder into the daemon, validate it and add it as a candidate (prints its
     unique name)."""
     body = {"path": str(path.resolve()), "evaluate": evaluate}
-    result = admin_request(url, config_path, "/adapters", "POST", body)
-    emit(result, result["name"])
+    from evolvd.status_models import Registered
+
+    result = admin_answer(Registered, url, config_path, "/adapters", "POST", body)
+    emit(result, result.name)
 
 
 @adapters.command("promote")
@@ -482,8 +506,12 @@ def adapters_promote(
     name: str, force: bool, url: str | None, config_path: Path | None, as_json: bool
 ) -> None:
     """Hot-swap NAME in as the live adapter (load, probe, flip; the previous stays loaded for rollback)."""
-    result = admin_request(url, config_path, f"/adapters/{name}/promote", "POST", {"force": force})
-    old, new, took = result["from_adapter"] or "base", result["to_adapter"], result["duration_ms"]
+    from evolvd.status_models import SwapOutcome
+
+    result = admin_answer(
+        SwapOutcome, url, config_path, f"/adapters/{name}/promote", "POST", {"force": force}
+    )
+    old, new, took = result.from_adapter or "base", result.to_adapter, result.duration_ms
     emit(result, f"live: {old} -> {new} in {took:.0f} ms")
 
 
@@ -509,13 +537,15 @@ def adapters_canary(
 ) -> None:
     """Send a share of the alias traffic to NAME (live keeps the rest); --stop ends the running canary
     (no NAME needed: there is one at most)."""
+    from evolvd.status_models import SwapOutcome
+
     if stop:
-        emit(admin_request(url, config_path, "/canary", "DELETE"), "canary stopped")
+        emit(admin_answer(SwapOutcome, url, config_path, "/canary", "DELETE"), "canary stopped")
         return
     if name is None:
         raise click.UsageError("NAME is required (or --stop to end the running canary)")
     emit(
-        admin_request(url, config_path, f"/adapters/{name}/canary", "POST", {"share": share}),
+        admin_answer(SwapOutcome, url, config_path, f"/adapters/{name}/canary", "POST", {"share": share}),
         f"canary: {name}",
     )
 
@@ -526,8 +556,10 @@ def adapters_canary(
 @JSON_OPTION
 def rollback(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Flip back to the previous adapter (or the base model)."""
-    result = admin_request(url, config_path, "/rollback", "POST")
-    emit(result, f"rolled back: {result['from_adapter']} -> {result['to_adapter'] or 'base'}")
+    from evolvd.status_models import SwapOutcome
+
+    result = admin_answer(SwapOutcome, url, config_path, "/rollback", "POST")
+    emit(result, f"rolled back: {result.from_adapter} -> {result.to_adapter or 'base'}")
 
 
 # -- scheduled jobs ---------------------------------------------------------------------------
@@ -544,15 +576,15 @@ def jobs() -> None:
 @JSON_OPTION
 def jobs_list(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Every job with its trigger, next run and last outcome."""
-    body = admin_request(url, config_path, "/jobs")
+    from evolvd.status_models import JobList
+
+    body = admin_answer(JobList, url, config_path, "/jobs")
     lines = []
-    for job in body["jobs"]:
-        state = "PAUSED" if job["paused"] else ("running" if job["running"] else "scheduled")
-        last = job["last"]
-        said = f"{last['outcome']}: {last['detail']}" if last else "not run yet"
-        lines.append(
-            f"{job['job']:<11} {state:<9} {job['trigger'] or 'unscheduled'}  next {job['next_run']}  {said}"
-        )
+    for job in body.jobs:
+        state = "PAUSED" if job.paused else ("running" if job.running else "scheduled")
+        said = f"{job.last.outcome}: {job.last.detail}" if job.last else "not run yet"
+        next_run = job.next_run.isoformat() if job.next_run else None
+        lines.append(f"{job.job:<11} {state:<9} {job.trigger or 'unscheduled'}  next {next_run}  {said}")
     emit(body, *lines)
 
 
@@ -563,9 +595,11 @@ def _job_action(action: str) -> click.Command:
     @CONFIG_OPTION
     @JSON_OPTION
     def command(name: str, url: str | None, config_path: Path | None, as_json: bool) -> None:
-        result = admin_request(url, config_path, f"/jobs/{name}/{action}", "POST")
-        if action == "run" and not result.get("started"):
-            fail(EXIT_FAILED, str(result.get("reason", "not started")))
+        from evolvd.status_models import JobAction
+
+        result = admin_answer(JobAction, url, config_path, f"/jobs/{name}/{action}", "POST")
+        if action == "run" and not result.started:
+            fail(EXIT_FAILED, result.reason or "not started")
         emit(result, f"{name}: {action} {'started' if action == 'run' else 'ok'}")
 
     return command
@@ -667,7 +701,10 @@ def policy_dry_run(path: Path, url: str | None, config_path: Path | None, as_jso
         }
     else:
         files = {path.name: path.read_text(encoding="utf-8")}
-    body = admin_request(
+    from evolvd.status_models import DryRunReport
+
+    body = admin_answer(
+        DryRunReport,
         url,
         config_path,
         "/policies/dry-run",
@@ -677,20 +714,19 @@ def policy_dry_run(path: Path, url: str | None, config_path: Path | None, as_jso
     if as_json:
         emit(body)
         return
-    changed = body["policies_changed"]
+    changed = body.policies_changed
     click.echo(
         "changed policies: " + (", ".join(f"{n} -> {h}" for n, h in changed.items()) or "none (same values)")
     )
-    examples = body["examples"]
-    moves = ", ".join(f"{k}: {v}" for k, v in examples["transitions"].items()) or "none"
+    examples = body.examples
+    moves = ", ".join(f"{k}: {v}" for k, v in examples.transitions.items()) or "none"
     click.echo(f"examples whose safety outcome would change: {moves}")
-    if examples["newly_quarantined"]:
-        click.echo(f"  newly quarantined (first ids): {examples['newly_quarantined'][:20]}")
-    gate = body["training_gate"]
-    for which in ("current", "candidate"):
-        decision = gate[which]
-        click.echo(f"training gate, {which} policy: {decision['outcome']}")
-        for reason in decision["reasons"]:
+    if examples.newly_quarantined:
+        click.echo(f"  newly quarantined (first ids): {examples.newly_quarantined[:20]}")
+    gate = body.training_gate
+    for which, decision in (("current", gate.current), ("candidate", gate.candidate)):
+        click.echo(f"training gate, {which} policy: {decision.outcome}")
+        for reason in decision.reasons:
             click.echo(f"  - {reason}")
     click.echo("nothing was applied")
 
@@ -701,10 +737,12 @@ def policy_dry_run(path: Path, url: str | None, config_path: Path | None, as_jso
 @JSON_OPTION
 def policy_reload(url: str | None, config_path: Path | None, as_json: bool) -> None:
     """Ask the daemon to re-read its policy directory now (it also watches it)."""
-    body = admin_request(url, config_path, "/policies/reload", "POST")
-    if body["rejected"]:
-        fail(EXIT_INVALID, *(str(line) for line in body["rejected"]))
-    emit(body, f"reload: {body['outcome']}")
+    from evolvd.status_models import PolicyReload
+
+    body = admin_answer(PolicyReload, url, config_path, "/policies/reload", "POST")
+    if body.rejected:
+        fail(EXIT_INVALID, *body.rejected)
+    emit(body, f"reload: {body.outcome}")
 
 
 # -- produce ----------------------------------------------------------------------------------
@@ -740,7 +778,9 @@ def produce(
     config = _load_config(config_path)
     servers = bootstrap_servers or config.kafka.bootstrap_servers
     if servers == "embedded":
-        servers = admin_request(url, config_path, "/status")["kafka"]["bootstrap_servers"]
+        from evolvd.status_models import DaemonStatus
+
+        servers = admin_answer(DaemonStatus, url, config_path, "/status").kafka.bootstrap_servers
     chosen = topic or config.kafka.topic
     sent = publish_lines(config.kafka, servers, chosen, file)
     emit(

@@ -24,6 +24,7 @@ from evolvd.policies.gates import summarize, training_gate
 from evolvd.policies.loader import PolicySet, load_candidate
 from evolvd.policies.screen import SafetyScreen
 from evolvd.policies.store import PolicyStore
+from evolvd.status_models import PolicyStatus
 
 logger = logging.getLogger("evolvd.policies")
 
@@ -214,13 +215,15 @@ class PolicyEngine:
             record(con, decisions)
         count(decisions, self._metrics)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PolicyStatus:
         drift = self.last_drift
-        return {
-            **self._store.status(),
-            "drift": {"note": self.last_drift_note, "report": None if drift is None else drift.as_dict()},
-            "training_gate": None if self.last_gate is None else self.last_gate.as_dict(),
-        }
+        return PolicyStatus.model_validate(
+            {
+                **self._store.status(),
+                "drift": {"note": self.last_drift_note, "report": None if drift is None else drift.as_dict()},
+                "training_gate": None if self.last_gate is None else self.last_gate.as_dict(),
+            }
+        )
 
     # --- dry run -----------------------------------------------------------------------------
 

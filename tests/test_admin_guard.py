@@ -3,15 +3,20 @@ a rebound DNS name, a wrong token or a huge body can and cannot do (issue 20, th
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from helpers import run_cli
 from prometheus_client import CollectorRegistry
 
 from evolvd.admin import create_app
@@ -21,6 +26,7 @@ from evolvd.http_server import HttpServer
 from evolvd.serving.hotswap import SwapError, SwapResult
 from evolvd.serving.registry import AdapterRow, AdapterStatus
 from evolvd.serving.service import manual_promote_reason
+from evolvd.status_models import DaemonStatus
 
 TOKEN = "s3cret-token"
 
@@ -52,6 +58,11 @@ class StubServing:
         return ""
 
 
+RECORDED_STATUS = Path(__file__).parent / "data" / "status_answer.json"
+"""A /status answer recorded from `evolvd run --demo` after its first promotion decision (paths made
+neutral): a run, an evaluation, a decision, the drift note and the training gate."""
+
+
 @dataclass
 class StubDaemon:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -62,8 +73,8 @@ class StubDaemon:
     def lineage(self, adapter: str) -> dict[str, Any] | None:
         return None
 
-    def status(self) -> dict[str, Any]:
-        return {"state": "running"}
+    def status(self) -> DaemonStatus:
+        return DaemonStatus.model_validate_json(RECORDED_STATUS.read_text())
 
     def readiness(self) -> tuple[bool, str]:
         return True, "ok"
@@ -187,11 +198,9 @@ def test_clients_that_send_their_headers_slowly_are_cut_off_and_cannot_lock_the_
         # A kept-alive connection gets the same deadline for its next request's head (sooner than
         # uvicorn's 5 s keep-alive timeout, which the first byte of a request cancels).
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as kept:
-            kept.sendall(
-                f"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
-            )
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # one small answer
             assert kept.recv(4096).startswith(b"HTTP/1.1 200")
-            kept.sendall(b"GET /status HTTP/1.1\r\n")
+            kept.sendall(b"GET /healthz HTTP/1.1\r\n")
             started = time.monotonic()
             assert kept.recv(4096) == b""
             assert time.monotonic() - started < 3
@@ -222,3 +231,101 @@ def test_promoting_a_rejected_adapter_needs_force_and_says_so_in_the_swap_log() 
         assert (
             forced == f"FORCED manual promote of a {status} adapter (admin API), overriding: held-out p = 0.4"
         )
+
+
+def test_serving_that_is_still_preparing_its_model_answers_503_with_why(tmp_path: Path) -> None:
+    """A real ServingService before `start()` has built its parts (a first start converts the bundled
+    model for minutes while Prometheus already scrapes /serving/metrics): a clear 503, never a 500."""
+    from evolvd.buffer import DuckDBBuffer
+    from evolvd.config import EvolvdConfig
+    from evolvd.metrics import ServingMetrics
+    from evolvd.serving.service import ServingNotStartedError, ServingService
+
+    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+    registry = CollectorRegistry()
+    serving = ServingService(
+        EvolvdConfig(data_dir=tmp_path), buffer, ServingMetrics.create(registry), "127.0.0.1:9"
+    )
+    with pytest.raises(ServingNotStartedError, match="not started yet"):
+        serving.serving_name()
+    assert serving.status()["state"] == "not started" and serving.live_model() is None
+    daemon = StubDaemon(registry=registry, serving=serving)  # type: ignore[arg-type]
+    server = HttpServer(create_app(daemon, TOKEN, loopback=True), "127.0.0.1", 0, "evolvd-admin")
+    server.start()
+    try:
+        for method, path in (
+            ("GET", "/serving/metrics"),
+            ("POST", "/adapters/a-v1/promote"),
+            ("POST", "/rollback"),
+        ):
+            response = admin_call(server.url, method, path, token=TOKEN)
+            assert response.status_code == 503, (path, response.text)
+            assert "not started yet" in response.json()["detail"]
+    finally:
+        server.stop()
+        buffer.close()
+
+
+def test_the_cli_reads_the_status_answer_as_the_model_the_api_declares(
+    api: tuple[HttpServer, StubDaemon, str],
+) -> None:
+    """One definition on both sides: the API's OpenAPI schema names the models, `evolvd status` renders
+    the recorded answer from them, and --json gives back the same document."""
+    server, daemon, token = api
+    schema = httpx.get(server.url + "/openapi.json", headers=auth(token)).json()
+    answers = {
+        (path, method): op["responses"]["200"]["content"]["application/json"]["schema"].get("$ref", "")
+        for path, methods in schema["paths"].items()
+        for method, op in methods.items()
+    }
+    assert answers[("/status", "get")].endswith("/DaemonStatus")
+    assert answers[("/adapters", "get")].endswith("/AdapterList")
+    assert answers[("/rollback", "post")].endswith("/SwapOutcome")
+    assert answers[("/jobs", "get")].endswith("/JobList")
+    env = {**os.environ, "EVOLVD_ADMIN_TOKEN": token, "EVOLVD_ADMIN_URL": server.url}
+    recorded = daemon.status()
+    shown = run_cli("status", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert recorded.loop is not None and recorded.loop.promotion_decisions
+    decision = recorded.loop.promotion_decisions[0]
+    assert f"promotion {decision.adapter}: {decision.outcome}" in shown.stdout
+    assert f"dead letters {recorded.dead_letters.total}" in shown.stdout
+    as_json = run_cli("status", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    assert DaemonStatus.model_validate_json(as_json.stdout) == recorded
+
+
+def test_an_answer_of_another_shape_is_a_clear_cli_error(tmp_path: Path) -> None:
+    """A daemon of another version (here: a loopback server answering a different document) is named as
+    such, with the fields that differ, not a KeyError."""
+
+    class OtherShape(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"version": "0.0.1", "state": "running"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OtherShape)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        env = {
+            **os.environ,
+            "EVOLVD_ADMIN_TOKEN": "t",
+            "EVOLVD_ADMIN_URL": url,
+            "EVOLVD_DATA_DIR": str(tmp_path),
+        }
+        shown = run_cli("status", env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert shown.returncode == 1
+    assert "GET /status is not what this evolvd expects" in shown.stderr and "kafka" in shown.stderr

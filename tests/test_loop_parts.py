@@ -237,15 +237,16 @@ def test_the_scheduler_keeps_pauses_across_restarts_and_never_overlaps_a_job(tmp
     scheduler = LoopScheduler(config, state, bodies, buffer, None)
     scheduler.start()
     try:
-        status = {j["job"]: j for j in scheduler.status()}
-        assert status["training"]["trigger"].startswith("cron") and not status["retention"]["scheduled"]
+        status = {j.job: j for j in scheduler.status()}
+        assert status["training"].trigger is not None and status["training"].trigger.startswith("cron")
+        assert not status["retention"].scheduled
         scheduler.pause("training")
-        assert scheduler.run_now("training")["started"]
+        assert scheduler.run_now("training").started
         deadline = time.monotonic() + 5
         while "slow" not in calls and time.monotonic() < deadline:
             time.sleep(0.05)
         refused = scheduler.run_now("training")
-        assert not refused["started"] and "already running" in refused["reason"]
+        assert not refused.started and refused.reason is not None and "already running" in refused.reason
         assert scheduler.runners["training"].run("schedule").outcome == "skipped"
         release.set()
         with pytest.raises(KeyError, match="no job named"):
@@ -258,14 +259,12 @@ def test_the_scheduler_keeps_pauses_across_restarts_and_never_overlaps_a_job(tmp
     again = LoopScheduler(config, state, bodies, buffer, None)
     again.start()
     try:
-        status = {j["job"]: j for j in again.status()}
-        assert status["training"]["paused"] and not status["policies"]["paused"]
-        assert (
-            status["training"]["last"]["outcome"] == "ok"
-            and status["training"]["last"]["trigger"] == "manual"
-        )
+        status = {j.job: j for j in again.status()}
+        assert status["training"].paused and not status["policies"].paused
+        last = status["training"].last
+        assert last is not None and (last.outcome, last.trigger) == ("ok", "manual")
         again.resume("training")
-        assert not {j["job"]: j for j in again.status()}["training"]["paused"]
+        assert not {j.job: j for j in again.status()}["training"].paused
     finally:
         again.shutdown()
     outcomes = buffer.cursor().execute("SELECT outcome FROM job_runs WHERE job = 'training'").fetchall()

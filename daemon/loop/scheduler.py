@@ -7,14 +7,12 @@ they are late by less than the misfire grace time. Every run is a `job_runs` row
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -28,6 +26,7 @@ from evolvd.config import JobSchedule, SchedulerConfig
 from evolvd.job_history import JobHistory
 from evolvd.jobs import JOBS, JobOutcome
 from evolvd.metrics import LoopMetrics
+from evolvd.status_models import JobAction, JobRunStatus, JobStatus
 
 logger = logging.getLogger("evolvd.scheduler")
 
@@ -213,13 +212,13 @@ class LoopScheduler:
         self._update_paused_metric()
         logger.info("job %s resumed", name)
 
-    def run_now(self, name: str) -> dict[str, Any]:
+    def run_now(self, name: str) -> JobAction:
         """Start the job in the background at once; refused while it is running."""
         runner = self._runner(name)
         if runner.running:
-            return {"job": name, "started": False, "reason": f"{name} is already running"}
+            return JobAction(job=name, action="run", started=False, reason=f"{name} is already running")
         threading.Thread(target=runner.run, args=("manual",), name=f"evolvd-job-{name}", daemon=True).start()
-        return {"job": name, "started": True}
+        return JobAction(job=name, action="run", started=True)
 
     def _update_paused_metric(self) -> None:
         if self._metrics is None:
@@ -230,33 +229,29 @@ class LoopScheduler:
                 1 if job is not None and job.next_run_time is None else 0
             )
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[JobStatus]:
         last = JobHistory(self._buffer).last_finished()
         out = []
         for name, runner in self.runners.items():
             job = self._scheduler.get_job(name)
             previous = last.get(name)
             out.append(
-                {
-                    "job": name,
-                    "scheduled": job is not None,
-                    "trigger": str(job.trigger) if job is not None else None,
-                    "paused": job is not None and job.next_run_time is None,
-                    "next_run": _iso(job.next_run_time) if job is not None else None,
-                    "running": runner.running,
-                    "last": None
+                JobStatus(
+                    job=name,
+                    scheduled=job is not None,
+                    trigger=str(job.trigger) if job is not None else None,
+                    paused=job is not None and job.next_run_time is None,
+                    next_run=job.next_run_time if job is not None else None,
+                    running=runner.running,
+                    last=None
                     if previous is None
-                    else {
-                        "trigger": previous.trigger,
-                        "outcome": str(previous.outcome),
-                        "detail": previous.detail,
-                        "started_at": _iso(previous.started_at),
-                        "finished_at": _iso(previous.finished_at),
-                    },
-                }
+                    else JobRunStatus(
+                        trigger=previous.trigger,
+                        outcome=str(previous.outcome),
+                        detail=previous.detail,
+                        started_at=previous.started_at,
+                        finished_at=previous.finished_at,
+                    ),
+                )
             )
         return out
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from evolvd.serving.served_stats import ServedStats, WindowStats
 from evolvd.serving.supervisor import ServingStartError, ServingSupervisor
 from evolvd.serving.vllm_key import vllm_api_key
 
-__all__ = ["ADAPTER_STORE_DIR", "ServingService", "SwapError", "SwapResult"]
+__all__ = ["ADAPTER_STORE_DIR", "ServingNotStartedError", "ServingService", "SwapError", "SwapResult"]
 """The facade the loop and the admin API use; the swapper, router and supervisor stay inside serving."""
 
 logger = logging.getLogger("evolvd.serving")
@@ -54,6 +55,21 @@ GATEWAY_URL_FILE = "gateway.url"
 ADAPTER_STORE_DIR = "adapters"
 
 
+class ServingNotStartedError(RuntimeError):
+    """Asked of serving before its parts exist: while the daemon prepares the base model (minutes on a
+    first start, when the bundled model is converted) or after a failed start. The admin API answers 503."""
+
+
+@dataclass(frozen=True)
+class StartedParts:
+    """What `ServingService.start` builds, all at once: nothing reads one part before the others exist."""
+
+    base: BaseModel
+    router: Router
+    supervisor: ServingSupervisor
+    swapper: HotSwapper
+
+
 class ServingService:
     def __init__(
         self,
@@ -73,10 +89,7 @@ class ServingService:
         self.registry = AdapterRegistry(buffer)
         self._buffer = buffer
         self._bootstrap_servers = bootstrap_servers
-        self.base: BaseModel | None = None
-        self.supervisor: ServingSupervisor | None = None
-        self.router: Router | None = None
-        self.swapper: HotSwapper | None = None
+        self._parts: StartedParts | None = None
         self._gateway: HttpServer | None = None
         self._capture: Publisher | None = None
         self.served_stats = ServedStats()
@@ -84,69 +97,75 @@ class ServingService:
 
     def start(self) -> None:
         cfg = self.config
-        self.base = resolve_base_model(cfg.serving.model_path, cfg.data_dir / "models")
+        base = resolve_base_model(cfg.serving.model_path, cfg.data_dir / "models")
         try:
             api_key = vllm_api_key(cfg)
         except SecretFileError as exc:
             raise ServingStartError(f"vLLM API key: {exc}") from exc
-        self.router = Router(self.base.name, cfg.gateway.public_model_name)
+        router = Router(base.name, cfg.gateway.public_model_name)
         cfg.adapter_import_root.mkdir(parents=True, exist_ok=True)  # where operators put adapters to register
-        self.supervisor = ServingSupervisor(
+        supervisor = ServingSupervisor(
             cfg.serving,
             cfg.data_dir / "serving",
-            self.base.path,
-            self.base.name,
+            base.path,
+            base.name,
             api_key=api_key,
             on_restart=self._on_serving_down,
             on_waiting=self._on_waiting,
             output_to_stderr=cfg.logging.children == "stderr",
         )
-        self.swapper = HotSwapper(
-            self.supervisor.client,
-            self.router,
+        swapper = HotSwapper(
+            supervisor.client,
+            router,
             self.registry,
             AdapterStore(cfg.data_dir / ADAPTER_STORE_DIR),
             self.metrics,
-            self.base.path,
+            base.path,
             cfg.serving.max_lora_rank,
             cfg.serving.probe_prompt,
         )
-        self.supervisor.add_ready_callback(self._on_serving_back)
-        self.supervisor.start()
+        self._parts = StartedParts(base, router, supervisor, swapper)
+        supervisor.add_ready_callback(self._on_serving_back)
+        supervisor.start()
         self.metrics.up.set(1)
         self._restore_live_adapter()
         if cfg.gateway.enabled:
             self._start_gateway()
 
+    def _started(self) -> StartedParts:
+        if self._parts is None:
+            raise ServingNotStartedError("serving is not started yet (the base model is being prepared)")
+        return self._parts
+
     def _restore_live_adapter(self) -> None:
         """After a daemon restart, the adapter the registry says is live goes live again."""
-        assert self.swapper is not None
+        swapper = self._started().swapper
         live = self.registry.live()
         if live is not None:  # its row stays `live` while it loads: a crash now loses nothing
             try:
-                self.swapper.restore(live, self.registry.previous_live())
+                swapper.restore(live, self.registry.previous_live())
             except Exception:
                 logger.exception("could not restore live adapter %s; serving the base model", live)
 
     def _start_gateway(self) -> None:
         cfg = self.config
-        assert self.router is not None and self.supervisor is not None and self.swapper is not None
+        parts = self._started()
         if cfg.gateway.capture:
             self._capture = KafkaPublisher(cfg.kafka, self._bootstrap_servers, cfg.kafka.topic)
-        swapper = self.swapper
+        swapper, supervisor = parts.swapper, parts.supervisor
         app = Gateway(
             config=cfg.gateway,
-            router=self.router,
-            upstream_url=self.supervisor.url,
+            router=parts.router,
+            upstream_url=supervisor.url,
             upstream_api_key=self.vllm_api_key,
-            is_ready=self.supervisor.is_ready,
+            is_ready=supervisor.is_ready,
             loaded_adapters=lambda: sorted(swapper.loaded),
             metrics=self.metrics,
             api_keys=set(cfg.gateway.api_keys()),
             capture=self._capture,
             served_stats=self.served_stats,
             seal_key=buffer_key(self._buffer.cursor(), CAPTURE_SEAL_KEY),
-            refiner=self._refiner(self.supervisor.url, self.vllm_api_key)
+            refiner=self._refiner(supervisor.url, self.vllm_api_key)
             if self._refiner is not None and cfg.gateway.self_refine
             else None,
         ).app()
@@ -161,8 +180,8 @@ class ServingService:
 
     def _on_serving_back(self) -> None:
         self.metrics.up.set(1)
-        if self.swapper is not None:
-            self.swapper.reapply()
+        if self._parts is not None:
+            self._parts.swapper.reapply()
 
     def stop(self) -> None:
         if self._gateway is not None:
@@ -170,8 +189,8 @@ class ServingService:
             (self.config.data_dir / GATEWAY_URL_FILE).unlink(missing_ok=True)
         if self._capture is not None:
             self._capture.close(timeout_s=10)
-        if self.supervisor is not None:
-            self.supervisor.stop()
+        if self._parts is not None:
+            self._parts.supervisor.stop()
         self.metrics.up.set(0)
 
     # -- for the loop --------------------------------------------------------------------------
@@ -180,54 +199,46 @@ class ServingService:
 
     def started_base(self) -> BaseModel:
         """The base model serving resolved at start (the one adapters are trained on)."""
-        assert self.base is not None, "serving is not started"
-        return self.base
+        return self._started().base
 
     def serving_name(self) -> str:
         """What the public model resolves to now: the live adapter, or the base model's name."""
-        assert self.router is not None, "serving is not started"
-        return self.router.routing.live_or_base
+        return self._started().router.routing.live_or_base
 
     def canary_name(self) -> str | None:
-        return self.router.routing.canary if self.router is not None else None
+        return self._parts.router.routing.canary if self._parts is not None else None
 
     def resident(self) -> set[str]:
         """Adapters something routes to (live, previous, canary): never deleted."""
-        return self.router.routing.resident() if self.router is not None else set()
+        return self._parts.router.routing.resident() if self._parts is not None else set()
 
     def register_trained(self, path: Path, parent: str | None, run_id: str) -> str:
         """A training run's adapter, registered as a candidate (SwapError: refused, with the reason)."""
-        assert self.swapper is not None
-        return self.swapper.register(path, parent=parent, run_id=run_id)
+        return self._started().swapper.register(path, parent=parent, run_id=run_id)
 
     def begin_evaluation(self, name: str, against: str) -> None:
         """Mark a candidate `evaluating` and load it so the evaluation can query it by name (SwapError:
         it failed its load or probe, and is recorded rejected)."""
-        assert self.swapper is not None
         self.registry.set_status(name, AdapterStatus.EVALUATING, f"evaluating against {against}")
-        self.swapper.load_for_evaluation(name)
+        self._started().swapper.load_for_evaluation(name)
 
     def evaluation_failed(self, name: str) -> None:
         self.registry.set_status(name, AdapterStatus.CANDIDATE, "evaluation failed; retried on the next run")
 
     def reject(self, name: str, reason: str) -> None:
         """The promotion policy rejected a candidate: recorded, and its adapter slot freed."""
-        assert self.swapper is not None
         self.registry.set_status(name, AdapterStatus.REJECTED, reason)
-        self.swapper.release(name)
+        self._started().swapper.release(name)
 
     def promote_by_policy(self, name: str, reason: str) -> SwapResult:
-        assert self.swapper is not None
-        return self.swapper.promote(name, reason)
+        return self._started().swapper.promote(name, reason)
 
     def canary_by_policy(self, name: str, share: float, reason: str) -> SwapResult:
-        assert self.swapper is not None
-        return self.swapper.start_canary(name, share, reason)
+        return self._started().swapper.start_canary(name, share, reason)
 
     def roll_back_canary(self, name: str, reason: str) -> None:
         """A canary that regressed: its traffic back to live, the adapter recorded `rolled_back`."""
-        assert self.swapper is not None
-        self.swapper.stop_canary(f"canary regressed: {reason}")
+        self._started().swapper.stop_canary(f"canary regressed: {reason}")
         self.registry.set_status(name, AdapterStatus.ROLLED_BACK, f"canary regressed: {reason}")
         self.metrics.rollbacks.labels("ok").inc()
 
@@ -240,7 +251,7 @@ class ServingService:
     @property
     def vllm_api_key(self) -> str | None:
         """The vLLM server's API key (evolvd.serving.vllm_key), once started."""
-        return self.supervisor.api_key if self.supervisor is not None else None
+        return self._parts.supervisor.api_key if self._parts is not None else None
 
     @property
     def gateway_url(self) -> str | None:
@@ -249,63 +260,59 @@ class ServingService:
     def register(self, path: Path, evaluate: bool = False) -> str:
         """An operator's registration: only of a folder under serving.adapter_import_root. `evaluate`:
         through the loop's evaluation and promotion policy, like a trained candidate."""
-        assert self.swapper is not None
+        swapper = self._started().swapper
         try:
             check_import_path(path, self.config.adapter_import_root)
         except AdapterRejectedError as exc:
-            self.swapper.refuse_registration(str(exc))
-        return self.swapper.register(path, gated=evaluate)
+            swapper.refuse_registration(str(exc))
+        return swapper.register(path, gated=evaluate)
 
     def promote(self, name: str, force: bool = False) -> SwapResult:
         """An operator's promote. One the gates rejected (or a canary rolled back) needs `force`, and
         the swap log records that it was forced and what it overrode."""
-        assert self.swapper is not None
         reason = manual_promote_reason(name, self.registry.get(name), force)
-        return self.swapper.promote(name, reason)
+        return self._started().swapper.promote(name, reason)
 
     def start_canary(self, name: str, share: float | None) -> SwapResult:
-        assert self.swapper is not None
         chosen = self.config.gateway.canary_share if share is None else share
-        return self.swapper.start_canary(name, chosen, "manual canary (admin API)")
+        return self._started().swapper.start_canary(name, chosen, "manual canary (admin API)")
 
     def stop_canary(self) -> SwapResult:
-        assert self.swapper is not None
-        return self.swapper.stop_canary("canary stopped (admin API)")
+        return self._started().swapper.stop_canary("canary stopped (admin API)")
 
     def vllm_metrics(self) -> str:
         """vLLM's own Prometheus metrics (tokens, latency, KV cache, LoRA requests)."""
-        assert self.supervisor is not None
-        return self.supervisor.client.metrics_text()
+        return self._started().supervisor.client.metrics_text()
 
     def rollback(self) -> SwapResult:
-        assert self.swapper is not None
-        return self.swapper.rollback("manual rollback (admin API)")
+        return self._started().swapper.rollback("manual rollback (admin API)")
 
     def live_model(self) -> tuple[str, str] | None:
         """(vLLM URL, the live model's served name) while serving is ready, else None."""
-        sup, router = self.supervisor, self.router
-        if sup is None or router is None or not sup.is_ready():
+        parts = self._parts
+        if parts is None or not parts.supervisor.is_ready():
             return None
-        return sup.url, router.routing.live_or_base
+        return parts.supervisor.url, parts.router.routing.live_or_base
 
     def status(self) -> dict[str, Any]:
-        sup, routing = self.supervisor, self.router.routing if self.router else None
+        parts = self._parts
+        sup, routing = (parts.supervisor, parts.router.routing) if parts else (None, None)
         return {
             "state": sup.state.value if sup else "not started",
             "url": sup.url if sup else None,
             "pid": sup.pid if sup else None,
             "restarts": sup.restarts if sup else 0,
             "base_model": {
-                "name": self.base.name,
-                "path": str(self.base.path),
-                "sha256": self.base.content_hash,
+                "name": parts.base.name,
+                "path": str(parts.base.path),
+                "sha256": parts.base.content_hash,
             }
-            if self.base
+            if parts
             else None,
             "gateway_url": self.gateway_url,
             "public_model_name": self.config.gateway.public_model_name,
             "live": routing.live_or_base if routing else None,
             "previous": routing.previous if routing else None,
             "canary": routing.canary if routing else None,
-            "loaded_adapters": sorted(self.swapper.loaded) if self.swapper else [],
+            "loaded_adapters": sorted(parts.swapper.loaded) if parts else [],
         }
