@@ -463,10 +463,22 @@ def adapters_show(name: str, url: str | None, config_path: Path | None, as_json:
             score = "-" if ev.score is None else f"{ev.score:.3f}"
             base = "-" if ev.baseline_score is None else f"{ev.baseline_score:.3f}"
             click.echo(f"{pad}  eval {ev.suite:<12} {score} vs {base} ({ev.baseline_name})")
+            for flip in _safety_flips(ev.details):
+                click.echo(f"{pad}    {flip}")
         for d in node.decisions:
             click.echo(f"{pad}  {d.policy} decision: {d.outcome} {d.reasons}")
         if depth == 0 and node.parent:
             click.echo(f"{pad}  learned on top of:")
+
+
+def _safety_flips(details: dict[str, Any] | None) -> list[str]:
+    """The safety probes the candidate and the live model treated differently (evaluation details)."""
+    flips = (details or {}).get("flips")
+    lines = []
+    for flip in flips if isinstance(flips, list) else []:
+        said = "refused what live answered" if flip["candidate_refused"] else "answered what live refused"
+        lines.append(f"{flip['probe_set']}: the candidate {said}: {flip['prompt'][:70]!r}")
+    return lines
 
 
 @adapters.command("register")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from evolvd.connectors.vllm_client import ChatClient
@@ -31,14 +32,62 @@ def greedy_answers(client: ChatClient, model: str, prompts: Sequence[str], max_t
         return list(pool.map(lambda p: client.chat(model, p, max_tokens)[0], prompts))
 
 
-def safety_scores(client: ChatClient, model: str, policies: PolicySet, directory: Path | None) -> ProbeScores:
+@dataclass(frozen=True)
+class ProbeAnswer:
+    probe_set: str
+    """`safety_harmful` or `safety_benign`."""
+    prompt: str
+    answer: str
+    refused: bool
+
+
+@dataclass(frozen=True)
+class SafetyRun:
+    """One model's greedy answers to the safety probe sets, and their scores."""
+
+    scores: ProbeScores
+    answers: tuple[ProbeAnswer, ...]
+
+
+def safety_run(client: ChatClient, model: str, policies: PolicySet, directory: Path | None) -> SafetyRun:
     probes = policies.safety.model_probes
-    harmful = greedy_answers(client, model, probe_prompts("safety_harmful", directory), probes.max_tokens)
-    benign = greedy_answers(client, model, probe_prompts("safety_benign", directory), probes.max_tokens)
-    return ProbeScores(
-        harmful_compliance=sum(not is_refusal(a, probes.refusal_markers) for a in harmful) / len(harmful),
-        benign_refusal=sum(is_refusal(a, probes.refusal_markers) for a in benign) / len(benign),
+    answered: list[ProbeAnswer] = []
+    for probe_set in ("safety_harmful", "safety_benign"):
+        prompts = probe_prompts(probe_set, directory)
+        for prompt, answer in zip(
+            prompts, greedy_answers(client, model, prompts, probes.max_tokens), strict=True
+        ):
+            answered.append(
+                ProbeAnswer(probe_set, prompt, answer, is_refusal(answer, probes.refusal_markers))
+            )
+    harmful = [a for a in answered if a.probe_set == "safety_harmful"]
+    benign = [a for a in answered if a.probe_set == "safety_benign"]
+    scores = ProbeScores(
+        harmful_compliance=sum(not a.refused for a in harmful) / len(harmful),
+        benign_refusal=sum(a.refused for a in benign) / len(benign),
     )
+    return SafetyRun(scores, tuple(answered))
+
+
+def safety_scores(client: ChatClient, model: str, policies: PolicySet, directory: Path | None) -> ProbeScores:
+    return safety_run(client, model, policies, directory).scores
+
+
+def safety_flips(candidate: SafetyRun, live: SafetyRun) -> list[dict[str, str | bool]]:
+    """The probes the two models treat differently (one refuses, the other does not), with both
+    answers: what a safety guard's decision rests on, for the audit."""
+    return [
+        {
+            "probe_set": c.probe_set,
+            "prompt": c.prompt,
+            "candidate_refused": c.refused,
+            "live_refused": lv.refused,
+            "candidate_answer": c.answer,
+            "live_answer": lv.answer,
+        }
+        for c, lv in zip(candidate.answers, live.answers, strict=True)
+        if c.refused != lv.refused
+    ]
 
 
 def divergence_from_base(

@@ -26,7 +26,7 @@ from evolvd.http_server import HttpServer
 from evolvd.serving.hotswap import SwapError, SwapResult
 from evolvd.serving.registry import AdapterRow, AdapterStatus
 from evolvd.serving.service import manual_promote_reason
-from evolvd.status_models import DaemonStatus
+from evolvd.status_models import DaemonStatus, Lineage
 
 TOKEN = "s3cret-token"
 
@@ -70,7 +70,7 @@ class StubDaemon:
     scheduler: Any = None
     policies: Any = None
 
-    def lineage(self, adapter: str) -> dict[str, Any] | None:
+    def lineage(self, adapter: str) -> Lineage | None:
         return None
 
     def status(self) -> DaemonStatus:

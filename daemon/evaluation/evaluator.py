@@ -28,7 +28,7 @@ from evolvd.labeling.prompts import sample_prompt
 from evolvd.metrics import LoopMetrics
 from evolvd.policies.gates import CandidateEvaluation
 from evolvd.policies.loader import PolicySet, probe_path
-from evolvd.policies.probes import divergence_from_base, safety_scores
+from evolvd.policies.probes import divergence_from_base, safety_flips, safety_run
 
 logger = logging.getLogger("evolvd.evaluation")
 
@@ -144,8 +144,8 @@ class Evaluator:
                     if golden_set is not None
                     else None
                 )
-                safety_run = pool.submit(safety_scores, memo, candidate, policies, policy_dir)
-                live_safety_run = pool.submit(safety_scores, memo, live, policies, policy_dir)
+                candidate_probes = pool.submit(safety_run, memo, candidate, policies, policy_dir)
+                live_probes = pool.submit(safety_run, memo, live, policies, policy_dir)
                 divergence_run = pool.submit(
                     divergence_from_base, memo, candidate, base, policies, policy_dir
                 )
@@ -156,7 +156,8 @@ class Evaluator:
                 )
                 heldout = paired_compare(candidate_right, live_right)
                 forgetting = forgetting_run.result()
-                safety, live_safety = safety_run.result(), live_safety_run.result()
+                candidate_safety, live_safety_answers = candidate_probes.result(), live_probes.result()
+                safety, live_safety = candidate_safety.scores, live_safety_answers.scores
                 divergence = divergence_run.result()
                 suites["heldout"] = asdict(heldout) | {
                     "pairwise": verdicts,
@@ -177,7 +178,12 @@ class Evaluator:
                 suites["forgetting"] = asdict(forgetting)
                 if golden_run is not None:
                     suites["golden"] = asdict(golden_run.result())
-            suites["safety"] = {"candidate": asdict(safety), "live": asdict(live_safety)}
+            suites["safety"] = {
+                "candidate": asdict(safety),
+                "live": asdict(live_safety),
+                # Which probes decided: one flipped refusal moves a rate by 1/len(set).
+                "flips": safety_flips(candidate_safety, live_safety_answers),
+            }
             suites["output_drift"] = {"divergence": divergence}
             reused, generated = self._memo.hits - hits, self._memo.misses - misses
             logger.info(
