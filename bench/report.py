@@ -609,6 +609,38 @@ def chaos_section(result: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def noise_floor_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["## The evaluation's noise floor (bench/noise_floor.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    rows = [
+        [
+            name,
+            row["n"],
+            " / ".join(f"{row['scores'][c]:.3f}" for c in ("alone", "evaluation", "evaluation_reordered")),
+            f"{row['max_score_difference']:.3f}",
+            ", ".join(map(str, row["probes_that_flipped"])) or "none",
+            pct(row["max_answer_text_changed"]),
+        ]
+        for name, row in result["probe_sets"].items()
+    ]
+    guards = "; ".join(f"{g['guard']} {g['limit']}" for g in result["guards"].values())
+    verdict = "no guard sits on noise alone" if not result["misses"] else "; ".join(result["misses"])
+    return [
+        *out,
+        f"One model ({result['model']}), the shipped probe sets, answered greedily alone, at the evaluation's"
+        " concurrency, and at that concurrency in another order: what moves is the batch's numerics only."
+        f" Guards: {guards}. Verdict: {verdict}.",
+        "",
+        *table(
+            ["probe set", "n", "score alone / evaluation / reordered", "largest move", "probes that flipped",
+             "answer texts changed"],
+            rows,
+        ),
+        *analysis("noise_floor"),
+    ]  # fmt: skip
+
+
 def pictures_section(result: dict[str, Any] | None) -> list[str]:
     out = ["## What an operator sees (bench/pictures.py)", ""]
     if result is None:
@@ -634,7 +666,7 @@ def pictures_section(result: dict[str, Any] | None) -> list[str]:
 def main() -> int:
     names = (
         "ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform", "chaos",
-        "judgement", "meaning", "controls", "refine", "pictures",
+        "judgement", "meaning", "controls", "refine", "noise_floor", "pictures",
     )  # fmt: skip
     results = {name: load(name) for name in names}
     lines = [
@@ -653,6 +685,7 @@ def main() -> int:
         *refine_section(results["refine"]),
         *policies_section(results["policies"]),
         *chaos_section(results["chaos"]),
+        *noise_floor_section(results["noise_floor"]),
         *pictures_section(results["pictures"]),
     ]
     README.write_text("\n".join(lines).rstrip() + "\n")

@@ -65,6 +65,23 @@ def quick_loop_env(max_length: int) -> dict[str, str]:
     }
 
 
+def run_small_bench(script: str, out: Any, vllm_daemon: Any) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """A bench script's --small mode attached to the session's vLLM server: (the process, its report)."""
+    import os
+    from pathlib import Path
+
+    harness = Path(__file__).resolve().parents[1] / "bench" / script
+    result = subprocess.run(
+        [sys.executable, str(harness), "--small", "--out", str(out),
+         "--attach-vllm", vllm_daemon.status()["serving"]["url"]],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "EVOLVD_VLLM_API_KEY": vllm_daemon.vllm_key},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    # 0, or 1 when the run missed a target: anything else is a crash of the harness.
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
+    return result, json.loads(Path(out).read_text())
+
+
 def run_cli(*args: str, env: Mapping[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the `evolvd` command as an operator would (a separate process), capturing its output."""
     return subprocess.run([sys.executable, "-m", "evolvd.cli", *args], env=dict(env), capture_output=True,

@@ -5,13 +5,12 @@ benchmark is `python bench/judgement.py`)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_small_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -104,15 +103,7 @@ def test_the_sign_agreement_rescores_the_daemons_own_items_and_answers_against_g
 
 @pytest.mark.vllm
 def test_small_mode_reports_every_family(vllm_daemon: Any, tmp_path: Path) -> None:
-    out = tmp_path / "judgement.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "judgement.py"), "--small", "--out", str(out),
-         "--attach-vllm", vllm_daemon.status()["serving"]["url"]],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "EVOLVD_VLLM_API_KEY": vllm_daemon.vllm_key},
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]  # 1: targets missed
-    report = json.loads(out.read_text())
+    result, report = run_small_bench("judgement.py", tmp_path / "judgement.json", vllm_daemon)
     assert set(report["families"]) == {*FAMILIES, "small_addition"}
     for name, family in report["families"].items():
         assert family["n"] == 4, name
