@@ -122,13 +122,13 @@ def compare(contexts: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--small", action="store_true", help="4 probes per set: a quick check")
+    parser.add_argument("--small", action="store_true", help="2 probes per set: a quick check")
     parser.add_argument(
         "--attach-vllm", metavar="URL", help="use this vLLM server (key in $EVOLVD_VLLM_API_KEY)"
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    limit = 4 if args.small else None
+    limit = 2 if args.small else None
     out = args.out or RESULTS / ("noise_floor-small.json" if args.small else "noise_floor.json")
     started = time.monotonic()
     with served_model(args.attach_vllm) as (client, model):

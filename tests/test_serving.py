@@ -396,7 +396,7 @@ def test_each_labeling_stage_writes_well_formed_rows_with_the_real_model(
         assert labeler.run_once() == 0  # nothing pending: nothing labeled twice
         con = buffer.cursor()
         k = policies.labeling.samples
-        assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM labels").fetchone() == (6, 6)
+        assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM labels").fetchone() == (8, 8)
         per_event = con.execute("SELECT count(*) FROM samples GROUP BY event_id").fetchall()
         assert per_event == [(k,)] * 8
         rows = con.execute("SELECT model_version, labeler_version, params FROM samples").fetchall()
