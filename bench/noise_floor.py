@@ -138,12 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluation_reordered": probe_outcomes(client, model, limit, EVALUATION_CONCURRENCY, 7),
         }
     report = compare(contexts)
-    promotion = load_policies(None).promotion
+    policies = load_policies(None)
     guards = {
-        "forgetting": ("promotion.max_forgetting_drop", promotion.max_forgetting_drop),
+        "forgetting": ("promotion.max_forgetting_drop", policies.promotion.max_forgetting_drop),
         "harmful_compliance": (
             "safety.model_probes.max_harmful_compliance_increase",
-            load_policies(None).safety.model_probes.max_harmful_compliance_increase,
+            policies.safety.model_probes.max_harmful_compliance_increase,
         ),
     }
     misses = [

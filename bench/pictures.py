@@ -16,7 +16,6 @@ Nothing here is a speed or quality figure: the pictures show what an operator se
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -41,18 +40,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from evolvd.connectors.embedded_broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "grafana"))
+from render import render as render_dashboard  # noqa: E402
+
 IMAGES = ROOT / "docs" / "images"
 RESULTS = ROOT / "bench" / "results"
 SCRAPE_S = 5
-
-
-def grafana_renderer() -> Any:
-    spec = importlib.util.spec_from_file_location("grafana_render", ROOT / "grafana" / "render.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def prometheus_binary() -> str:
@@ -170,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for a decision")
     parser.add_argument("--images", type=Path, default=IMAGES)
     args = parser.parse_args(argv)
-    render = grafana_renderer()
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evolvd-pictures-")))
         data_dir = root / "data"
@@ -185,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         end = time.time()
         drawn = {}
         for board in ("overview", "training"):
-            panels = render.render(
+            panels = render_dashboard(
                 ROOT / "grafana" / "dashboards" / f"{board}.json",
                 prometheus_url,
                 started,

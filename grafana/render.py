@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import matplotlib
@@ -49,6 +49,12 @@ class RenderedPanel:
     title: str
     kind: str
     series: int  # how many series (time series panels) or values (stat panels) were drawn
+
+
+class RangeQueries(Protocol):
+    step_s: float
+
+    def series(self, expr: str) -> list[dict[str, Any]]: ...
 
 
 class PrometheusRange:
@@ -103,7 +109,7 @@ def legend(target: dict[str, Any], labels: dict[str, str]) -> str:
 
 
 def annotation_events(
-    dashboard: dict[str, Any], prometheus: PrometheusRange, variables: dict[str, str]
+    dashboard: dict[str, Any], prometheus: RangeQueries, variables: dict[str, str]
 ) -> list[Annotation]:
     """Each annotation query's events: the first step of every run of steps where its series has a value
     (Grafana marks the same; `increase(...[2m]) > 0` stays present for the window after an event)."""
@@ -196,8 +202,8 @@ def _draw_timeseries(
     axes.set_xlim(datetime.fromtimestamp(prometheus.start), datetime.fromtimestamp(prometheus.end))
     axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))  # type: ignore[no-untyped-call]
     axes.set_title(panel["title"], fontsize=10, loc="left")
-    unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
-    if unit and unit not in ("short", "none"):
+    unit = unit_of(panel)
+    if unit not in ("short", "none"):
         axes.set_ylabel(unit, fontsize=8)
     axes.tick_params(labelsize=7)
     axes.grid(alpha=0.3)

@@ -7,7 +7,6 @@ package (`make test` installs it into .venv/prometheus when it is not on PATH).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -25,6 +24,9 @@ from daemon_process import DaemonProcess
 from helpers import attached_env, produce, wait_for
 
 from evolvd.connectors.embedded_broker import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "grafana"))
+from render import annotation_events, render
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
@@ -261,24 +263,14 @@ def test_the_dead_letter_alert_fires_when_a_producer_sends_garbage(
     }
 
 
-def load_renderer() -> Any:
-    spec = importlib.util.spec_from_file_location("grafana_render", ROOT / "grafana" / "render.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_overview_dashboard_renders_from_its_json_with_live_data(
     prometheus: Prometheus, tmp_path: Path
 ) -> None:
     """grafana/render.py (the README's dashboard picture) draws every panel of the committed JSON from
     this Prometheus: each time series panel with its series, each stat with its value."""
-    render = load_renderer()
     dashboard, out = ROOT / "grafana" / "dashboards" / "overview.json", tmp_path / "overview.png"
     end = time.time()
-    drawn = render.render(dashboard, prometheus.url, end - 120, end, out, 2.0)
+    drawn = render(dashboard, prometheus.url, end - 120, end, out, 2.0)
     board = json.loads(dashboard.read_text())
     assert [p.title for p in drawn] == [p["title"] for p in board["panels"] if p["type"] != "row"]
     assert all(p.series >= 1 for p in drawn), [p for p in drawn if not p.series]
@@ -288,7 +280,6 @@ def test_the_overview_dashboard_renders_from_its_json_with_live_data(
 def test_annotation_events_start_where_their_series_starts() -> None:
     """Grafana marks an annotation where its query's series appears; `increase(...[2m]) > 0` stays
     present for two minutes after one event, which must stay one mark (a fake range, no server)."""
-    render = load_renderer()
 
     class TwoEvents:
         step_s = 15.0
@@ -298,7 +289,7 @@ def test_annotation_events_start_where_their_series_starts() -> None:
             return [{"metric": {"action": "promote", "instance": "x"}, "values": [[t, "1"] for t in present]}]
 
     board = {"annotations": {"list": [{"name": "Swaps", "iconColor": "blue", "expr": "up", "enable": True}]}}
-    events = render.annotation_events(board, TwoEvents(), {})
+    events = annotation_events(board, TwoEvents(), {})
     assert [(e.at, e.name, e.text, e.color) for e in events] == [
         (0.0, "Swaps", "promote", "blue"),
         (300.0, "Swaps", "promote", "blue"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from judges import ScriptedJudgeModel
+
 from evolvd.buffer import DuckDBBuffer
 from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator
 from evolvd.evaluation.store import EvaluationStore
@@ -17,11 +19,13 @@ from evolvd.judge import Judge
 from evolvd.policies.loader import load_policies, probe_prompts
 from evolvd.policies.probes import safety_run
 
-PIPE_BOMB = probe_prompts("safety_harmful", None)[0]
+HARMFUL = probe_prompts("safety_harmful", None)
+PIPE_BOMB = HARMFUL[0]
 
 
-class ScriptedClient:
-    """Every model refuses the harmful probes and answers the rest; `candidate` complies with one."""
+class ScriptedClient(ScriptedJudgeModel):
+    """Every model refuses the harmful probes and answers the rest; `candidate` complies with one
+    (held-out answers long enough to need a judge are ties)."""
 
     def chat(
         self,
@@ -37,17 +41,6 @@ class ScriptedClient:
         if prompt in HARMFUL:
             return ["I can't help with that."] * n
         return [f"An answer to {prompt[:20]}"] * n
-
-    def choose(self, model: str, messages: list[dict[str, str]], choices: list[str]) -> str:
-        return "tie"
-
-    def next_token_logprobs(
-        self, model: str, messages: list[dict[str, str]], top_logprobs: int = 20
-    ) -> dict[str, float]:
-        raise AssertionError("evaluation does not score answers")
-
-
-HARMFUL = set(probe_prompts("safety_harmful", None))
 
 
 def test_one_model_scores_its_probes_from_its_own_answers() -> None:

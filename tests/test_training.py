@@ -4,13 +4,12 @@ as a failed run with the reason, and the next attempt succeeds."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -25,19 +24,14 @@ from evolvd.training.runner import MlflowTarget, TrainingRunner
 from evolvd.training.snapshot import freeze_snapshot
 from evolvd.training.spec import Hyperparameters
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from pictures import plot_loss
+
 pytestmark = [pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CACHE = REPO / "var" / "test-cache" / "models"
 TINY = Hyperparameters(max_steps=3, batch_size=2, max_length=96, dpo_steps=2)
-
-
-def bench_pictures() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_pictures", REPO / "bench" / "pictures.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +142,7 @@ def test_a_run_trains_an_adapter_and_a_killed_or_hung_child_fails_with_its_reaso
         assert all(math.isfinite(e.value) for e in losses)
     # The README's loss picture (bench/pictures.py) is drawn from those same files.
     picture = tmp_path / "loss.png"
-    drawn = bench_pictures().plot_loss(Path(config["tensorboard"]).parent, picture)
+    drawn = plot_loss(Path(config["tensorboard"]).parent, picture)
     assert [step for step, _ in drawn] == list(range(1, TINY.max_steps + 1))
     assert picture.read_bytes().startswith(b"\x89PNG")
     # ... and to MLflow, one run per phase named after the evolvd run, where `adapters show` points.
