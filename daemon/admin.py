@@ -77,7 +77,7 @@ class DaemonView(Protocol):
     registry: CollectorRegistry
 
     @property
-    def scheduler(self) -> SchedulerControl | None: ...
+    def scheduler(self) -> SchedulerControl: ...
 
     def lineage(self, adapter: str) -> Lineage | None: ...
 
@@ -85,7 +85,7 @@ class DaemonView(Protocol):
     def serving(self) -> ServingControl | None: ...
 
     @property
-    def policies(self) -> PolicyControl | None: ...
+    def policies(self) -> PolicyControl: ...
 
     def status(self) -> DaemonStatus: ...
 
@@ -208,18 +208,13 @@ def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI
             ) from exc
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-    def policies() -> PolicyControl:
-        if daemon.policies is None:
-            raise HTTPException(status_code=409, detail="the policy engine is not running yet")
-        return daemon.policies
-
     @app.get("/policies")
     def policy_status() -> PolicyStatus:
-        return policies().status()
+        return daemon.policies.status()
 
     @app.post("/policies/reload")
     def policy_reload() -> PolicyReload:
-        control = policies()
+        control = daemon.policies
         outcome = control.reload()
         return PolicyReload(outcome=outcome, **control.status().model_dump())
 
@@ -227,7 +222,7 @@ def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI
     def policy_dry_run(body: DryRunRequest) -> DryRunReport:
         try:
             return DryRunReport.model_validate(
-                policies().dry_run(body.files, body.replace_all, body.shown_as)
+                daemon.policies.dry_run(body.files, body.replace_all, body.shown_as)
             )
         except ConfigError as exc:
             raise HTTPException(status_code=422, detail={"errors": [str(e) for e in exc.errors]}) from exc
@@ -250,18 +245,13 @@ def _add_loop_routes(app: FastAPI, daemon: DaemonView) -> None:
             raise HTTPException(status_code=404, detail=f"no adapter named {name}")
         return found
 
-    def scheduler() -> SchedulerControl:
-        if daemon.scheduler is None:
-            raise HTTPException(status_code=409, detail="the scheduler is not running yet")
-        return daemon.scheduler
-
     @app.get("/jobs")
     def jobs() -> JobList:
-        return JobList(jobs=scheduler().status())
+        return JobList(jobs=daemon.scheduler.status())
 
     @app.post("/jobs/{name}/{action}")
     def job_action(name: str, action: str) -> JobAction:
-        control = scheduler()
+        control = daemon.scheduler
         try:
             if action == "pause":
                 control.pause(name)

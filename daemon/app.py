@@ -1,7 +1,10 @@
-"""The daemon's lifecycle: startup() brings the parts up in order, run() supervises, shutdown() winds down.
+"""The daemon's composition: every part built whole, then started in order, supervised, and stopped in
+reverse (evolvd.parts).
 
-A failed startup raises StartupError with a one-line reason (the CLI turns it into its own exit code).
-A part that fails later is restarted with backoff while the rest keeps running on its last good state.
+Building fails with StartupError and a one-line reason (the CLI turns it into its own exit code), and so
+does a part that cannot start; what was opened or started by then is released. A part that fails later
+restarts on its own with backoff (ingest, the vLLM process) while the rest keeps running on its last
+good state.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,16 +23,17 @@ from evolvd.abc import Source
 from evolvd.admin import create_app
 from evolvd.admin_token import AdminTokenError, configured_token, daemon_token
 from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError
+from evolvd.buffer.part import BufferPart
 from evolvd.config import EvolvdConfig, as_dict
-from evolvd.connectors.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from evolvd.connectors.group_offsets import GroupOffsetsCheck
 from evolvd.connectors.kafka_process import KafkaProcessSource, open_kafka_source
-from evolvd.connectors.kafka_source import KafkaUnavailableError, ensure_topic
+from evolvd.connectors.kafka_source import KafkaUnavailableError
 from evolvd.http_server import HttpServer
 from evolvd.ingest import IngestLoop
+from evolvd.ingest_service import IngestService, IngestStartError
 from evolvd.judge import JudgeSource
+from evolvd.kafka_log import KafkaLog
 from evolvd.metrics import (
-    BufferCollector,
     IngestMetrics,
     LoopMetrics,
     PolicyMetrics,
@@ -37,8 +41,8 @@ from evolvd.metrics import (
     TrainingMetrics,
     new_registry,
 )
-from evolvd.restart_backoff import RestartBackoff
-from evolvd.status_models import DaemonStatus, Lineage, PartitionStatus
+from evolvd.parts import Part, PartStack, StatusPart, joined_status
+from evolvd.status_models import DaemonStatus, Lineage
 from evolvd.systemd import SystemdNotifier
 
 if TYPE_CHECKING:
@@ -46,10 +50,10 @@ if TYPE_CHECKING:
     from evolvd.demo import DemoWorkload
     from evolvd.labeling.labeler import Labeler
     from evolvd.loop.scheduler import LoopScheduler
+    from evolvd.loop.service import LoopService
     from evolvd.loop.steps import Loop
     from evolvd.policies.engine import PolicyEngine
-    from evolvd.policies.loader import PolicySet
-    from evolvd.policies.store import PolicyStore
+    from evolvd.policies.service import PolicyService
     from evolvd.serving.self_refine import SelfRefiner
     from evolvd.serving.service import ServingService
 
@@ -74,55 +78,88 @@ class StartupError(RuntimeError):
     """The daemon could not start; the message is one line an operator can act on."""
 
 
+class AdminEndpoint:
+    """The admin API's HTTP server, and the file in data_dir that tells the CLI where it listens."""
+
+    name = "admin"
+
+    def __init__(self, server: HttpServer, url_file: Path) -> None:
+        self._server = server
+        self._url_file = url_file
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    def start(self) -> None:
+        self._server.start()
+        self._url_file.write_text(self._server.url + "\n")
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._url_file.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class DaemonParts:
+    """Every part, built. Serving and the demo are absent only where the config turns them off."""
+
+    buffer: BufferPart
+    policies: PolicyService
+    kafka: KafkaLog
+    ingest: IngestService
+    admin: AdminEndpoint
+    serving: ServingService | None
+    loop: LoopService
+    demo: DemoWorkload | None
+
+    def in_start_order(self) -> list[Part]:
+        """The admin API before serving, so operators and systemd can ask while vLLM loads; the loop's
+        jobs after everything they use; the demo's traffic last."""
+        ordered: list[Part | None] = [self.buffer, self.policies, self.kafka, self.ingest, self.admin]
+        ordered += [self.serving, self.loop, self.demo]
+        return [part for part in ordered if part is not None]
+
+    def with_status(self) -> list[StatusPart]:
+        parts: list[StatusPart | None] = [self.kafka, self.ingest, self.buffer, self.serving]
+        parts += [self.policies, self.loop]
+        return [part for part in parts if part is not None]
+
+
 class Daemon:
+    """Built whole by the constructor (the buffer open, the policies loaded, every part constructed),
+    started by startup(), supervised by run(), stopped in reverse by shutdown()."""
+
     def __init__(self, config: EvolvdConfig) -> None:
+        """Raises StartupError when a part cannot be built; what was opened by then is closed."""
         self.config = config
         self.registry = new_registry()
         self._stop = threading.Event()
         self._started_at = time.time()
-        self._broker: EmbeddedBroker | None = None
-        self._bootstrap_servers = config.kafka.bootstrap_servers
-        self._buffer: DuckDBBuffer | None = None
-        self._admin: HttpServer | None = None
-        self._ingest: IngestLoop | None = None
-        self._ingest_thread: threading.Thread | None = None
-        self._ingest_metrics = IngestMetrics.create(self.registry)
-        self._ingest_restarts = 0
-        self._ingest_last_error: str | None = None
-        self._fetcher_pid: int | None = None
-        """The Kafka fetcher process of the current ingest loop (`ingest.fetcher: process`)."""
-        self._buffer_collector: BufferCollector | None = None
-        self._serving: ServingService | None = None
-        self._policy_store: PolicyStore | None = None
-        self._policy_engine: PolicyEngine | None = None
-        self._scheduler: LoopScheduler | None = None
-        self._loop: Loop | None = None
-        self._demo: DemoWorkload | None = None
-        self._clients: dict[str, VLLMClient] = {}
-        self._judge = JudgeSource(config.judge)
         self._state = "starting"
         self._systemd = SystemdNotifier()
+        self._clients: dict[str, VLLMClient] = {}
+        self._fetcher_pid: int | None = None
+        """The Kafka fetcher process of the current ingest loop (`ingest.fetcher: process`)."""
+        self._stack = PartStack()
+        self._judge = JudgeSource(config.judge)
+        self._stack.on_close("judge", self._judge.close)
+        try:
+            self.parts = self._build()
+        except BaseException:
+            self._stack.close()
+            raise
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- building ------------------------------------------------------------------------------
 
-    def startup(self) -> None:
+    def _build(self) -> DaemonParts:
         cfg = self.config
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StartupError(f"cannot create data_dir {cfg.data_dir}: {exc.strerror}") from exc
         token = self._admin_token()
-        gateway = cfg.gateway
-        if cfg.serving.enabled and gateway.enabled and not gateway.is_loopback and not gateway.api_keys():
-            where = (
-                f"${gateway.api_keys_env}"
-                if gateway.api_keys_env
-                else "the variable gateway.api_keys_env names"
-            )
-            raise StartupError(
-                f"gateway.host {gateway.host} is not a loopback address: set client API keys in {where}"
-                " (comma-separated), or bind 127.0.0.1"
-            )
+        self._check_gateway_exposure()
         from evolvd import embeddings
 
         try:
@@ -130,50 +167,48 @@ class Daemon:
         except FileNotFoundError as exc:
             raise StartupError(str(exc)) from exc
         if cfg.serving.enabled:  # labeling, evaluation and the gateway run: none should stall on it later
-            from evolvd.embeddings import warm_up_in_background
-
-            warm_up_in_background()
+            embeddings.warm_up_in_background()
 
         try:
-            self._buffer = DuckDBBuffer(cfg.buffer_path, cfg.buffer.threads)
+            buffer = BufferPart(cfg.buffer_path, cfg.buffer.threads, self.registry)
         except (BufferLockedError, SchemaTooNewError) as exc:
             raise StartupError(str(exc)) from exc
-        self._buffer_collector = BufferCollector(
-            self._buffer.table_counts, self._buffer.backlog, cfg.buffer_path
+        self._stack.on_close("the buffer file", buffer.close)
+        policies = self._build_policies(buffer.buffer)
+        kafka = KafkaLog(cfg)
+        ingest_metrics = IngestMetrics.create(self.registry)
+        ingest = IngestService(
+            lambda: self._new_ingest_loop(buffer.buffer, kafka.bootstrap_servers, ingest_metrics),
+            cfg.ingest,
+            ingest_metrics,
+            self._stop,
+            lambda: self._fetcher_pid,
         )
-        self.registry.register(self._buffer_collector)
-
-        self._start_policies()
-        self._start_kafka()
-        self._ingest = self._new_ingest_loop()
-
-        self._admin = HttpServer(
-            create_app(self, token, loopback=cfg.admin.is_loopback),
-            cfg.admin.host,
-            cfg.admin.port,
-            name="evolvd-admin",
-            limit_concurrency=ADMIN_CONNECTION_LIMIT,
+        buffer.keep_open_while(lambda: ingest.alive)
+        serving = (
+            self._build_serving(buffer.buffer, kafka.bootstrap_servers, policies)
+            if cfg.serving.enabled
+            else None
         )
-        try:
-            self._admin.start()
-        except RuntimeError as exc:
-            raise StartupError(str(exc)) from exc
-        (cfg.data_dir / ADMIN_URL_FILE).write_text(self._admin.url + "\n")
-
-        self._start_ingest_thread()
-        if cfg.serving.enabled:
-            self._start_serving()
-        self._start_loop()
-        if cfg.demo.enabled:
-            self._start_demo()
-        self._state = "running"
-        logger.info(
-            "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
-            __version__,
-            self._admin.url,
-            self._bootstrap_servers,
-            cfg.kafka.topic,
-            cfg.buffer_path,
+        admin = AdminEndpoint(
+            HttpServer(
+                create_app(self, token, loopback=cfg.admin.is_loopback),
+                cfg.admin.host,
+                cfg.admin.port,
+                name="evolvd-admin",
+                limit_concurrency=ADMIN_CONNECTION_LIMIT,
+            ),
+            cfg.data_dir / ADMIN_URL_FILE,
+        )
+        return DaemonParts(
+            buffer=buffer,
+            policies=policies,
+            kafka=kafka,
+            ingest=ingest,
+            admin=admin,
+            serving=serving,
+            loop=self._build_loop(buffer.buffer, policies, serving),
+            demo=self._build_demo(kafka.bootstrap_servers, serving) if cfg.demo.enabled else None,
         )
 
     def _admin_token(self) -> str:
@@ -188,15 +223,29 @@ class Daemon:
         except AdminTokenError as exc:
             raise StartupError(str(exc)) from exc
 
-    def _start_policies(self) -> None:
+    def _check_gateway_exposure(self) -> None:
+        cfg = self.config
+        gateway = cfg.gateway
+        if cfg.serving.enabled and gateway.enabled and not gateway.is_loopback and not gateway.api_keys():
+            where = (
+                f"${gateway.api_keys_env}"
+                if gateway.api_keys_env
+                else "the variable gateway.api_keys_env names"
+            )
+            raise StartupError(
+                f"gateway.host {gateway.host} is not a loopback address: set client API keys in {where}"
+                " (comma-separated), or bind 127.0.0.1"
+            )
+
+    def _build_policies(self, buffer: DuckDBBuffer) -> PolicyService:
         from evolvd.config_file import ConfigError
         from evolvd.embeddings import embed
         from evolvd.policies.engine import PolicyEngine
+        from evolvd.policies.service import PolicyService
         from evolvd.policies.store import PolicyStore
 
-        assert self._buffer is not None
         try:
-            self._policy_store = PolicyStore(self.config.policies.dir, PolicyMetrics.create(self.registry))
+            store = PolicyStore(self.config.policies.dir, PolicyMetrics.create(self.registry))
         except ConfigError as exc:
             # Refuse to start on a policy set that does not validate: running on defaults instead
             # would silently drop the operator's gates.
@@ -204,55 +253,49 @@ class Daemon:
                 f"policies rejected: {exc.errors[0]}"
                 + (f" (+{len(exc.errors) - 1} more)" if len(exc.errors) > 1 else "")
             ) from exc
-        self._policy_engine = PolicyEngine(
-            self._buffer,
-            self._policy_store,
-            self._policy_store.metrics,
-            embed,
-            heldout_percent=self.config.evaluation.heldout_percent,
+        engine = PolicyEngine(
+            buffer, store, store.metrics, embed, heldout_percent=self.config.evaluation.heldout_percent
         )
         # Reloads go to the same audit trail (the constructor's first load emits no decisions).
-        self._policy_store.on_decisions = self._policy_engine.record_decisions
+        store.on_decisions = engine.record_decisions
+        return PolicyService(store, engine, watch=self.config.policies.watch)
 
-    def _start_demo(self) -> None:
+    def _build_demo(self, bootstrap_servers: str, serving: ServingService | None) -> DemoWorkload:
         from evolvd.demo import DemoWorkload
 
-        serving = self._serving
-        self._demo = DemoWorkload(
-            self.config, self._bootstrap_servers, lambda: serving.gateway_url if serving is not None else None
+        return DemoWorkload(
+            self.config, bootstrap_servers, lambda: serving.gateway_url if serving is not None else None
         )
-        self._demo.start()
 
-    def _start_loop(self) -> None:
+    def _build_loop(
+        self, buffer: DuckDBBuffer, policies: PolicyService, serving: ServingService | None
+    ) -> LoopService:
         """The scheduled jobs: labeling, policies, training, evaluation, promotion, retention."""
         from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator
         from evolvd.loop.promotion import Promoter
         from evolvd.loop.scheduler import LoopScheduler
+        from evolvd.loop.service import LoopService
         from evolvd.loop.steps import Loop
 
-        assert self._policy_store is not None and self._policy_engine is not None and self._buffer is not None
         cfg = self.config
-        if cfg.policies.watch:
-            self._policy_store.start_watching()
+        engine = policies.engine
         loop_metrics = LoopMetrics.create(self.registry)
         promoter = None
-        if self._serving is not None:
+        if serving is not None:
             promoter = Promoter(
-                self._buffer,
-                self._serving,
-                self._policy_engine.current_policies,
-                self._policy_engine.record_decisions,
-                loop_metrics,
+                buffer, serving, engine.current_policies, engine.record_decisions, loop_metrics
             )
         evaluation = cfg.evaluation
-        self._loop = Loop(
+        loop = Loop(
             cfg,
-            self._buffer,
-            self._policy_engine,
-            self._serving,
-            self._new_labeler() if self._serving is not None and cfg.labeling.enabled else None,
+            buffer,
+            engine,
+            serving,
+            self._build_labeler(buffer, policies, serving)
+            if serving is not None and cfg.labeling.enabled
+            else None,
             Evaluator(
-                self._buffer,
+                buffer,
                 EvaluationSettings(
                     evaluation.heldout_percent,
                     evaluation.heldout_max,
@@ -268,10 +311,10 @@ class Daemon:
             self._vllm_client,
             self._stop,
         )
-        self._scheduler = LoopScheduler(
-            cfg.scheduler, cfg.data_dir / "scheduler.sqlite", self._loop.bodies(), self._buffer, loop_metrics
+        scheduler = LoopScheduler(
+            cfg.scheduler, cfg.data_dir / "scheduler.sqlite", loop.bodies(), buffer, loop_metrics
         )
-        self._scheduler.start()
+        return LoopService(loop, scheduler, buffer)
 
     @staticmethod
     def _embed() -> Callable[[Sequence[str]], Any]:
@@ -283,7 +326,7 @@ class Daemon:
         """A client for the serving process while it is ready (one per URL: it restarts on a new port)."""
         from evolvd.connectors.vllm_client import VLLMClient
 
-        serving = self._serving
+        serving = self.parts.serving
         served = serving.live_model() if serving is not None else None
         if serving is None or served is None:
             return None
@@ -294,27 +337,29 @@ class Daemon:
             )
         return self._clients[url]
 
-    def _new_refiner(self, url: str, api_key: str | None) -> SelfRefiner:
-        """gateway.self_refine's step, on the serving process at `url` (its client closed at shutdown)."""
-        from evolvd.connectors.vllm_client import VLLMClient
-        from evolvd.policies.loader import load_policies
-        from evolvd.serving.self_refine import SelfRefiner
+    def _build_refiner(self, policies: PolicyService) -> Callable[[str, str | None], SelfRefiner]:
+        """gateway.self_refine's step, built for the serving process at `url` once it runs."""
 
-        client = VLLMClient(url, timeout_s=self.config.gateway.request_timeout_s, api_key=api_key)
-        self._clients[f"refine:{url}"] = client
-        shipped = load_policies(None)
+        def refiner(url: str, api_key: str | None) -> SelfRefiner:
+            from evolvd.connectors.vllm_client import VLLMClient
+            from evolvd.serving.self_refine import SelfRefiner
 
-        def in_force() -> PolicySet:  # serving starts before the policy store: the shipped ones till then
-            return self._policy_store.current if self._policy_store is not None else shipped
+            client = VLLMClient(url, timeout_s=self.config.gateway.request_timeout_s, api_key=api_key)
+            self._clients[f"refine:{url}"] = client
+            store = policies.store
+            return SelfRefiner(
+                client, self._judge, lambda: store.current, self.config.gateway.self_refine_max_tokens
+            )
 
-        return SelfRefiner(client, self._judge, in_force, self.config.gateway.self_refine_max_tokens)
+        return refiner
 
-    def _new_labeler(self) -> Labeler:
+    def _build_labeler(
+        self, buffer: DuckDBBuffer, policies: PolicyService, serving: ServingService
+    ) -> Labeler:
         from evolvd.labeling.labeler import Labeler
         from evolvd.metrics import LabelMetrics
 
-        assert self._buffer is not None and self._policy_store is not None and self._serving is not None
-        serving, store = self._serving, self._policy_store
+        store = policies.store
 
         def live_model() -> tuple[VLLMClient, str] | None:
             client, served = self._vllm_client(), serving.live_model()
@@ -322,7 +367,7 @@ class Daemon:
 
         labeling = self.config.labeling
         return Labeler(
-            self._buffer,
+            buffer,
             lambda: store.current,
             live_model,
             self._embed(),
@@ -333,90 +378,48 @@ class Daemon:
             stopping=self._stop.is_set,
         )
 
-    @property
-    def scheduler(self) -> LoopScheduler | None:
-        return self._scheduler
-
-    @property
-    def loop(self) -> Loop | None:
-        return self._loop
-
-    def lineage(self, adapter: str) -> Lineage | None:
-        from evolvd.loop.lineage import adapter_lineage
-
-        assert self._buffer is not None
-        found = adapter_lineage(self._buffer, adapter)
-        return None if found is None else Lineage.model_validate(found)
-
-    @property
-    def policies(self) -> PolicyEngine | None:
-        return self._policy_engine
-
-    def _start_serving(self) -> None:
+    def _build_serving(
+        self, buffer: DuckDBBuffer, bootstrap_servers: str, policies: PolicyService
+    ) -> ServingService:
         from evolvd.serving.service import ServingService
 
-        assert self._buffer is not None
-        self._serving = ServingService(
+        return ServingService(
             self.config,
-            self._buffer,
+            buffer,
             ServingMetrics.create(self.registry),
-            self._bootstrap_servers,
+            bootstrap_servers,
             # Under systemd: a start that is still loading the model asks for more time, and says why.
             on_waiting=lambda waiting: self._systemd.extend_start(waiting, START_EXTENSION_S),
-            refiner=self._new_refiner,
+            refiner=self._build_refiner(policies),
         )
-        try:
-            self._serving.start()
-        except RuntimeError as exc:  # model bootstrap, vLLM start and gateway bind errors all are
-            raise StartupError(f"serving: {exc}") from exc
 
-    @property
-    def serving(self) -> ServingService | None:
-        return self._serving
+    def _new_ingest_loop(
+        self, buffer: DuckDBBuffer, bootstrap_servers: str, metrics: IngestMetrics
+    ) -> IngestLoop:
+        topic = self.config.kafka.topic
 
-    def _start_kafka(self) -> None:
-        kafka = self.config.kafka
-        if kafka.is_embedded:
-            emb = kafka.embedded
-            self._broker = EmbeddedBroker(
-                emb.port,
-                self.config.data_dir / "broker.log",
-                emb.startup_timeout_s,
-                output_to_stderr=self.config.logging.children == "stderr",
-            )
-            try:
-                self._broker.start()
-            except EmbeddedBrokerError as exc:
-                raise StartupError(str(exc)) from exc
-            self._bootstrap_servers = self._broker.bootstrap_servers
-        if kafka.is_embedded or kafka.create_topic:
-            try:
-                ensure_topic(kafka, self._bootstrap_servers, kafka.embedded.partitions)
-            except KafkaUnavailableError as exc:
-                raise StartupError(str(exc)) from exc
+        def stored() -> dict[int, int]:
+            return buffer.stored_offsets(topic)
 
-    def _new_ingest_loop(self) -> IngestLoop:
-        assert self._buffer is not None
-        buffer, topic = self._buffer, self.config.kafka.topic
         try:
             return IngestLoop(
-                lambda drain: self._new_source(drain, lambda: buffer.stored_offsets(topic)),
+                lambda drain: self._new_source(drain, stored, bootstrap_servers),
                 buffer,
                 self.config.ingest,
-                self._ingest_metrics,
-                GroupOffsetsCheck(
-                    self.config.kafka, self._bootstrap_servers, lambda: buffer.stored_offsets(topic)
-                ),
+                metrics,
+                GroupOffsetsCheck(self.config.kafka, bootstrap_servers, stored),
             )
         except KafkaUnavailableError as exc:
-            raise StartupError(str(exc)) from exc
+            raise IngestStartError(str(exc)) from exc
 
-    def _new_source(self, drain: Callable[[], None], stored: Callable[[], dict[int, int]]) -> Source:
+    def _new_source(
+        self, drain: Callable[[], None], stored: Callable[[], dict[int, int]], bootstrap_servers: str
+    ) -> Source:
         cfg = self.config
         source = open_kafka_source(
             cfg.ingest.fetcher,
             cfg.kafka,
-            self._bootstrap_servers,
+            bootstrap_servers,
             stored,
             drain,
             cfg.ingest.batch_max_messages,
@@ -426,20 +429,25 @@ class Daemon:
         self._fetcher_pid = source.pid if isinstance(source, KafkaProcessSource) else None
         return source
 
-    def _start_ingest_thread(self) -> None:
-        assert self._ingest is not None
-        self._ingest_thread = threading.Thread(
-            target=self._run_ingest, args=(self._ingest,), name="evolvd-ingest", daemon=True
-        )
-        self._ingest_thread.start()
+    # -- lifecycle -----------------------------------------------------------------------------
 
-    def _run_ingest(self, ingest: IngestLoop) -> None:
-        """The ingest thread. A failure ends it with its reason recorded; `run` restarts it."""
-        try:
-            ingest.run(self._stop)
-        except Exception as exc:
-            self._ingest_last_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("ingest failed: %s", self._ingest_last_error)
+    def startup(self) -> None:
+        """Start the parts in order; the first that cannot start fails the startup (shutdown() then
+        stops what did start)."""
+        for part in self.parts.in_start_order():
+            try:
+                self._stack.start(part)
+            except RuntimeError as exc:  # bind errors, an unreachable broker, vLLM that will not start
+                raise StartupError(f"{part.name}: {exc}") from exc
+        self._state = "running"
+        logger.info(
+            "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
+            __version__,
+            self.parts.admin.url,
+            self.parts.kafka.bootstrap_servers,
+            self.config.kafka.topic,
+            self.config.buffer_path,
+        )
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -448,12 +456,9 @@ class Daemon:
             self._stop.set()
 
     def run(self) -> None:
-        """Supervise until a stop is requested: a dead ingest thread is restarted with backoff.
-
-        Under systemd (Type=notify) this loop also reports readiness and pings the watchdog, so a
-        hung daemon is restarted by the service manager."""
-        # The ingest thread has no health signal of its own: a run of a minute without dying counts.
-        backoff = RestartBackoff(initial_s=1.0, max_s=60.0, healthy_after_s=60.0)
+        """Wait for a stop request. The parts supervise themselves (ingest and the vLLM process restart
+        with backoff); under systemd (Type=notify) this loop reports readiness and pings the watchdog,
+        so a hung daemon is restarted by the service manager."""
         self._systemd.ready("started; " + self.readiness()[1])
         shown = ""
         while not self._stop.wait(0.5):
@@ -461,114 +466,53 @@ class Daemon:
             if (readiness := self.readiness()[1]) != shown:
                 shown = readiness
                 self._systemd.status("ready" if readiness == "ok" else readiness)
-            thread = self._ingest_thread
-            if thread is not None and not thread.is_alive():
-                self._ingest_restarts += 1
-                self._ingest_metrics.restarts.inc()
-                delay = backoff.next_delay()
-                logger.error(
-                    "ingest stopped unexpectedly; restarting in %.0fs (restart %d)",
-                    delay,
-                    self._ingest_restarts,
-                )
-                if self._stop.wait(delay):
-                    break
-                try:
-                    self._ingest = self._new_ingest_loop()
-                    self._start_ingest_thread()
-                except StartupError as exc:
-                    logger.error("ingest restart failed: %s", exc)
 
-    def shutdown(self, timeout_s: float = 30.0) -> None:
+    def shutdown(self) -> None:
+        """Stop the started parts in reverse order, then close the buffer file."""
         self.request_stop()
         self._systemd.stopping()
-        if self._demo is not None:
-            self._demo.stop()
-        if self._scheduler is not None:
-            self._scheduler.shutdown(timeout_s)
-        self._judge.close()
-        if self._serving is not None:
-            self._serving.stop()
-        if self._policy_store is not None:
-            self._policy_store.stop()
-        if self._ingest_thread is not None:
-            self._ingest_thread.join(timeout=timeout_s)
-            if self._ingest_thread.is_alive():
-                logger.error(
-                    "ingest did not stop within %.0fs; exiting anyway (the buffer stays consistent)",
-                    timeout_s,
-                )
-        if self._admin is not None:
-            self._admin.stop()
-            (self.config.data_dir / ADMIN_URL_FILE).unlink(missing_ok=True)
-        if self._buffer_collector is not None:
-            self.registry.unregister(self._buffer_collector)
-            self._buffer_collector = None
-        if self._buffer is not None and not (self._ingest_thread and self._ingest_thread.is_alive()):
-            self._buffer.close()
-            # Drop every reference to DuckDB objects before interpreter teardown (otherwise its
-            # bindings report them as leaked on exit, which reads like a crash in the log).
-            self._buffer = None
-            self._ingest = None
-        if self._broker is not None:
-            self._broker.stop()
+        self._stack.close()
         self._state = "stopped"
         logger.info("evolvd stopped")
 
     # -- what the admin API shows ------------------------------------------------------------
 
-    def _loop_status(self) -> dict[str, Any] | None:
-        """What the loop did, step by step: jobs, the latest runs, evaluations and decisions."""
-        if self._scheduler is None or self._buffer is None:
-            return None
-        from evolvd.evaluation.store import EvaluationStore
-        from evolvd.policies.audit import recent_decisions
-        from evolvd.serving.canaries import CanaryStore
-        from evolvd.training.runs import RunStore
+    @property
+    def scheduler(self) -> LoopScheduler:
+        return self.parts.loop.scheduler
 
-        runner = self._loop.runner if self._loop is not None else None
-        buffer = self._buffer
-        return {
-            "jobs": self._scheduler.status(),
-            "training_now": runner.active() if runner is not None else None,
-            "runs": RunStore(buffer).recent(5),
-            "evaluations": EvaluationStore(buffer).recent_summaries(5),
-            "promotion_decisions": recent_decisions(buffer.cursor(), "promotion", 5),
-            "canaries": CanaryStore(buffer).recent(3),
-        }
+    @property
+    def loop(self) -> Loop:
+        return self.parts.loop.loop
+
+    @property
+    def policies(self) -> PolicyEngine:
+        return self.parts.policies.engine
+
+    @property
+    def serving(self) -> ServingService | None:
+        return self.parts.serving
+
+    def lineage(self, adapter: str) -> Lineage | None:
+        from evolvd.loop.lineage import adapter_lineage
+
+        found = adapter_lineage(self.parts.buffer.buffer, adapter)
+        return None if found is None else Lineage.model_validate(found)
 
     def readiness(self) -> tuple[bool, str]:
         if self._state != "running":
             return False, self._state
-        if self._ingest is None or not self._ingest.state.running:
-            return False, "ingest is not running"
-        if (stalled := self._ingest.writer_stall.unready_reason()) is not None:
-            return False, stalled
-        if self._serving is not None and self._serving.live_model() is None:
+        if (unready := self.parts.ingest.unready_reason()) is not None:
+            return False, unready
+        serving = self.parts.serving
+        if serving is not None and serving.live_model() is None:
             return False, "serving is not ready"
         return True, "ok"
 
-    def _writer_status(self) -> dict[str, Any]:
-        stall = self._ingest.writer_stall if self._ingest is not None else None
-        if stall is None:
-            return {"failing_s": 0.0, "attempts": 0, "last_error": None}
-        failing_s = round(stall.seconds(), 1)
-        return {"failing_s": failing_s, "attempts": stall.attempts, "last_error": stall.last_error}
-
     def status(self) -> DaemonStatus:
-        assert self._buffer is not None
-        ingest = self._ingest.state if self._ingest is not None else None
-        partitions = [
-            PartitionStatus(
-                topic=p.topic,
-                partition=p.partition,
-                buffer_offset=p.position,
-                highwater=p.highwater,
-                lag=p.lag,
-            )
-            for p in (ingest.partitions if ingest else [])
-        ]
-        dead = self._buffer.dead_letters_by_reason()
+        """The daemon's own fields joined with every part's sections."""
+        sections = joined_status(self.parts.with_status())
+        sections.setdefault("serving", {"state": "disabled"})
         # Validated here, where a drifted field is a bug of this daemon, not a KeyError in the CLI.
         return DaemonStatus.model_validate(
             {
@@ -576,35 +520,7 @@ class Daemon:
                 "state": self._state,
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self._started_at, 1),
-                "kafka": {
-                    "bootstrap_servers": self._bootstrap_servers,
-                    "embedded": self.config.kafka.is_embedded,
-                    "topic": self.config.kafka.topic,
-                    "group_id": self.config.kafka.group_id,
-                },
-                "ingest": {
-                    "running": bool(ingest and ingest.running),
-                    "paused_by_backpressure": bool(ingest and ingest.paused),
-                    "backlog": ingest.backlog if ingest else None,
-                    "backlog_high_watermark": self.config.ingest.backlog_high_watermark,
-                    "restarts": self._ingest_restarts,
-                    "last_error": self._ingest_last_error,
-                    "writer": self._writer_status(),
-                    "fetcher_pid": self._fetcher_pid,
-                    "lag_total": sum(p.lag or 0 for p in partitions),
-                    "partitions": partitions,
-                    "group_ahead": [asdict(a) for a in (ingest.group_ahead if ingest else [])],
-                },
-                "buffer": {
-                    "path": str(self.config.buffer_path),
-                    "schema_version": self._buffer.schema_version,
-                    "tables": self._buffer.table_counts(),
-                    "events_by_state": self._buffer.events_by_state(),
-                },
-                "dead_letters": {"total": sum(dead.values()), "by_reason": dead},
-                "serving": self._serving.status() if self._serving is not None else {"state": "disabled"},
-                "policies": self._policy_engine.status() if self._policy_engine is not None else None,
-                "loop": self._loop_status(),
+                **sections,
                 "config": as_dict(self.config),
             }
         )

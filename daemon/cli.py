@@ -134,7 +134,11 @@ def run(config_path: Path | None, demo: bool) -> None:
 
     configure_logging(config.logging.level, config.logging.format)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # process-wide: this process is the daemon
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)  # builds every part: the buffer opens, the policies load
+    except StartupError as exc:
+        click.echo(f"evolvd: startup failed: {exc}", err=True)
+        sys.exit(EXIT_STARTUP_FAILED)
     interrupts = 0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

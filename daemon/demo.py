@@ -28,6 +28,8 @@ LOG_EVERY = 50
 
 
 class DemoWorkload:
+    name = "demo"
+
     def __init__(
         self, config: EvolvdConfig, bootstrap_servers: str, gateway_url: Callable[[], str | None]
     ) -> None:
@@ -57,7 +59,8 @@ class DemoWorkload:
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=15)
+            if thread.is_alive():
+                thread.join(timeout=15)
 
     def _tasks(self, stream: int) -> Iterator[Task]:
         demo = self._config.demo

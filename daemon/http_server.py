@@ -122,5 +122,7 @@ class HttpServer:
         return f"http://{host}:{self.port}"
 
     def stop(self) -> None:
+        """Safe whatever start() did (the daemon stops every part it tried to start)."""
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)

@@ -248,7 +248,7 @@ def test_serving_that_is_still_preparing_its_model_answers_503_with_why(tmp_path
     )
     with pytest.raises(ServingNotStartedError, match="not started yet"):
         serving.serving_name()
-    assert serving.status()["state"] == "not started" and serving.live_model() is None
+    assert serving.status_sections()["serving"].state == "not started" and serving.live_model() is None
     daemon = StubDaemon(registry=registry, serving=serving)  # type: ignore[arg-type]
     server = HttpServer(create_app(daemon, TOKEN, loopback=True), "127.0.0.1", 0, "evolvd-admin")
     server.start()

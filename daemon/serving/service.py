@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from evolvd.abc import Publisher
 from evolvd.adapter_folder import AdapterRejectedError
@@ -27,6 +26,7 @@ from evolvd.serving.self_refine import SelfRefiner
 from evolvd.serving.served_stats import ServedStats, WindowStats
 from evolvd.serving.supervisor import ServingStartError, ServingSupervisor
 from evolvd.serving.vllm_key import vllm_api_key
+from evolvd.status_models import BaseModelStatus, ServingStatus
 
 __all__ = ["ADAPTER_STORE_DIR", "ServingNotStartedError", "ServingService", "SwapError", "SwapResult"]
 """The facade the loop and the admin API use; the swapper, router and supervisor stay inside serving."""
@@ -71,6 +71,8 @@ class StartedParts:
 
 
 class ServingService:
+    name = "serving"
+
     def __init__(
         self,
         config: EvolvdConfig,
@@ -294,25 +296,27 @@ class ServingService:
             return None
         return parts.supervisor.url, parts.router.routing.live_or_base
 
-    def status(self) -> dict[str, Any]:
+    def status_sections(self) -> dict[str, ServingStatus]:
         parts = self._parts
-        sup, routing = (parts.supervisor, parts.router.routing) if parts else (None, None)
+        if parts is None:
+            return {self.name: ServingStatus(state="not started", public_model_name=self._public_name)}
+        sup, routing, base = parts.supervisor, parts.router.routing, parts.base
         return {
-            "state": sup.state.value if sup else "not started",
-            "url": sup.url if sup else None,
-            "pid": sup.pid if sup else None,
-            "restarts": sup.restarts if sup else 0,
-            "base_model": {
-                "name": parts.base.name,
-                "path": str(parts.base.path),
-                "sha256": parts.base.content_hash,
-            }
-            if parts
-            else None,
-            "gateway_url": self.gateway_url,
-            "public_model_name": self.config.gateway.public_model_name,
-            "live": routing.live_or_base if routing else None,
-            "previous": routing.previous if routing else None,
-            "canary": routing.canary if routing else None,
-            "loaded_adapters": sorted(parts.swapper.loaded) if parts else [],
+            self.name: ServingStatus(
+                state=sup.state.value,
+                url=sup.url,
+                pid=sup.pid,
+                restarts=sup.restarts,
+                base_model=BaseModelStatus(name=base.name, path=str(base.path), sha256=base.content_hash),
+                gateway_url=self.gateway_url,
+                public_model_name=self._public_name,
+                live=routing.live_or_base,
+                previous=routing.previous,
+                canary=routing.canary,
+                loaded_adapters=sorted(parts.swapper.loaded),
+            )
         }
+
+    @property
+    def _public_name(self) -> str:
+        return self.config.gateway.public_model_name
