@@ -16,6 +16,7 @@ STACK_STAMP   := $(VENV)/.stack-$(EXTRA)
 PROJECT_STAMP := $(VENV)/.project
 PROMETHEUS    := $(VENV)/prometheus/.installed
 KUBECTL       := $(VENV)/kubectl/.installed
+POSTGRES      := $(VENV)/.postgres
 SOURCES := $(shell find daemon connectors policies -type f \( -name '*.py' -o -name '*.sql' -o -name '*.yaml' \) 2>/dev/null)
 
 export HF_HUB_OFFLINE := 1
@@ -77,6 +78,21 @@ $(KUBECTL): | $(BIN)/python
 	fi
 	mkdir -p $(VENV)/kubectl && touch $@
 
+# The shared-buffer tests start a private PostgreSQL server (tests/postgres_server.py) from Debian's
+# binaries: used where installed, otherwise `apt-get install postgresql` (as root, as in CI; the
+# package's own cluster service is not started: the tests run their own server on 127.0.0.1).
+$(POSTGRES): | $(BIN)/python
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "postgresql: using $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }; } && \
+		ls /usr/lib/postgresql/*/bin/initdb; \
+	else \
+		echo "postgresql: not installed; run 'sudo apt-get install postgresql' (the shared-buffer tests need it)"; exit 1; \
+	fi
+	touch $@
+
 # DEMO=1 (the default) feeds the built-in demo workload so the whole loop shows; DEMO=0 runs the
 # daemon alone, waiting for traffic on its topic.
 run: $(PROJECT_STAMP)
@@ -91,7 +107,7 @@ typecheck: $(PROJECT_STAMP)
 	$(BIN)/mypy -p evolvd
 	$(BIN)/mypy tests bench grafana
 
-unit: $(PROJECT_STAMP) $(PROMETHEUS) $(KUBECTL)
+unit: $(PROJECT_STAMP) $(PROMETHEUS) $(KUBECTL) $(POSTGRES)
 	PATH="$(CURDIR)/$(VENV)/prometheus/usr/bin:$$PATH" $(BIN)/pytest -q --durations=15
 
 test: lint typecheck unit

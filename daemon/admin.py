@@ -77,7 +77,8 @@ class DaemonView(Protocol):
     registry: CollectorRegistry
 
     @property
-    def scheduler(self) -> SchedulerControl: ...
+    def scheduler(self) -> SchedulerControl | None:
+        """None on a daemon that runs no loop (`--role ingest`)."""
 
     def lineage(self, adapter: str) -> Lineage | None: ...
 
@@ -85,7 +86,8 @@ class DaemonView(Protocol):
     def serving(self) -> ServingControl | None: ...
 
     @property
-    def policies(self) -> PolicyControl: ...
+    def policies(self) -> PolicyControl | None:
+        """None on a daemon that runs no policies (`--role ingest`)."""
 
     def status(self) -> DaemonStatus: ...
 
@@ -208,13 +210,20 @@ def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI
             ) from exc
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
+    def policies() -> PolicyControl:
+        if daemon.policies is None:
+            raise HTTPException(
+                status_code=409, detail="this daemon runs no policies (it is an ingest member)"
+            )
+        return daemon.policies
+
     @app.get("/policies")
     def policy_status() -> PolicyStatus:
-        return daemon.policies.status()
+        return policies().status()
 
     @app.post("/policies/reload")
     def policy_reload() -> PolicyReload:
-        control = daemon.policies
+        control = policies()
         outcome = control.reload()
         return PolicyReload(outcome=outcome, **control.status().model_dump())
 
@@ -222,7 +231,7 @@ def create_app(daemon: DaemonView, token: str, loopback: bool = True) -> FastAPI
     def policy_dry_run(body: DryRunRequest) -> DryRunReport:
         try:
             return DryRunReport.model_validate(
-                daemon.policies.dry_run(body.files, body.replace_all, body.shown_as)
+                policies().dry_run(body.files, body.replace_all, body.shown_as)
             )
         except ConfigError as exc:
             raise HTTPException(status_code=422, detail={"errors": [str(e) for e in exc.errors]}) from exc
@@ -245,13 +254,18 @@ def _add_loop_routes(app: FastAPI, daemon: DaemonView) -> None:
             raise HTTPException(status_code=404, detail=f"no adapter named {name}")
         return found
 
+    def scheduler() -> SchedulerControl:
+        if daemon.scheduler is None:
+            raise HTTPException(status_code=409, detail="this daemon runs no loop (it is an ingest member)")
+        return daemon.scheduler
+
     @app.get("/jobs")
     def jobs() -> JobList:
-        return JobList(jobs=daemon.scheduler.status())
+        return JobList(jobs=scheduler().status())
 
     @app.post("/jobs/{name}/{action}")
     def job_action(name: str, action: str) -> JobAction:
-        control = daemon.scheduler
+        control = scheduler()
         try:
             if action == "pause":
                 control.pause(name)

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evolvd import __version__
-from evolvd.abc import Source
+from evolvd.abc import IngestSink, Source
 from evolvd.admin import create_app
 from evolvd.admin_token import AdminTokenError, configured_token, daemon_token
 from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError
 from evolvd.buffer.part import BufferPart
+from evolvd.buffer.postgres_buffer import BufferUnavailableError
 from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.group_offsets import GroupOffsetsCheck
 from evolvd.connectors.kafka_process import KafkaProcessSource, open_kafka_source
@@ -102,16 +103,17 @@ class AdminEndpoint:
 
 @dataclass(frozen=True)
 class DaemonParts:
-    """Every part, built. Serving and the demo are absent only where the config turns them off."""
+    """Every part, built. A part is absent only where the config turns it off (serving, the demo) or
+    the daemon's role does not run it (an ingest member runs no policies, serving or loop)."""
 
     buffer: BufferPart
-    policies: PolicyService
     kafka: KafkaLog
     ingest: IngestService
     admin: AdminEndpoint
-    serving: ServingService | None
-    loop: LoopService
-    demo: DemoWorkload | None
+    policies: PolicyService | None = None
+    serving: ServingService | None = None
+    loop: LoopService | None = None
+    demo: DemoWorkload | None = None
 
     def in_start_order(self) -> list[Part]:
         """The admin API before serving, so operators and systemd can ask while vLLM loads; the loop's
@@ -166,30 +168,28 @@ class Daemon:
             embeddings.configure(cfg.embeddings.model_path)
         except FileNotFoundError as exc:
             raise StartupError(str(exc)) from exc
-        if cfg.serving.enabled:  # labeling, evaluation and the gateway run: none should stall on it later
-            embeddings.warm_up_in_background()
+        whole = cfg.role == "all"
+        if whole and cfg.buffer.backend != "duckdb":
+            raise StartupError(
+                f"buffer.backend {cfg.buffer.backend} runs `evolvd run --role ingest` members so far; "
+                "the whole daemon (role all) runs on the duckdb backend"
+            )
 
         try:
-            buffer = BufferPart(cfg.buffer_path, cfg.buffer.threads, self.registry)
-        except (BufferLockedError, SchemaTooNewError) as exc:
+            buffer = BufferPart(cfg, self.registry)
+        except (BufferLockedError, BufferUnavailableError, SchemaTooNewError) as exc:
             raise StartupError(str(exc)) from exc
-        self._stack.on_close("the buffer file", buffer.close)
-        policies = self._build_policies(buffer.buffer)
+        self._stack.on_close("the buffer", buffer.close)
         kafka = KafkaLog(cfg)
         ingest_metrics = IngestMetrics.create(self.registry)
         ingest = IngestService(
-            lambda: self._new_ingest_loop(buffer.buffer, kafka.bootstrap_servers, ingest_metrics),
+            lambda: self._new_ingest_loop(buffer.sink, kafka.bootstrap_servers, ingest_metrics),
             cfg.ingest,
             ingest_metrics,
             self._stop,
             lambda: self._fetcher_pid,
         )
         buffer.keep_open_while(lambda: ingest.alive)
-        serving = (
-            self._build_serving(buffer.buffer, kafka.bootstrap_servers, policies)
-            if cfg.serving.enabled
-            else None
-        )
         admin = AdminEndpoint(
             HttpServer(
                 create_app(self, token, loopback=cfg.admin.is_loopback),
@@ -200,16 +200,28 @@ class Daemon:
             ),
             cfg.data_dir / ADMIN_URL_FILE,
         )
-        return DaemonParts(
+        duckdb = buffer.buffer
+        if not whole or not isinstance(duckdb, DuckDBBuffer):
+            return DaemonParts(buffer=buffer, kafka=kafka, ingest=ingest, admin=admin)
+        policies = self._build_policies(duckdb)
+        serving = (
+            self._build_serving(duckdb, kafka.bootstrap_servers, policies) if cfg.serving.enabled else None
+        )
+        parts = DaemonParts(
             buffer=buffer,
-            policies=policies,
             kafka=kafka,
             ingest=ingest,
             admin=admin,
+            policies=policies,
             serving=serving,
-            loop=self._build_loop(buffer.buffer, policies, serving),
+            loop=self._build_loop(duckdb, policies, serving),
             demo=self._build_demo(kafka.bootstrap_servers, serving) if cfg.demo.enabled else None,
         )
+        if cfg.serving.enabled:  # labeling, evaluation and the gateway: none should stall on it later
+            # Only once every part is built: the warm-up imports torch on its thread, and scipy (which the
+            # policies import) peeks at a half-imported torch module and fails as a circular import.
+            embeddings.warm_up_in_background()
+        return parts
 
     def _admin_token(self) -> str:
         cfg = self.config
@@ -394,7 +406,7 @@ class Daemon:
         )
 
     def _new_ingest_loop(
-        self, buffer: DuckDBBuffer, bootstrap_servers: str, metrics: IngestMetrics
+        self, buffer: IngestSink, bootstrap_servers: str, metrics: IngestMetrics
     ) -> IngestLoop:
         topic = self.config.kafka.topic
 
@@ -478,16 +490,19 @@ class Daemon:
     # -- what the admin API shows ------------------------------------------------------------
 
     @property
-    def scheduler(self) -> LoopScheduler:
-        return self.parts.loop.scheduler
+    def scheduler(self) -> LoopScheduler | None:
+        loop = self.parts.loop
+        return loop.scheduler if loop is not None else None
 
     @property
-    def loop(self) -> Loop:
-        return self.parts.loop.loop
+    def loop(self) -> Loop | None:
+        loop = self.parts.loop
+        return loop.loop if loop is not None else None
 
     @property
-    def policies(self) -> PolicyEngine:
-        return self.parts.policies.engine
+    def policies(self) -> PolicyEngine | None:
+        policies = self.parts.policies
+        return policies.engine if policies is not None else None
 
     @property
     def serving(self) -> ServingService | None:
@@ -496,7 +511,10 @@ class Daemon:
     def lineage(self, adapter: str) -> Lineage | None:
         from evolvd.loop.lineage import adapter_lineage
 
-        found = adapter_lineage(self.parts.buffer.buffer, adapter)
+        buffer = self.parts.buffer.buffer
+        if not isinstance(buffer, DuckDBBuffer):
+            return None  # an ingest member: adapters live with the whole daemon
+        found = adapter_lineage(buffer, adapter)
         return None if found is None else Lineage.model_validate(found)
 
     def readiness(self) -> tuple[bool, str]:

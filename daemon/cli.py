@@ -114,9 +114,18 @@ def main() -> None:
     help="Feed the built-in demo workload (demo.*) and, unless policies.dir is set, use the "
     "demo-sized policies, so the whole loop runs on one machine within minutes.",
 )
-def run(config_path: Path | None, demo: bool) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(["all", "ingest"]),
+    default=None,
+    help="What this process runs (default: the config's `role`, all): `ingest` consumes the prompts "
+    "topic into a shared buffer (buffer.backend postgres) as one member of the consumer group.",
+)
+def run(config_path: Path | None, demo: bool, role: str | None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C (a second Ctrl-C forces the exit)."""
     config = _load_config(config_path)
+    if role is not None:
+        config = config.model_copy(update={"role": role})
     if demo:
         from evolvd.policies.loader import demo_dir
 

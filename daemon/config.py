@@ -11,6 +11,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -130,13 +131,41 @@ class IngestConfig(_Section):
 
 
 class BufferConfig(_Section):
+    backend: Literal["duckdb", "postgres"] = "duckdb"
+    """`duckdb`: one embedded file, one daemon. `postgres`: a PostgreSQL database shared by several
+    daemon processes (`evolvd run --role ingest` members in one consumer group)."""
+
     path: Path | None = None
     """DuckDB file; defaults to `<data_dir>/buffer.duckdb`."""
+
+    postgres_url: str | None = None
+    """libpq URL of the shared buffer (`postgresql://evolvd@db.internal:5432/evolvd`), required by the
+    postgres backend. No password here: libpq reads it from $PGPASSWORD or ~/.pgpass."""
+
+    pool_size: int = Field(8, ge=1, le=256)
+    """PostgreSQL connections this process keeps open."""
+
+    connect_timeout_s: float = Field(10.0, gt=0)
+    """How long startup waits for the PostgreSQL server before it fails with the reason."""
 
     threads: int = Field(1, ge=1, le=256)
     """DuckDB worker threads. The buffer's statements are small (a batch insert, a status count), and
     more threads mostly take cores from the Kafka fetcher, vLLM and training (bench/ingest.py compares
     1 thread with DuckDB's default of one per core: bench/README.md)."""
+
+    @model_validator(mode="after")
+    def _postgres_needs_its_url(self) -> BufferConfig:
+        if self.backend != "postgres":
+            return self
+        if not self.postgres_url:
+            raise ValueError(
+                "buffer.backend postgres needs buffer.postgres_url (postgresql://user@host:port/db)"
+            )
+        if urlsplit(self.postgres_url).password is not None:
+            raise ValueError(
+                "buffer.postgres_url carries a password: remove it and set $PGPASSWORD or ~/.pgpass instead"
+            )
+        return self
 
 
 class AdminConfig(_Section):
@@ -520,6 +549,10 @@ class EvolvdConfig(BaseSettings):
 
     data_dir: Path = Path("var/evolvd")
     """Where the buffer, models, adapters and runtime files live."""
+
+    role: Literal["all", "ingest"] = "all"
+    """`all`: the whole daemon. `ingest`: a member that only consumes the prompts topic into the
+    shared buffer (buffer.backend postgres), one of several in one consumer group."""
 
     kafka: KafkaConfig = KafkaConfig()
     ingest: IngestConfig = IngestConfig()

@@ -58,7 +58,12 @@ def _load() -> Any:
 def warm_up_in_background() -> None:
     """Load the model now, beside the rest of startup. Its first load imports torch and
     sentence-transformers, which holds the GIL for seconds at a time: done lazily mid-run, that
-    stalled the gateway and the admin API (a /status took 8 s on a 2-core machine)."""
+    stalled the gateway and the admin API (a /status took 8 s on a 2-core machine).
+
+    torch itself is imported here, on the caller's thread, before the load starts: while a thread is
+    still importing torch, its half-built module is visible to every other thread, and scipy (the drift
+    policy, the evaluation's tests) probes `torch.Tensor` on import and fails as a circular import."""
+    import torch  # noqa: F401 - imported whole before any other thread can see it half-built
 
     def load() -> None:
         started = time.monotonic()

@@ -159,11 +159,17 @@ class BufferCollector(Collector):
     bookkeeping on the hot path)."""
 
     def __init__(
-        self, counts: Callable[[], dict[str, int]], backlog: Callable[[], int], buffer_file: Path
+        self,
+        counts: Callable[[], dict[str, int]],
+        backlog: Callable[[], int],
+        buffer_file: Path | None,
+        data_dir: Path,
     ) -> None:
+        """`buffer_file`: the DuckDB file; None for a PostgreSQL buffer (its server reports its own size)."""
         self._counts = counts
         self._backlog = backlog
         self._buffer_file = buffer_file
+        self._data_dir = data_dir
 
     def collect(self) -> Iterable[Metric]:
         rows = GaugeMetricFamily("evolvd_buffer_rows", "Rows in each buffer table", labels=["table"])
@@ -175,13 +181,14 @@ class BufferCollector(Collector):
             "Prompts waiting for the labeler (copies of one prompt count once)",
             value=self._backlog(),
         )
-        yield GaugeMetricFamily(
-            "evolvd_buffer_file_bytes",
-            "Size of the DuckDB buffer file",
-            value=self._buffer_file.stat().st_size if self._buffer_file.exists() else 0,
-        )
-        # The file system holding the buffer, adapters and data sets (the data dir).
-        disk = shutil.disk_usage(self._buffer_file.parent)
+        if self._buffer_file is not None:
+            yield GaugeMetricFamily(
+                "evolvd_buffer_file_bytes",
+                "Size of the DuckDB buffer file",
+                value=self._buffer_file.stat().st_size if self._buffer_file.exists() else 0,
+            )
+        # The file system holding the adapters and data sets (and the DuckDB buffer): the data dir.
+        disk = shutil.disk_usage(self._data_dir)
         yield GaugeMetricFamily(
             "evolvd_data_dir_free_bytes", "Free bytes on the file system of the data dir", value=disk.free
         )

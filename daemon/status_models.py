@@ -255,8 +255,10 @@ class DaemonStatus(Answer):
     buffer: BufferStatus
     dead_letters: DeadLetterStatus
     serving: ServingStatus
-    policies: PolicyStatus | None
-    loop: LoopStatus | None
+    policies: PolicyStatus | None = None
+    """None on a daemon that runs no policies (an ingest member, `--role ingest`)."""
+    loop: LoopStatus | None = None
+    """None on a daemon that runs no loop (an ingest member)."""
     config: dict[str, JsonValue]
     """The configuration in force (secrets are read from files or variables and never appear here)."""
 

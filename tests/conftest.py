@@ -35,6 +35,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield b
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """The session's one private PostgreSQL server (127.0.0.1 only; tests/postgres_server.py)."""
+    from postgres_server import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: Any) -> str:
+    """A fresh database on the session's server for one test."""
+    return str(postgres.new_database())
+
+
 @pytest.fixture(autouse=True)
 def kafka_python_may_drop_a_broker_socket() -> None:
     """kafka-python 3.0.12 can lose a connection's socket without closing it when a client closes

@@ -8,7 +8,10 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from evolvd.abc import IngestBatch
 
 T = TypeVar("T")
 
@@ -105,3 +108,17 @@ def wait_for(
         time.sleep(interval_s)
     log = f":\n{tail.tail(60)}" if tail is not None else ""
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{log}")
+
+
+def batch_of(ids: list[str], topic: str = "t", partition: int = 0, first_offset: int = 0) -> IngestBatch:
+    """One sealed ingest batch of prompts with these ids, at consecutive offsets of one partition."""
+    from evolvd.abc import IngestBatch, Record
+    from evolvd.contract import decode_into, encode_message
+
+    batch = IngestBatch()
+    for n, ident in enumerate(ids):
+        decode_into(
+            Record(topic, partition, first_offset + n, encode_message(ident, f"prompt {ident}")), 4096, batch
+        )
+    batch.next_offsets[(topic, partition)] = first_offset + len(ids)
+    return batch.seal()

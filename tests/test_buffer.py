@@ -8,11 +8,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from helpers import batch_of
 
-from evolvd.abc import DeadLetter, Feedback, IngestBatch, Record
+from evolvd.abc import DeadLetter, Feedback, IngestBatch
 from evolvd.buffer import DuckDBBuffer, SchemaTooNewError
 from evolvd.buffer.migrations import Migration, bundled_migrations, migrate
-from evolvd.contract import decode_into, encode_message
 
 EXPECTED_TABLES = {
     "events",
@@ -33,16 +33,6 @@ EXPECTED_TABLES = {
     "policy_decisions",
     "schema_migrations",
 }
-
-
-def batch_of(ids: list[str], topic: str = "t", partition: int = 0, first_offset: int = 0) -> IngestBatch:
-    batch = IngestBatch()
-    for n, ident in enumerate(ids):
-        decode_into(
-            Record(topic, partition, first_offset + n, encode_message(ident, f"prompt {ident}")), 4096, batch
-        )
-    batch.next_offsets[(topic, partition)] = first_offset + len(ids)
-    return batch.seal()
 
 
 def test_fresh_file_gets_every_table_and_the_latest_version(tmp_path: Path) -> None:

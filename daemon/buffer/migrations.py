@@ -40,6 +40,30 @@ def bundled_migrations() -> list[Migration]:
     return found
 
 
+_POSTGRES_TYPES = (
+    (re.compile(r"\bDOUBLE\b(?! PRECISION)"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+)
+
+
+def postgres_sql(sql: str) -> str:
+    """A migration's DuckDB DDL as PostgreSQL reads it. The schema files use the types both share
+    (VARCHAR, BIGINT, JSON, TIMESTAMPTZ, sequences, CHECK); only these two are spelled differently, so
+    both backends are built from one schema."""
+    for pattern, replacement in _POSTGRES_TYPES:
+        sql = pattern.sub(replacement, sql)
+    return sql
+
+
+def refuse_newer(version: int, latest: int, where: str, remedy: str) -> None:
+    """A buffer a newer evolvd migrated is not opened: writing it could corrupt what that version wrote."""
+    if version > latest:
+        raise SchemaTooNewError(
+            f"buffer {where} has schema version {version}, but this evolvd understands up to {latest}: "
+            + remedy
+        )
+
+
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -55,11 +79,7 @@ def migrate(con: duckdb.DuckDBPyConnection, path: str, migrations: list[Migratio
     migrations = bundled_migrations() if migrations is None else migrations
     latest = migrations[-1].version if migrations else 0
     version = current_version(con)
-    if version > latest:
-        raise SchemaTooNewError(
-            f"buffer {path} has schema version {version}, but this evolvd understands up to {latest}: "
-            "run a newer evolvd, or restore a backup taken before the upgrade"
-        )
+    refuse_newer(version, latest, path, "run a newer evolvd, or restore a backup taken before the upgrade")
     for migration in migrations:
         if migration.version <= version:
             continue
