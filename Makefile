@@ -113,7 +113,7 @@ unit: $(PROJECT_STAMP) $(PROMETHEUS) $(KUBECTL) $(POSTGRES)
 test: lint typecheck unit
 
 # Each benchmark writes bench/results/<name>.json; the report collects them into bench/README.md.
-BENCHMARKS := ingest serving policies labels training selfimprove freeform chaos
+BENCHMARKS := ingest serving policies labels training selfimprove freeform chaos scale
 
 bench: $(PROJECT_STAMP)
 	@failed=""; for b in $(BENCHMARKS); do $(BIN)/python bench/$$b.py || failed="$$failed $$b"; done; \

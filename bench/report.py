@@ -641,6 +641,34 @@ def noise_floor_section(result: dict[str, Any] | None) -> list[str]:
     ]  # fmt: skip
 
 
+def scale_section(result: dict[str, Any] | None) -> list[str]:
+    out = ["## Scale-out: the shared PostgreSQL buffer (bench/scale.py)", ""]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    writes = result["labeled_writes_per_s"]
+    by_writers = result["postgres_writes_per_s_by_writers"]
+    one, two = result["ingest_1_member"], result["ingest_2_members"]
+    verdict = "every target met" if not result["failed"] else f"MISSED: {'; '.join(result['failed'])}"
+    writers = max(by_writers, key=int)
+    cores = (one["members_cores_busy"], two["members_cores_busy"])
+    return [
+        *out,
+        f"{result['labeled_events']:,} labeler results (every row of a labeled event, one transaction each)"
+        f" written to each backend: DuckDB {writes['duckdb']:.0f}/s (its one writer), PostgreSQL"
+        f" {writes['postgres']:.0f}/s with {writers} writers ({by_writers['1']:.0f}/s with one),"
+        f" {result['postgres_vs_duckdb_ratio']}x. Ingest members (`--role ingest`) on one PostgreSQL buffer,"
+        f" batches of {result['ingest_batch_max_messages']} messages: one member"
+        f" {one['msgs_per_s']:,.0f} msg/s ({cores[0]} cores), two {two['msgs_per_s']:,.0f} msg/s"
+        f" ({cores[1]} cores): {result['ingest_2_vs_1_member_ratio']}x; a raw kafka-python consumer read"
+        f" {result['raw_consumer_msgs_per_s']:,.0f} msg/s. Exactly-once in every run:"
+        f" {result['exactly_once_every_run']}. {result['labelers_note']}. Verdict: {verdict}.",
+        "",
+        f"Setting: {result['note']}.",
+        "",
+        *analysis("scale"),
+    ]
+
+
 def pictures_section(result: dict[str, Any] | None) -> list[str]:
     out = ["## What an operator sees (bench/pictures.py)", ""]
     if result is None:
@@ -666,7 +694,7 @@ def pictures_section(result: dict[str, Any] | None) -> list[str]:
 def main() -> int:
     names = (
         "ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform", "chaos",
-        "judgement", "meaning", "controls", "refine", "noise_floor", "pictures",
+        "judgement", "meaning", "controls", "refine", "noise_floor", "scale", "pictures",
     )  # fmt: skip
     results = {name: load(name) for name in names}
     lines = [
@@ -686,6 +714,7 @@ def main() -> int:
         *policies_section(results["policies"]),
         *chaos_section(results["chaos"]),
         *noise_floor_section(results["noise_floor"]),
+        *scale_section(results["scale"]),
         *pictures_section(results["pictures"]),
     ]
     README.write_text("\n".join(lines).rstrip() + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from evolvd.admin import create_app
 from evolvd.admin_token import AdminTokenError, configured_token, daemon_token
 from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError
 from evolvd.buffer.part import BufferPart
-from evolvd.buffer.postgres_buffer import BufferUnavailableError
+from evolvd.buffer.postgres_buffer import BufferUnavailableError, PostgresBuffer
 from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.group_offsets import GroupOffsetsCheck
 from evolvd.connectors.kafka_process import KafkaProcessSource, open_kafka_source
@@ -43,6 +44,7 @@ from evolvd.metrics import (
     new_registry,
 )
 from evolvd.parts import Part, PartStack, StatusPart, joined_status
+from evolvd.policies.service import PolicyService
 from evolvd.status_models import DaemonStatus, Lineage
 from evolvd.systemd import SystemdNotifier
 
@@ -50,11 +52,12 @@ if TYPE_CHECKING:
     from evolvd.connectors.vllm_client import VLLMClient
     from evolvd.demo import DemoWorkload
     from evolvd.labeling.labeler import Labeler
+    from evolvd.labeling.worker import LabelWorker
     from evolvd.loop.scheduler import LoopScheduler
     from evolvd.loop.service import LoopService
     from evolvd.loop.steps import Loop
     from evolvd.policies.engine import PolicyEngine
-    from evolvd.policies.service import PolicyService
+    from evolvd.policies.store import PolicyStore
     from evolvd.serving.self_refine import SelfRefiner
     from evolvd.serving.service import ServingService
 
@@ -104,26 +107,28 @@ class AdminEndpoint:
 @dataclass(frozen=True)
 class DaemonParts:
     """Every part, built. A part is absent only where the config turns it off (serving, the demo) or
-    the daemon's role does not run it (an ingest member runs no policies, serving or loop)."""
+    the daemon's role does not run it: an ingest member runs Kafka and ingest only, a labeler the
+    policy files and its labeling worker, the whole daemon everything but that worker."""
 
     buffer: BufferPart
-    kafka: KafkaLog
-    ingest: IngestService
     admin: AdminEndpoint
+    kafka: KafkaLog | None = None
+    ingest: IngestService | None = None
     policies: PolicyService | None = None
     serving: ServingService | None = None
     loop: LoopService | None = None
+    labeler: LabelWorker | None = None
     demo: DemoWorkload | None = None
 
     def in_start_order(self) -> list[Part]:
         """The admin API before serving, so operators and systemd can ask while vLLM loads; the loop's
         jobs after everything they use; the demo's traffic last."""
         ordered: list[Part | None] = [self.buffer, self.policies, self.kafka, self.ingest, self.admin]
-        ordered += [self.serving, self.loop, self.demo]
+        ordered += [self.serving, self.loop, self.labeler, self.demo]
         return [part for part in ordered if part is not None]
 
     def with_status(self) -> list[StatusPart]:
-        parts: list[StatusPart | None] = [self.kafka, self.ingest, self.buffer, self.serving]
+        parts: list[StatusPart | None] = [self.kafka, self.ingest, self.labeler, self.buffer, self.serving]
         parts += [self.policies, self.loop]
         return [part for part in parts if part is not None]
 
@@ -171,7 +176,8 @@ class Daemon:
         whole = cfg.role == "all"
         if whole and cfg.buffer.backend != "duckdb":
             raise StartupError(
-                f"buffer.backend {cfg.buffer.backend} runs `evolvd run --role ingest` members so far; "
+                f"buffer.backend {cfg.buffer.backend} runs `evolvd run --role ingest` and `--role label` "
+                "members so far; "
                 "the whole daemon (role all) runs on the duckdb backend"
             )
 
@@ -180,16 +186,6 @@ class Daemon:
         except (BufferLockedError, BufferUnavailableError, SchemaTooNewError) as exc:
             raise StartupError(str(exc)) from exc
         self._stack.on_close("the buffer", buffer.close)
-        kafka = KafkaLog(cfg)
-        ingest_metrics = IngestMetrics.create(self.registry)
-        ingest = IngestService(
-            lambda: self._new_ingest_loop(buffer.sink, kafka.bootstrap_servers, ingest_metrics),
-            cfg.ingest,
-            ingest_metrics,
-            self._stop,
-            lambda: self._fetcher_pid,
-        )
-        buffer.keep_open_while(lambda: ingest.alive)
         admin = AdminEndpoint(
             HttpServer(
                 create_app(self, token, loopback=cfg.admin.is_loopback),
@@ -200,10 +196,28 @@ class Daemon:
             ),
             cfg.data_dir / ADMIN_URL_FILE,
         )
+        if cfg.role == "label":
+            policies = PolicyService(self._policy_store(), None, watch=cfg.policies.watch)
+            return DaemonParts(
+                buffer=buffer,
+                admin=admin,
+                policies=policies,
+                labeler=self._build_label_worker(buffer, policies),
+            )
+        kafka = KafkaLog(cfg)
+        ingest_metrics = IngestMetrics.create(self.registry)
+        ingest = IngestService(
+            lambda: self._new_ingest_loop(buffer.sink, kafka.bootstrap_servers, ingest_metrics),
+            cfg.ingest,
+            ingest_metrics,
+            self._stop,
+            lambda: self._fetcher_pid,
+        )
+        buffer.keep_open_while(lambda: ingest.alive)
         duckdb = buffer.buffer
         if not whole or not isinstance(duckdb, DuckDBBuffer):
             return DaemonParts(buffer=buffer, kafka=kafka, ingest=ingest, admin=admin)
-        policies = self._build_policies(duckdb)
+        policies, engine = self._build_policies(duckdb)
         serving = (
             self._build_serving(duckdb, kafka.bootstrap_servers, policies) if cfg.serving.enabled else None
         )
@@ -214,7 +228,7 @@ class Daemon:
             admin=admin,
             policies=policies,
             serving=serving,
-            loop=self._build_loop(duckdb, policies, serving),
+            loop=self._build_loop(duckdb, policies, engine, serving),
             demo=self._build_demo(kafka.bootstrap_servers, serving) if cfg.demo.enabled else None,
         )
         if cfg.serving.enabled:  # labeling, evaluation and the gateway: none should stall on it later
@@ -249,15 +263,12 @@ class Daemon:
                 " (comma-separated), or bind 127.0.0.1"
             )
 
-    def _build_policies(self, buffer: DuckDBBuffer) -> PolicyService:
+    def _policy_store(self) -> PolicyStore:
         from evolvd.config_file import ConfigError
-        from evolvd.embeddings import embed
-        from evolvd.policies.engine import PolicyEngine
-        from evolvd.policies.service import PolicyService
         from evolvd.policies.store import PolicyStore
 
         try:
-            store = PolicyStore(self.config.policies.dir, PolicyMetrics.create(self.registry))
+            return PolicyStore(self.config.policies.dir, PolicyMetrics.create(self.registry))
         except ConfigError as exc:
             # Refuse to start on a policy set that does not validate: running on defaults instead
             # would silently drop the operator's gates.
@@ -265,12 +276,37 @@ class Daemon:
                 f"policies rejected: {exc.errors[0]}"
                 + (f" (+{len(exc.errors) - 1} more)" if len(exc.errors) > 1 else "")
             ) from exc
+
+    def _build_policies(self, buffer: DuckDBBuffer) -> tuple[PolicyService, PolicyEngine]:
+        from evolvd.embeddings import embed
+        from evolvd.policies.engine import PolicyEngine
+
+        store = self._policy_store()
         engine = PolicyEngine(
             buffer, store, store.metrics, embed, heldout_percent=self.config.evaluation.heldout_percent
         )
         # Reloads go to the same audit trail (the constructor's first load emits no decisions).
         store.on_decisions = engine.record_decisions
-        return PolicyService(store, engine, watch=self.config.policies.watch)
+        return PolicyService(store, engine, watch=self.config.policies.watch), engine
+
+    def _build_label_worker(self, buffer: BufferPart, policies: PolicyService) -> LabelWorker:
+        """`--role label`: claims from the shared buffer, labels with the model at serving.url."""
+        from evolvd.connectors.vllm_client import VLLMClient
+        from evolvd.labeling.worker import LabelWorker, ServedModel
+
+        cfg = self.config
+        if cfg.serving.mode != "external" or cfg.serving.url is None:
+            raise StartupError(
+                "--role label labels with the model at serving.url: set serving.mode external and"
+                " serving.url (a vLLM server, or a router in front of several)"
+            )
+        key = os.environ.get(cfg.serving.api_key_env) or None
+        client = VLLMClient(cfg.serving.url, timeout_s=cfg.labeling.request_timeout_s, api_key=key)
+        self._stack.on_close("the model client", client.close)
+        served = ServedModel(client, cfg.labeling.model)
+        claimant = f"{socket.gethostname()}-{os.getpid()}"
+        labeler = self._labeler(buffer.buffer, policies, served.live, claimant)
+        return LabelWorker(labeler, claimant, lambda: served.name, cfg.labeling.idle_wait_s, self._stop)
 
     def _build_demo(self, bootstrap_servers: str, serving: ServingService | None) -> DemoWorkload:
         from evolvd.demo import DemoWorkload
@@ -280,7 +316,11 @@ class Daemon:
         )
 
     def _build_loop(
-        self, buffer: DuckDBBuffer, policies: PolicyService, serving: ServingService | None
+        self,
+        buffer: DuckDBBuffer,
+        policies: PolicyService,
+        engine: PolicyEngine,
+        serving: ServingService | None,
     ) -> LoopService:
         """The scheduled jobs: labeling, policies, training, evaluation, promotion, retention."""
         from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator
@@ -290,7 +330,6 @@ class Daemon:
         from evolvd.loop.steps import Loop
 
         cfg = self.config
-        engine = policies.engine
         loop_metrics = LoopMetrics.create(self.registry)
         promoter = None
         if serving is not None:
@@ -368,26 +407,37 @@ class Daemon:
     def _build_labeler(
         self, buffer: DuckDBBuffer, policies: PolicyService, serving: ServingService
     ) -> Labeler:
-        from evolvd.labeling.labeler import Labeler
-        from evolvd.metrics import LabelMetrics
-
-        store = policies.store
+        """The whole daemon's labeler: the live model of its own serving, and the only labeler of its file."""
 
         def live_model() -> tuple[VLLMClient, str] | None:
             client, served = self._vllm_client(), serving.live_model()
             return None if client is None or served is None else (client, served[1])
 
-        labeling = self.config.labeling
+        return self._labeler(buffer, policies, live_model, "evolvd")
+
+    def _labeler(
+        self,
+        buffer: DuckDBBuffer | PostgresBuffer,
+        policies: PolicyService,
+        model: Callable[[], tuple[VLLMClient, str] | None],
+        claimant: str,
+    ) -> Labeler:
+        from evolvd.labeling.labeler import Labeler
+        from evolvd.metrics import LabelMetrics
+
+        store, labeling = policies.store, self.config.labeling
         return Labeler(
             buffer,
             lambda: store.current,
-            live_model,
+            model,
             self._embed(),
             LabelMetrics.create(self.registry),
             labeling.batch_size,
             labeling.concurrency,
             self._judge,
             stopping=self._stop.is_set,
+            claimant=claimant,
+            lease_s=labeling.lease_s,
         )
 
     def _build_serving(
@@ -456,7 +506,7 @@ class Daemon:
             "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
             __version__,
             self.parts.admin.url,
-            self.parts.kafka.bootstrap_servers,
+            self.parts.kafka.bootstrap_servers if self.parts.kafka is not None else "-",
             self.config.kafka.topic,
             self.config.buffer_path,
         )
@@ -520,7 +570,8 @@ class Daemon:
     def readiness(self) -> tuple[bool, str]:
         if self._state != "running":
             return False, self._state
-        if (unready := self.parts.ingest.unready_reason()) is not None:
+        ingest = self.parts.ingest
+        if ingest is not None and (unready := ingest.unready_reason()) is not None:
             return False, unready
         serving = self.parts.serving
         if serving is not None and serving.live_model() is None:

@@ -20,7 +20,7 @@ import click
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from evolvd.status_models import LoopStatus, PolicyStatus
+    from evolvd.status_models import IngestStatus, LoopStatus, PolicyStatus
 
     Answer = TypeVar("Answer", bound=BaseModel)
 
@@ -116,10 +116,11 @@ def main() -> None:
 )
 @click.option(
     "--role",
-    type=click.Choice(["all", "ingest"]),
+    type=click.Choice(["all", "ingest", "label"]),
     default=None,
     help="What this process runs (default: the config's `role`, all): `ingest` consumes the prompts "
-    "topic into a shared buffer (buffer.backend postgres) as one member of the consumer group.",
+    "topic into a shared buffer (buffer.backend postgres) as one member of the consumer group; `label` "
+    "labels the shared buffer's pending events with the model at serving.url.",
 )
 def run(config_path: Path | None, demo: bool, role: str | None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C (a second Ctrl-C forces the exit)."""
@@ -264,29 +265,27 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
     if as_json:
         emit(body)
         return
-    ingest, buf, dead, kafka = body.ingest, body.buffer, body.dead_letters, body.kafka
+    buf, dead = body.buffer, body.dead_letters
     click.echo(f"evolvd {body.version}  state={body.state}  pid={body.pid}  up {body.uptime_s}s")
-    click.echo(
-        f"kafka    {kafka.bootstrap_servers}{' (embedded, in-memory)' if kafka.embedded else ''}"
-        f"  topic={kafka.topic}  group={kafka.group_id}"
-    )
-    paused = "  PAUSED (backpressure)" if ingest.paused_by_backpressure else ""
-    click.echo(
-        f"ingest   running={ingest.running}  backlog={ingest.backlog}"
-        f"/{ingest.backlog_high_watermark}  lag={ingest.lag_total}{paused}"
-    )
-    writer = ingest.writer
-    if writer.failing_s:
-        stalled = f"{writer.failing_s}s ({writer.attempts} attempts)"
-        click.echo(f"  WRITER STALLED for {stalled}: {writer.last_error}")
-    for a in ingest.group_ahead:
+    if body.kafka is not None:
+        kafka = body.kafka
         click.echo(
-            f"  GROUP AHEAD OF BUFFER on partition {a.partition}: group at {a.group_offset},"
-            f" buffer at {a.buffer_offset} (another daemon with its own buffer in this group?)"
+            f"kafka    {kafka.bootstrap_servers}{' (embedded, in-memory)' if kafka.embedded else ''}"
+            f"  topic={kafka.topic}  group={kafka.group_id}"
         )
-    for p in ingest.partitions:
-        at, end, lag = (v if v is not None else "-" for v in (p.buffer_offset, p.highwater, p.lag))
-        click.echo(f"  partition {p.partition}: buffer at {at}, end {end}, lag {lag}")
+    if body.ingest is not None:
+        _echo_ingest(body.ingest)
+    if body.labeling is not None:
+        labeling = body.labeling
+        failed = (
+            f"  rounds failed {labeling.rounds_failed}: {labeling.last_error}"
+            if labeling.rounds_failed
+            else ""
+        )
+        click.echo(
+            f"labeler  {labeling.claimant}  model={labeling.model or '-'}  running={labeling.running}"
+            f"  labeled={labeling.labeled}{failed}"
+        )
     serving = body.serving
     if serving.state == "disabled":
         click.echo("serving  disabled")
@@ -304,6 +303,26 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
     click.echo(f"  {rows or 'empty'}")
     reasons = ", ".join(f"{r}={n}" for r, n in sorted(dead.by_reason.items()))
     click.echo(f"dead letters {dead.total}" + (f": {reasons}" if dead.total else ""))
+
+
+def _echo_ingest(ingest: IngestStatus) -> None:
+    paused = "  PAUSED (backpressure)" if ingest.paused_by_backpressure else ""
+    click.echo(
+        f"ingest   running={ingest.running}  backlog={ingest.backlog}"
+        f"/{ingest.backlog_high_watermark}  lag={ingest.lag_total}{paused}"
+    )
+    writer = ingest.writer
+    if writer.failing_s:
+        stalled = f"{writer.failing_s}s ({writer.attempts} attempts)"
+        click.echo(f"  WRITER STALLED for {stalled}: {writer.last_error}")
+    for a in ingest.group_ahead:
+        click.echo(
+            f"  GROUP AHEAD OF BUFFER on partition {a.partition}: group at {a.group_offset},"
+            f" buffer at {a.buffer_offset} (another daemon with its own buffer in this group?)"
+        )
+    for p in ingest.partitions:
+        at, end, lag = (v if v is not None else "-" for v in (p.buffer_offset, p.highwater, p.lag))
+        click.echo(f"  partition {p.partition}: buffer at {at}, end {end}, lag {lag}")
 
 
 def _echo_policies(policies: PolicyStatus | None) -> None:
@@ -805,7 +824,12 @@ def produce(
     if servers == "embedded":
         from evolvd.status_models import DaemonStatus
 
-        servers = admin_answer(DaemonStatus, url, config_path, "/status").kafka.bootstrap_servers
+        kafka = admin_answer(DaemonStatus, url, config_path, "/status").kafka
+        if kafka is None:
+            raise click.ClickException(
+                "the daemon at the admin URL runs no Kafka (a labeler): pass --bootstrap-servers"
+            )
+        servers = kafka.bootstrap_servers
     chosen = topic or config.kafka.topic
     sent = publish_lines(config.kafka, servers, chosen, file)
     emit(

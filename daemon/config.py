@@ -338,6 +338,17 @@ class LabelingConfig(_Section):
     the same cores, and a run beside labeling takes many times as long. Turn off when training and
     serving have accelerators of their own."""
 
+    lease_s: float = Field(300.0, gt=0)
+    """How long a labeler's claim on an event holds in a shared buffer: the events of a labeler that
+    died are claimed by the others after this long (longer than labeling one batch takes)."""
+
+    model: str | None = None
+    """`--role label`: the model to label with at serving.url; default: the first one the server lists
+    (a vLLM server's base model)."""
+
+    idle_wait_s: float = Field(1.0, gt=0)
+    """`--role label`: how long a labeler waits when nothing is claimable before it asks again."""
+
 
 class JudgeConfig(_Section):
     """Who critiques and scores answers (labeling) and compares long answers (evaluation).
@@ -550,9 +561,10 @@ class EvolvdConfig(BaseSettings):
     data_dir: Path = Path("var/evolvd")
     """Where the buffer, models, adapters and runtime files live."""
 
-    role: Literal["all", "ingest"] = "all"
+    role: Literal["all", "ingest", "label"] = "all"
     """`all`: the whole daemon. `ingest`: a member that only consumes the prompts topic into the
-    shared buffer (buffer.backend postgres), one of several in one consumer group."""
+    shared buffer (buffer.backend postgres), one of several in one consumer group. `label`: a labeler
+    that claims pending events from the shared buffer and labels them with the model at serving.url."""
 
     kafka: KafkaConfig = KafkaConfig()
     ingest: IngestConfig = IngestConfig()

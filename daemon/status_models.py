@@ -243,15 +243,29 @@ class LoopStatus(Answer):
     canaries: list[CanaryStatus]
 
 
+class LabelerStatus(Answer):
+    """A labeler process (`--role label`) on a shared buffer."""
+
+    claimant: str
+    """Its name on the events it claims."""
+    model: str | None
+    """The model it labels with (None until the server answered)."""
+    running: bool
+    labeled: int
+    rounds_failed: int
+    last_error: str | None
+
+
 class DaemonStatus(Answer):
-    """GET /status."""
+    """GET /status. A part the daemon's role does not run has no section (None)."""
 
     version: str
     state: str
     pid: int
     uptime_s: float
-    kafka: KafkaStatus
-    ingest: IngestStatus
+    kafka: KafkaStatus | None = None
+    ingest: IngestStatus | None = None
+    labeling: LabelerStatus | None = None
     buffer: BufferStatus
     dead_letters: DeadLetterStatus
     serving: ServingStatus

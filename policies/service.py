@@ -4,15 +4,20 @@ policy set that does not validate stops the start), the watch on the operator's 
 
 from __future__ import annotations
 
-from evolvd.policies.engine import PolicyEngine
-from evolvd.policies.store import PolicyStore
+from typing import TYPE_CHECKING
+
 from evolvd.status_models import PolicyStatus
+
+if TYPE_CHECKING:  # the engine imports the scientific stack: a labeler (`--role label`) never loads it
+    from evolvd.policies.engine import PolicyEngine
+    from evolvd.policies.store import PolicyStore
 
 
 class PolicyService:
     name = "policies"
 
-    def __init__(self, store: PolicyStore, engine: PolicyEngine, watch: bool) -> None:
+    def __init__(self, store: PolicyStore, engine: PolicyEngine | None, watch: bool) -> None:
+        """`engine`: None where the daemon only reads the files in force (a labeler, `--role label`)."""
         self.store = store
         self.engine = engine
         self._watch = watch
@@ -25,4 +30,4 @@ class PolicyService:
         self.store.stop()
 
     def status_sections(self) -> dict[str, PolicyStatus]:
-        return {self.name: self.engine.status()}
+        return {self.name: self.engine.status()} if self.engine is not None else {}

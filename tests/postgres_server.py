@@ -48,7 +48,10 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        """`durable`: fsync and synchronous commit on, as in production (benchmarks); off by default,
+        where a test's database is thrown away with the server."""
+        self.durable = durable
         self.bin = postgres_bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="evolvd-pg-"))
         self.data = self.root / "data"
@@ -71,10 +74,9 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self._user, "-E", "UTF8", "--no-sync")
-        options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off"
-            " -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start"
         )

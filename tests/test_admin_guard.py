@@ -328,4 +328,4 @@ def test_an_answer_of_another_shape_is_a_clear_cli_error(tmp_path: Path) -> None
         server.server_close()
         thread.join(timeout=10)
     assert shown.returncode == 1
-    assert "GET /status is not what this evolvd expects" in shown.stderr and "kafka" in shown.stderr
+    assert "GET /status is not what this evolvd expects" in shown.stderr and "buffer" in shown.stderr

@@ -108,7 +108,7 @@ def test_the_whole_daemon_refuses_the_postgres_backend_with_its_reason(
     env = {"EVOLVD_BUFFER__BACKEND": "postgres", "EVOLVD_BUFFER__POSTGRES_URL": postgres_url}
     daemon = DaemonProcess(tmp_path / "data", env).start(wait_ready=False)
     assert daemon.wait(60) == EXIT_STARTUP_FAILED
-    assert "runs `evolvd run --role ingest` members so far" in daemon.tail()
+    assert "runs `evolvd run --role ingest` and `--role label` members so far" in daemon.tail()
     with psycopg.connect(postgres_url) as con:
         tables = con.execute(b"SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
         assert tables.fetchone() == (0,)

@@ -38,7 +38,7 @@ OWNERS = {
 }
 
 COLUMN_OWNERS = {
-    ("events", "daemon/labeling/labeler.py"): {"state"},
+    ("events", "daemon/labeling/labeler.py"): {"state", "claimed_by", "claimed_until"},
     ("training_examples", "policies/engine.py"): {
         "safe_prompt",
         "safe_completion",

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -19,9 +19,21 @@ from evolvd.buffer.migrations import migrate
 logger = logging.getLogger("evolvd.buffer")
 
 
+class Transactional(Protocol):
+    def begin(self) -> Any: ...
+
+    def commit(self) -> Any: ...
+
+    def rollback(self) -> Any: ...
+
+
+C = TypeVar("C", bound=Transactional)
+
+
 @contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Commit what the block wrote, or roll all of it back if the block raises (a kill too)."""
+def transaction(con: C) -> Iterator[C]:
+    """Commit what the block wrote, or roll all of it back if the block raises (a kill too). Either
+    backend's connection (a DuckDB cursor, evolvd.buffer.sql.PostgresSql)."""
     con.begin()
     try:
         yield con

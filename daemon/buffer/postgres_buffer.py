@@ -11,15 +11,18 @@ events are already there, or are skipped as duplicates).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from evolvd.abc import IngestBatch, IngestResult, IngestSink
 from evolvd.buffer.duckdb_buffer import COUNTED_TABLES
 from evolvd.buffer.migrations import bundled_migrations, postgres_sql, refuse_newer
+from evolvd.buffer.sql import PostgresSql
 
 logger = logging.getLogger("evolvd.buffer")
 
@@ -118,18 +121,30 @@ def migrate_postgres(con: psycopg.Connection[Any], where: str) -> int:
     return version
 
 
+def json_as_text(con: psycopg.Connection[Any]) -> None:
+    """JSON columns read as their text, as DuckDB returns them: the owners parse what they need, the
+    same way on both backends."""
+    for name in ("json", "jsonb"):
+        con.adapters.register_loader(name, TextLoader)
+
+
 class PostgresBuffer(IngestSink):
     """The shared buffer. Every method takes a pooled connection for one transaction and returns it."""
 
     def __init__(self, url: str, pool_size: int = 4, connect_timeout_s: float = 10.0) -> None:
         self.url = url
         self.shown = shown_url(url)
+        self._connect_timeout_s = connect_timeout_s
+        self._local = threading.local()
+        self._sessions: list[psycopg.Connection[Any]] = []
+        self._sessions_lock = threading.Lock()
         self._pool = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             open=False,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))},
+            configure=json_as_text,
             name="evolvd-buffer",
         )
         try:
@@ -147,7 +162,25 @@ class PostgresBuffer(IngestSink):
             self._pool.close()
             raise
 
+    def cursor(self) -> PostgresSql:
+        """This thread's own connection, for the tables' owners (as DuckDBBuffer.cursor): opened on
+        first use, opened again after the server dropped it."""
+        con: psycopg.Connection[Any] | None = getattr(self._local, "connection", None)
+        if con is None or con.closed or con.broken:
+            con = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout_s))
+            )
+            json_as_text(con)
+            self._local.connection = con
+            with self._sessions_lock:
+                self._sessions.append(con)
+        return PostgresSql(con)
+
     def close(self) -> None:
+        with self._sessions_lock:
+            for con in self._sessions:
+                con.close()
+            self._sessions.clear()
         self._pool.close()
 
     # -- ingest ------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 
-import duckdb
 import numpy as np
 
 from evolvd.buffer import DuckDBBuffer, transaction
+from evolvd.buffer.postgres_buffer import PostgresBuffer
+from evolvd.buffer.sql import PostgresSql, Sql
 from evolvd.connectors.vllm_client import VLLMError
 from evolvd.judge import TOP_LOGPROBS, Judge
 from evolvd.labeling.pipeline import LABELER_VERSION, ChatModel, LabelResult, label_prompt
@@ -29,7 +30,7 @@ class PendingEvent:
     prompt: str
 
 
-def mark_duplicates(con: duckdb.DuckDBPyConnection) -> int:
+def mark_duplicates(con: Sql) -> int:
     """Pending events whose prompt was labeled already become `duplicate`: a prompt is labeled once,
     however often it is sent (a flood of one prompt would otherwise be labeled, and trained on, again
     and again). Returns how many were marked."""
@@ -40,17 +41,44 @@ def mark_duplicates(con: duckdb.DuckDBPyConnection) -> int:
     return len(row)
 
 
-def pending_events(con: duckdb.DuckDBPyConnection, limit: int) -> list[PendingEvent]:
+def pending_events(con: Sql, limit: int) -> list[PendingEvent]:
     """The oldest pending events, one per prompt (its copies wait, and `mark_duplicates` takes them
     once it is labeled)."""
     rows = con.execute(
-        "SELECT id, prompt, CAST(messages AS VARCHAR) FROM events WHERE state = 'pending'"
-        " QUALIFY row_number() OVER (PARTITION BY prompt_hash ORDER BY ingested_at, kafka_partition,"
-        " kafka_offset) = 1"
-        " ORDER BY ingested_at, kafka_partition, kafka_offset LIMIT ?",
+        "SELECT id, prompt, messages FROM ("
+        " SELECT id, prompt, CAST(messages AS VARCHAR) AS messages, ingested_at, kafka_partition,"
+        " kafka_offset, row_number() OVER (PARTITION BY prompt_hash ORDER BY ingested_at, kafka_partition,"
+        " kafka_offset) AS copy FROM events WHERE state = 'pending') AS pending"
+        " WHERE copy = 1 ORDER BY ingested_at, kafka_partition, kafka_offset LIMIT ?",
         [limit],
     ).fetchall()
     return [PendingEvent(str(r[0]), r[1] if r[1] is not None else _last_user_message(r[2])) for r in rows]
+
+
+_CLAIM = """
+UPDATE events SET claimed_by = ?, claimed_until = now() + make_interval(secs => ?)
+WHERE id IN (
+    SELECT id FROM events
+    WHERE state = 'pending' AND (claimed_until IS NULL OR claimed_until < now())
+    ORDER BY ingested_at, kafka_partition, kafka_offset
+    LIMIT ?
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, prompt, CAST(messages AS VARCHAR), ingested_at, kafka_partition, kafka_offset
+"""
+
+
+def claim_events(con: Sql, claimant: str, limit: int, lease_s: float) -> list[PendingEvent]:
+    """The oldest pending events nobody holds, now held by `claimant` for `lease_s` seconds.
+
+    On PostgreSQL, labelers sharing the buffer skip the rows another is claiming (SKIP LOCKED), and the
+    events of a labeler that died are claimed again once its lease ran out; a result written after
+    that is refused by write_result (the event is labeled once). A DuckDB file has one labeler: its
+    pending events, one per prompt."""
+    if not isinstance(con, PostgresSql):
+        return pending_events(con, limit)
+    rows = con.execute(_CLAIM, [claimant, lease_s, limit]).fetchall()
+    ordered = sorted(rows, key=lambda r: (r[3], r[4], r[5]))  # RETURNING keeps no order: the oldest first
+    return [PendingEvent(str(r[0]), r[1] if r[1] is not None else _last_user_message(r[2])) for r in ordered]
 
 
 def _last_user_message(messages_json: str | None) -> str:
@@ -86,18 +114,23 @@ _INSERT_EXAMPLE = (
 )
 
 
-def write_result(con: duckdb.DuckDBPyConnection, result: LabelResult) -> bool:
-    """Every row of one labeled event and its state, in one transaction. False if already labeled."""
+def write_result(con: Sql, result: LabelResult) -> bool:
+    """Every row of one labeled event and its state, in one transaction. False if already labeled.
+
+    The state flips first: on PostgreSQL that update also locks the event's row, so of two labelers
+    with a result for one event, the second waits, then finds it labeled and writes nothing."""
     with transaction(con):
-        state = con.execute("SELECT state FROM events WHERE id = ?", [result.event_id]).fetchone()
-        if state is None or state[0] != "pending":
+        flipped = con.execute(
+            "UPDATE events SET state = 'labeled' WHERE id = ? AND state = 'pending' RETURNING id",
+            [result.event_id],
+        ).fetchone()
+        if flipped is None:
             return False
         _write_rows(con, result)
-        con.execute("UPDATE events SET state = 'labeled' WHERE id = ?", [result.event_id])
     return True
 
 
-def _write_rows(con: duckdb.DuckDBPyConnection, r: LabelResult) -> None:
+def _write_rows(con: Sql, r: LabelResult) -> None:
     lineage = [r.model, LABELER_VERSION]
     params = json.dumps(r.params)
     vote = r.vote
@@ -145,13 +178,13 @@ def _write_rows(con: duckdb.DuckDBPyConnection, r: LabelResult) -> None:
         con.execute(_INSERT_EXAMPLE, [r.event_id, fmt, r.prompt, completion, vote.confidence, *lineage])
 
 
-def _returning(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object]) -> int:
+def _returning(con: Sql, sql: str, params: Sequence[object]) -> int:
     row = con.execute(sql, params).fetchone()
     assert row is not None
     return int(row[0])
 
 
-def mark_skipped(con: duckdb.DuckDBPyConnection, event_id: str) -> None:
+def mark_skipped(con: Sql, event_id: str) -> None:
     con.execute("UPDATE events SET state = 'skipped' WHERE id = ? AND state = 'pending'", [event_id])
 
 
@@ -199,7 +232,7 @@ class Labeler:
 
     def __init__(
         self,
-        buffer: DuckDBBuffer,
+        buffer: DuckDBBuffer | PostgresBuffer,
         policies: Callable[[], PolicySet],
         model: Callable[[], tuple[ChatModel, str] | None],
         embed: Callable[[Sequence[str]], np.ndarray],
@@ -208,9 +241,12 @@ class Labeler:
         concurrency: int,
         judge: Callable[[ChatModel, str], Judge],
         stopping: Callable[[], bool] = lambda: False,
+        claimant: str = "evolvd",
+        lease_s: float = 300.0,
     ) -> None:
         """`judge`: the judge for this round, given the live model and its name (the live model itself
-        unless the config names another, evolvd.judge)."""
+        unless the config names another, evolvd.judge). `claimant` and `lease_s`: this labeler's name
+        on the events it claims in a shared buffer, and how long a claim holds (claim_events)."""
         self._buffer = buffer
         self._policies = policies
         self._model = model
@@ -220,6 +256,8 @@ class Labeler:
         self._concurrency = concurrency
         self._judge = judge
         self._stopping = stopping
+        self._claimant = claimant
+        self._lease_s = lease_s
 
     def run_once(self) -> int:
         """Label one batch; returns how many events were labeled (0: nothing pending or no model)."""
@@ -231,7 +269,7 @@ class Labeler:
         duplicates = mark_duplicates(self._buffer.cursor())
         if duplicates and self._metrics is not None:
             self._metrics.duplicates.inc(duplicates)
-        events = pending_events(self._buffer.cursor(), self._batch_size)
+        events = claim_events(self._buffer.cursor(), self._claimant, self._batch_size, self._lease_s)
         if not events:
             return 0
         policies = self._policies()
