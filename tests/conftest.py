@@ -102,6 +102,24 @@ def vllm_daemon(broker: Any, base_model: Path, tmp_path_factory: pytest.TempPath
     assert process.stop(timeout_s=120) == 0, process.tail()
 
 
+@pytest.fixture(scope="session")
+def small_benches(broker: Any, vllm_daemon: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The --small runs of the bench harnesses that only ask the session's vLLM server (no kills, no
+    timings of their own), all at once (tests/helpers.run_small_benches_at_once): self-improvement,
+    free-form self-improvement and the judgement benchmark."""
+    from helpers import run_small_benches_at_once
+
+    serving = vllm_daemon.status()["serving"]
+    attach = ["--attach-vllm", serving["url"], serving["base_model"]["path"]]
+    daemon_harness = ["--bootstrap-servers", broker.bootstrap_servers, *attach]
+    commands = {
+        "selfimprove": daemon_harness,
+        "freeform": ["--source", str(SEED_TASKS), *daemon_harness],
+        "judgement": ["--attach-vllm", serving["url"]],
+    }
+    return run_small_benches_at_once(commands, tmp_path_factory.mktemp("small-benches"), vllm_daemon)
+
+
 @pytest.fixture
 def topic(broker: Any) -> str:
     """A fresh 2-partition topic (the broker quirks make shared topics and groups flaky)."""

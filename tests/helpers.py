@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -122,3 +123,51 @@ def batch_of(ids: list[str], topic: str = "t", partition: int = 0, first_offset:
         )
     batch.next_offsets[(topic, partition)] = first_offset + len(ids)
     return batch.seal()
+
+
+@dataclass(frozen=True)
+class SmallRun:
+    """One bench harness's --small run: its exit status, its report (None if it wrote none), the end
+    of its output."""
+
+    returncode: int
+    report: Any
+    output: str
+
+
+def run_small_benches_at_once(
+    commands: Mapping[str, list[str]], folder: Any, vllm_daemon: Any, timeout_s: float = 900
+) -> dict[str, SmallRun]:
+    """Bench harnesses (`bench/NAME.py --small` plus their arguments, each given `--out`) run at the
+    same time: each mostly waits on the session's one vLLM server, which batches their requests, so
+    together they take about as long as the slowest alone. Output goes to files (a pipe nobody reads
+    while another harness is awaited would stall it)."""
+    import os
+    from contextlib import ExitStack
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EVOLVD_VLLM_API_KEY": vllm_daemon.vllm_key}
+    runs: dict[str, SmallRun] = {}
+    with ExitStack() as stack:
+        started = {}
+        for name, args in commands.items():
+            log = stack.enter_context(open(Path(folder) / f"{name}.log", "w"))
+            out = Path(folder) / f"{name}.json"
+            command = [sys.executable, str(bench / f"{name}.py"), "--small", *args, "--out", str(out)]
+            started[name] = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+            )
+        try:
+            for name, process in started.items():
+                process.wait(timeout=timeout_s)
+                out = Path(folder) / f"{name}.json"
+                report = json.loads(out.read_text()) if out.exists() else None
+                output = (Path(folder) / f"{name}.log").read_text()[-6000:]
+                runs[name] = SmallRun(process.returncode, report, output)
+        finally:
+            for process in started.values():
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    return runs

@@ -3,93 +3,26 @@ real daemon, attached to the session's broker and vLLM server. They check the ha
 of what it reports; the numbers of so small a run prove nothing (the full experiments are
 `python bench/selfimprove.py` and `python bench/freeform.py`).
 
-Both harnesses run at once: each mostly waits on the one vLLM server, which batches their requests,
-so together they take about as long as the slower one alone."""
+Both run at once with the judgement benchmark's small mode (conftest.small_benches)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from contextlib import ExitStack
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
-from conftest import SEED_TASKS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def report_of(small_benches: dict[str, Any], name: str) -> Any:
+    run = small_benches[name]
+    assert run.returncode == 0 and run.report is not None, f"bench/{name}.py --small failed:\n{run.output}"
+    return run.report
 
 
-def start_small(
-    script: str, args: list[str], broker: Any, vllm_daemon: Any, out: Path, log: IO[str]
-) -> subprocess.Popen[str]:
-    """A bench harness's --small mode attached to the session's broker and vLLM, started (its output
-    into `log`: a pipe nobody reads while the other harness is awaited would stall it)."""
-    serving = vllm_daemon.status()["serving"]
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "bench" / script),
-            "--small",
-            *args,
-            "--bootstrap-servers",
-            broker.bootstrap_servers,
-            "--attach-vllm",
-            serving["url"],
-            serving["base_model"]["path"],
-            "--out",
-            str(out),
-        ],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "EVOLVD_VLLM_API_KEY": vllm_daemon.vllm_key},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-@pytest.fixture(scope="module")
-def reports(broker: Any, vllm_daemon: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Both harnesses' reports (a harness that crashed: the end of its output instead)."""
-    folder = tmp_path_factory.mktemp("selfimprove-bench")
-    commands = {
-        "selfimprove": ("selfimprove.py", []),
-        "freeform": ("freeform.py", ["--source", str(SEED_TASKS)]),
-    }
-    found: dict[str, Any] = {}
-    with ExitStack() as stack:
-        logs = {name: stack.enter_context(open(folder / f"{name}.log", "w")) for name in commands}
-        runs = {
-            name: start_small(script, args, broker, vllm_daemon, folder / f"{name}.json", logs[name])
-            for name, (script, args) in commands.items()
-        }
-        try:
-            for name, process in runs.items():
-                process.wait(timeout=900)
-                report = folder / f"{name}.json"
-                failed = process.returncode != 0
-                found[name] = (
-                    (folder / f"{name}.log").read_text()[-6000:] if failed else json.loads(report.read_text())
-                )
-        finally:
-            for process in runs.values():
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-    return found
-
-
-def report_of(reports: dict[str, Any], name: str) -> Any:
-    report = reports[name]
-    assert isinstance(report, dict), f"bench/{name}.py --small failed:\n{report}"
-    return report
-
-
-def test_small_experiment_runs_a_cycle_and_reports_it(reports: dict[str, Any]) -> None:
-    report = report_of(reports, "selfimprove")
+def test_small_experiment_runs_a_cycle_and_reports_it(small_benches: dict[str, Any]) -> None:
+    report = report_of(small_benches, "selfimprove")
     for key in ("base_greedy_acc", "base_vote_acc", "final_vs_base_p_value"):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["heldout_n"] == 8 and report["variants"].keys() == {"sc"}
@@ -108,8 +41,10 @@ def test_small_experiment_runs_a_cycle_and_reports_it(reports: dict[str, Any]) -
     assert set(cycle["stage_seconds"]) == {"labeling", "training", "evaluation_and_promotion", "measurement"}
 
 
-def test_small_free_form_run_labels_trains_and_judges_open_ended_prompts(reports: dict[str, Any]) -> None:
-    report = report_of(reports, "freeform")
+def test_small_free_form_run_labels_trains_and_judges_open_ended_prompts(
+    small_benches: dict[str, Any],
+) -> None:
+    report = report_of(small_benches, "freeform")
     base, cycle = report["cycles"]
     assert base["cycle"] == "base" and cycle["cycle"] == "1"
     for row in (base, cycle):
