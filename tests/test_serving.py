@@ -462,7 +462,7 @@ def test_kill_9_mid_labeling_then_restart_leaves_no_duplicates(
     }
     data = tmp_path / "data"
     labeler = DaemonProcess(data, env).start(timeout_s=120)
-    tasks = generate("arithmetic", 6, seed=9)
+    tasks = generate("arithmetic", 4, seed=9)
     produce(
         broker.bootstrap_servers,
         topic,
@@ -473,20 +473,20 @@ def test_kill_9_mid_labeling_then_restart_leaves_no_duplicates(
         time.sleep(0.2)
     labeler.kill()  # SIGKILL, mid-batch: the next batch is in flight
     labeler = DaemonProcess(data, env).start(timeout_s=120)
-    while labeler.status()["buffer"]["tables"]["labels"] < 6 and time.monotonic() < deadline:
+    while labeler.status()["buffer"]["tables"]["labels"] < 4 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert labeler.stop() == 0
     con = duckdb.connect(str(data / "buffer.duckdb"), read_only=True)
     try:
-        assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM labels").fetchone() == (6, 6)
+        assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM labels").fetchone() == (4, 4)
         counts = con.execute("SELECT event_id, count(*) FROM samples GROUP BY event_id").fetchall()
-        assert len(counts) == 6 and {c for _, c in counts} == {policies.labeling.samples}
+        assert len(counts) == 4 and {c for _, c in counts} == {policies.labeling.samples}
         direct = con.execute(
             "SELECT max(n) FROM (SELECT count(*) AS n FROM training_examples"
             " WHERE format = 'direct' GROUP BY event_id)"
         ).fetchone()
         assert direct in ((1,), (None,))  # one direct-answer example per labeled event at most
-        assert con.execute("SELECT count(*) FROM events WHERE state = 'labeled'").fetchone() == (6,)
+        assert con.execute("SELECT count(*) FROM events WHERE state = 'labeled'").fetchone() == (4,)
     finally:
         con.close()
 
