@@ -232,9 +232,7 @@ class Daemon:
             demo=self._build_demo(kafka.bootstrap_servers, serving) if cfg.demo.enabled else None,
         )
         if cfg.serving.enabled:  # labeling, evaluation and the gateway: none should stall on it later
-            # Only once every part is built: the warm-up imports torch on its thread, and scipy (which the
-            # policies import) peeks at a half-imported torch module and fails as a circular import.
-            embeddings.warm_up_in_background()
+            embeddings.load_at_startup()
         return parts
 
     def _admin_token(self) -> str:

@@ -55,26 +55,22 @@ def _load() -> Any:
         return _model
 
 
-def warm_up_in_background() -> None:
-    """Load the model now, beside the rest of startup. Its first load imports torch and
-    sentence-transformers, which holds the GIL for seconds at a time: done lazily mid-run, that
-    stalled the gateway and the admin API (a /status took 8 s on a 2-core machine).
+def load_at_startup() -> None:
+    """Load the model now, on the calling thread, before the daemon's other threads start.
 
-    torch itself is imported here, on the caller's thread, before the load starts: while a thread is
-    still importing torch, its half-built module is visible to every other thread, and scipy (the drift
-    policy, the evaluation's tests) probes `torch.Tensor` on import and fails as a circular import."""
-    import torch  # noqa: F401 - imported whole before any other thread can see it half-built
-
-    def load() -> None:
-        started = time.monotonic()
-        try:
-            _load()
-        except Exception:
-            logger.exception("could not load the embedding model; its first use will try again")
-            return
-        logger.info("embedding model loaded in %.1f s", time.monotonic() - started)
-
-    threading.Thread(target=load, name="evolvd-embeddings-warm-up", daemon=True).start()
+    Its first load imports torch, transformers and sentence-transformers and holds the GIL for seconds
+    at a time: done lazily mid-run, that stalled the gateway and the admin API (a /status took 8 s on a
+    2-core machine). Done on a thread of its own beside startup, it raced the other imports: while one
+    thread is still importing a module, Python hands other threads the half-built module (scipy found
+    no `torch.Tensor`; serving's model conversion found no `torch.distributed.tensor`), and the daemon
+    died. A few seconds more at startup are the price of neither."""
+    started = time.monotonic()
+    try:
+        _load()
+    except Exception:
+        logger.exception("could not load the embedding model; its first use will try again")
+        return
+    logger.info("embedding model loaded in %.1f s", time.monotonic() - started)
 
 
 def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
