@@ -29,8 +29,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,6 +36,7 @@ from daemon_process import DaemonProcess
 from ingest import CpuMeter, make_message, process_cpu_s, raw_rate
 from ingest import produce as produce_messages
 from postgres_server import PostgresServer
+from postgres_server import stored_events as stored
 
 from evolvd.abc import IngestBatch, Record
 from evolvd.buffer import DuckDBBuffer
@@ -151,17 +150,6 @@ def labeled_writes(server: PostgresServer, n: int, work: Path) -> dict[str, Any]
 
 
 # -- 2. ingest members --------------------------------------------------------------------------
-
-
-def stored(url: str) -> tuple[int, int]:
-    """(rows, distinct ids) in the events table; (0, 0) before a member has created it."""
-    try:
-        with psycopg.connect(url) as con:
-            row = con.execute(b"SELECT count(*), count(DISTINCT id) FROM events").fetchone()
-    except psycopg.errors.UndefinedTable:
-        return 0, 0
-    assert row is not None
-    return int(row[0]), int(row[1])
 
 
 def members_rate(bootstrap: str, server: PostgresServer, members: int, m: int, work: Path) -> dict[str, Any]:

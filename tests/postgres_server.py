@@ -107,3 +107,16 @@ class PostgresServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stored_events(url: str) -> tuple[int, int]:
+    """(rows, distinct ids) in a buffer database's events table; (0, 0) before a member created it."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url) as con:
+            row = con.execute(b"SELECT count(*), count(DISTINCT id) FROM events").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0, 0
+    assert row is not None
+    return int(row[0]), int(row[1])

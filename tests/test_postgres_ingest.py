@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 from daemon_process import DaemonProcess
-from helpers import produce, prompt_message
+from helpers import produce, prompt_message, wait_for
+from postgres_server import stored_events as stored
 
 from evolvd.cli import EXIT_STARTUP_FAILED
 from evolvd.config import KafkaConfig
@@ -35,23 +36,8 @@ def member_env(broker: Any, topic: str, group: str, postgres_url: str) -> dict[s
     }
 
 
-def stored(url: str) -> tuple[int, int]:
-    """(events, distinct ids) in the shared buffer."""
-    with psycopg.connect(url) as con:
-        row = con.execute(b"SELECT count(*), count(DISTINCT id) FROM events").fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
 def assigned(member: DaemonProcess) -> set[int]:
     return {p["partition"] for p in member.status()["ingest"]["partitions"]}
-
-
-def wait_for(condition: Any, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_two_members_store_every_event_once_through_a_kill_9(

@@ -2,18 +2,16 @@
 
 The owners write their SQL once, with `?` placeholders, in the dialect DuckDB and PostgreSQL share; a
 DuckDB connection runs it as it is, `PostgresSql` hands it to psycopg with `%s` placeholders. The few
-statements that must differ (row locks, skip-locked claims) ask `dialect`.
+statements that must differ (skip-locked claims) check for a `PostgresSql`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import psycopg
-
-Dialect = Literal["duckdb", "postgres"]
 
 
 class Rows(Protocol):
@@ -60,17 +58,11 @@ def pyformat(query: str) -> str:
 class PostgresSql:
     """A psycopg connection in autocommit mode, speaking the owners' `?` dialect."""
 
-    dialect: Dialect = "postgres"
-
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self._con = connection
 
     def execute(self, query: str, parameters: Sequence[object] | None = None) -> Rows:
         return self._con.execute(pyformat(query), parameters)
-
-    def executemany(self, query: str, rows: Sequence[Sequence[object]]) -> None:
-        with self._con.cursor() as cursor:
-            cursor.executemany(pyformat(query), rows)
 
     def begin(self) -> None:
         self._con.execute(b"BEGIN")
