@@ -45,6 +45,7 @@ from evolvd.config import KafkaConfig
 from evolvd.connectors.embedded_broker import EmbeddedBroker
 from evolvd.connectors.kafka_source import ensure_topic
 from evolvd.contract import decode_into
+from evolvd.ingest import MAX_GROUP_COMMIT
 from evolvd.labeling.answers import Vote
 from evolvd.labeling.labeler import write_result
 from evolvd.labeling.pipeline import LabelResult, Sample
@@ -257,7 +258,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     # --small still spans several batches after the first stored one (a rate needs a window).
-    labeled, messages = (200, 20_000) if args.small else (3_000, 100_000)
+    labeled, messages = (200, 40_000) if args.small else (3_000, 100_000)
+    # Each of two members must need more than one transaction (a writer merges up to MAX_GROUP_COMMIT
+    # polls into one), or every event can land between two looks at the database: no window to time.
+    assert messages // 2 > MAX_GROUP_COMMIT * BATCH_MESSAGES, "too few messages for a timed window"
     # A durable server (fsync and synchronous commit on, as in production): DuckDB commits durably too.
     with tempfile.TemporaryDirectory(prefix="evolvd-scale-") as tmp, PostgresServer(durable=True) as server:
         work = Path(tmp)

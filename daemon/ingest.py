@@ -23,7 +23,7 @@ from evolvd.metrics import IngestMetrics
 
 logger = logging.getLogger("evolvd.ingest")
 
-_MAX_GROUP_COMMIT = 16
+MAX_GROUP_COMMIT = 16
 """At most this many polls are merged into one transaction."""
 _GROUP_COMMIT_LINGER_S = 0.1
 """How long the writer waits for more polls before committing what it has (the ingest latency cost)."""
@@ -96,7 +96,7 @@ class BatchWriter:
             # Group commit: gather what arrives within the linger into one transaction. Fewer,
             # larger DuckDB calls mean fewer GIL hand-offs with the polling thread.
             deadline = time.monotonic() + _GROUP_COMMIT_LINGER_S
-            while merged < _MAX_GROUP_COMMIT:
+            while merged < MAX_GROUP_COMMIT:
                 try:
                     later = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
