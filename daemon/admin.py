@@ -78,7 +78,10 @@ class DaemonView(Protocol):
 
     @property
     def scheduler(self) -> SchedulerControl | None:
-        """None on a daemon that runs no loop (`--role ingest`)."""
+        """None on a daemon that runs no loop (`--role ingest`, `label`), or a loop member standing by."""
+
+    def no_scheduler_reason(self) -> str:
+        """Why `scheduler` is None."""
 
     def lineage(self, adapter: str) -> Lineage | None: ...
 
@@ -255,9 +258,10 @@ def _add_loop_routes(app: FastAPI, daemon: DaemonView) -> None:
         return found
 
     def scheduler() -> SchedulerControl:
-        if daemon.scheduler is None:
-            raise HTTPException(status_code=409, detail="this daemon runs no loop (it is an ingest member)")
-        return daemon.scheduler
+        control = daemon.scheduler
+        if control is None:
+            raise HTTPException(status_code=409, detail=daemon.no_scheduler_reason())
+        return control
 
     @app.get("/jobs")
     def jobs() -> JobList:

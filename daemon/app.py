@@ -23,9 +23,9 @@ from evolvd import __version__
 from evolvd.abc import IngestSink, Source
 from evolvd.admin import create_app
 from evolvd.admin_token import AdminTokenError, configured_token, daemon_token
-from evolvd.buffer import BufferLockedError, DuckDBBuffer, SchemaTooNewError
+from evolvd.buffer import Buffer, BufferLockedError, SchemaTooNewError
 from evolvd.buffer.part import BufferPart
-from evolvd.buffer.postgres_buffer import BufferUnavailableError, PostgresBuffer
+from evolvd.buffer.postgres_buffer import BufferUnavailableError
 from evolvd.config import EvolvdConfig, as_dict
 from evolvd.connectors.group_offsets import GroupOffsetsCheck
 from evolvd.connectors.kafka_process import KafkaProcessSource, open_kafka_source
@@ -49,12 +49,13 @@ from evolvd.status_models import DaemonStatus, Lineage
 from evolvd.systemd import SystemdNotifier
 
 if TYPE_CHECKING:
+    from evolvd.buffer.leadership import Fence
     from evolvd.connectors.vllm_client import VLLMClient
     from evolvd.demo import DemoWorkload
     from evolvd.labeling.labeler import Labeler
     from evolvd.labeling.worker import LabelWorker
     from evolvd.loop.scheduler import LoopScheduler
-    from evolvd.loop.service import LoopService
+    from evolvd.loop.service import CampaignFactory, LoopService
     from evolvd.loop.steps import Loop
     from evolvd.policies.engine import PolicyEngine
     from evolvd.policies.store import PolicyStore
@@ -173,14 +174,11 @@ class Daemon:
             embeddings.configure(cfg.embeddings.model_path)
         except FileNotFoundError as exc:
             raise StartupError(str(exc)) from exc
-        whole = cfg.role == "all"
-        if whole and cfg.buffer.backend != "duckdb":
+        if cfg.role == "loop" and cfg.buffer.backend != "postgres":
             raise StartupError(
-                f"buffer.backend {cfg.buffer.backend} runs `evolvd run --role ingest` and `--role label` "
-                "members so far; "
-                "the whole daemon (role all) runs on the duckdb backend"
+                "--role loop campaigns to lead the loop of a shared buffer: set buffer.backend postgres"
+                " (a daemon on a DuckDB file runs its own loop as role all)"
             )
-
         try:
             buffer = BufferPart(cfg, self.registry)
         except (BufferLockedError, BufferUnavailableError, SchemaTooNewError) as exc:
@@ -205,21 +203,14 @@ class Daemon:
                 labeler=self._build_label_worker(buffer, policies),
             )
         kafka = KafkaLog(cfg)
-        ingest_metrics = IngestMetrics.create(self.registry)
-        ingest = IngestService(
-            lambda: self._new_ingest_loop(buffer.sink, kafka.bootstrap_servers, ingest_metrics),
-            cfg.ingest,
-            ingest_metrics,
-            self._stop,
-            lambda: self._fetcher_pid,
-        )
-        buffer.keep_open_while(lambda: ingest.alive)
-        duckdb = buffer.buffer
-        if not whole or not isinstance(duckdb, DuckDBBuffer):
+        ingest = None if cfg.role == "loop" else self._build_ingest(buffer, kafka)
+        if cfg.role == "ingest":
             return DaemonParts(buffer=buffer, kafka=kafka, ingest=ingest, admin=admin)
-        policies, engine = self._build_policies(duckdb)
+        policies, engine = self._build_policies(buffer.buffer)
         serving = (
-            self._build_serving(duckdb, kafka.bootstrap_servers, policies) if cfg.serving.enabled else None
+            self._build_serving(buffer.buffer, kafka.bootstrap_servers, policies)
+            if cfg.serving.enabled
+            else None
         )
         parts = DaemonParts(
             buffer=buffer,
@@ -228,12 +219,26 @@ class Daemon:
             admin=admin,
             policies=policies,
             serving=serving,
-            loop=self._build_loop(duckdb, policies, engine, serving),
-            demo=self._build_demo(kafka.bootstrap_servers, serving) if cfg.demo.enabled else None,
+            loop=self._build_loop(buffer.buffer, policies, engine, serving),
+            demo=self._build_demo(kafka.bootstrap_servers, serving)
+            if cfg.demo.enabled and cfg.role == "all"
+            else None,
         )
         if cfg.serving.enabled:  # labeling, evaluation and the gateway: none should stall on it later
             embeddings.load_at_startup()
         return parts
+
+    def _build_ingest(self, buffer: BufferPart, kafka: KafkaLog) -> IngestService:
+        metrics = IngestMetrics.create(self.registry)
+        ingest = IngestService(
+            lambda: self._new_ingest_loop(buffer.sink, kafka.bootstrap_servers, metrics),
+            self.config.ingest,
+            metrics,
+            self._stop,
+            lambda: self._fetcher_pid,
+        )
+        buffer.keep_open_while(lambda: ingest.alive)
+        return ingest
 
     def _admin_token(self) -> str:
         cfg = self.config
@@ -275,7 +280,7 @@ class Daemon:
                 + (f" (+{len(exc.errors) - 1} more)" if len(exc.errors) > 1 else "")
             ) from exc
 
-    def _build_policies(self, buffer: DuckDBBuffer) -> tuple[PolicyService, PolicyEngine]:
+    def _build_policies(self, buffer: Buffer) -> tuple[PolicyService, PolicyEngine]:
         from evolvd.embeddings import embed
         from evolvd.policies.engine import PolicyEngine
 
@@ -315,24 +320,31 @@ class Daemon:
 
     def _build_loop(
         self,
-        buffer: DuckDBBuffer,
+        buffer: Buffer,
         policies: PolicyService,
         engine: PolicyEngine,
         serving: ServingService | None,
     ) -> LoopService:
         """The scheduled jobs: labeling, policies, training, evaluation, promotion, retention."""
+        from evolvd.buffer.leadership import Fence
         from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator
         from evolvd.loop.promotion import Promoter
-        from evolvd.loop.scheduler import LoopScheduler
+        from evolvd.loop.scheduler import LoopScheduler, job_store_url
         from evolvd.loop.service import LoopService
         from evolvd.loop.steps import Loop
 
         cfg = self.config
         loop_metrics = LoopMetrics.create(self.registry)
+        shared = cfg.buffer.backend == "postgres"
+        fence = Fence(shared=True) if shared else Fence.sole()
         promoter = None
         if serving is not None:
             promoter = Promoter(
-                buffer, serving, engine.current_policies, engine.record_decisions, loop_metrics
+                buffer,
+                serving,
+                engine.current_policies,
+                lambda decisions: engine.record_decisions(decisions, fence),
+                loop_metrics,
             )
         evaluation = cfg.evaluation
         loop = Loop(
@@ -360,10 +372,36 @@ class Daemon:
             self._vllm_client,
             self._stop,
         )
-        scheduler = LoopScheduler(
-            cfg.scheduler, cfg.data_dir / "scheduler.sqlite", loop.bodies(), buffer, loop_metrics
+        store = job_store_url(cfg)
+        return LoopService(
+            loop,
+            lambda: LoopScheduler(cfg.scheduler, store, loop.bodies(), buffer, loop_metrics),
+            buffer,
+            fence,
+            self._campaign(fence) if shared else None,
         )
-        return LoopService(loop, scheduler, buffer)
+
+    def _campaign(self, fence: Fence) -> CampaignFactory:
+        """This member's campaign to lead the loop on the shared buffer."""
+        from evolvd.buffer.leadership import Campaign
+
+        cfg = self.config
+        url = cfg.buffer.postgres_url
+        assert url is not None
+        holder = f"{socket.gethostname()}-{os.getpid()}"
+
+        def campaign(on_elected: Callable[[int], None], on_deposed: Callable[[str], None]) -> Campaign:
+            return Campaign(
+                url,
+                holder,
+                fence,
+                on_elected,
+                on_deposed,
+                cfg.scheduler.leader_check_s,
+                cfg.buffer.connect_timeout_s,
+            )
+
+        return campaign
 
     @staticmethod
     def _embed() -> Callable[[Sequence[str]], Any]:
@@ -402,9 +440,7 @@ class Daemon:
 
         return refiner
 
-    def _build_labeler(
-        self, buffer: DuckDBBuffer, policies: PolicyService, serving: ServingService
-    ) -> Labeler:
+    def _build_labeler(self, buffer: Buffer, policies: PolicyService, serving: ServingService) -> Labeler:
         """The whole daemon's labeler: the live model of its own serving, and the only labeler of its file."""
 
         def live_model() -> tuple[VLLMClient, str] | None:
@@ -415,7 +451,7 @@ class Daemon:
 
     def _labeler(
         self,
-        buffer: DuckDBBuffer | PostgresBuffer,
+        buffer: Buffer,
         policies: PolicyService,
         model: Callable[[], tuple[VLLMClient, str] | None],
         claimant: str,
@@ -439,7 +475,7 @@ class Daemon:
         )
 
     def _build_serving(
-        self, buffer: DuckDBBuffer, bootstrap_servers: str, policies: PolicyService
+        self, buffer: Buffer, bootstrap_servers: str, policies: PolicyService
     ) -> ServingService:
         from evolvd.serving.service import ServingService
 
@@ -501,12 +537,13 @@ class Daemon:
                 raise StartupError(f"{part.name}: {exc}") from exc
         self._state = "running"
         logger.info(
-            "evolvd %s running: admin %s, kafka %s topic %s, buffer %s",
+            "evolvd %s running (role %s): admin %s, kafka %s topic %s, buffer %s",
             __version__,
+            self.config.role,
             self.parts.admin.url,
             self.parts.kafka.bootstrap_servers if self.parts.kafka is not None else "-",
             self.config.kafka.topic,
-            self.config.buffer_path,
+            self.parts.buffer.location,
         )
 
     def request_stop(self) -> None:
@@ -542,6 +579,12 @@ class Daemon:
         loop = self.parts.loop
         return loop.scheduler if loop is not None else None
 
+    def no_scheduler_reason(self) -> str:
+        loop = self.parts.loop
+        if loop is None:
+            return f"this daemon runs no loop (it is a `{self.config.role}` member)"
+        return loop.standby_reason() or "the loop's scheduler is starting"
+
     @property
     def loop(self) -> Loop | None:
         loop = self.parts.loop
@@ -559,10 +602,7 @@ class Daemon:
     def lineage(self, adapter: str) -> Lineage | None:
         from evolvd.loop.lineage import adapter_lineage
 
-        buffer = self.parts.buffer.buffer
-        if not isinstance(buffer, DuckDBBuffer):
-            return None  # an ingest member: adapters live with the whole daemon
-        found = adapter_lineage(buffer, adapter)
+        found = adapter_lineage(self.parts.buffer.buffer, adapter)
         return None if found is None else Lineage.model_validate(found)
 
     def readiness(self) -> tuple[bool, str]:

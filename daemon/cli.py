@@ -116,11 +116,12 @@ def main() -> None:
 )
 @click.option(
     "--role",
-    type=click.Choice(["all", "ingest", "label"]),
+    type=click.Choice(["all", "ingest", "label", "loop"]),
     default=None,
     help="What this process runs (default: the config's `role`, all): `ingest` consumes the prompts "
     "topic into a shared buffer (buffer.backend postgres) as one member of the consumer group; `label` "
-    "labels the shared buffer's pending events with the model at serving.url.",
+    "labels the shared buffer's pending events with the model at serving.url; `loop` campaigns to run "
+    "the loop's jobs (one member is elected, the others stand by).",
 )
 def run(config_path: Path | None, demo: bool, role: str | None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C (a second Ctrl-C forces the exit)."""
@@ -372,6 +373,11 @@ def _echo_loop(loop: LoopStatus | None) -> None:
     if loop is None:
         return
     click.echo("loop")
+    lead = loop.leadership
+    if lead.role != "sole":
+        error = f"; last database error: {lead.error}" if lead.error else ""
+        term = f"term {lead.token}, led by {lead.leader}; this member {lead.member}"
+        click.echo(f"  {lead.role} ({term}){error}")
     for job in loop.jobs:
         state = "PAUSED" if job.paused else ("running" if job.running else "scheduled")
         said = f"{job.last.outcome}: {job.last.detail}" if job.last else "not run yet"

@@ -338,6 +338,13 @@ class LabelingConfig(_Section):
     the same cores, and a run beside labeling takes many times as long. Turn off when training and
     serving have accelerators of their own."""
 
+    sample_share: float = Field(1.0, gt=0, le=1)
+    """The share of distinct prompts labeled, chosen by a keyed hash of the prompt (every copy of a
+    prompt on the same side): below 1, labeling need not keep up with the whole stream. The others are
+    stored as `unsampled` events (drift windows, lineage; aged out by retention) and do not count
+    towards the ingest backlog. The held-out slice is chosen independently, so it shrinks by the same
+    share."""
+
     lease_s: float = Field(300.0, gt=0)
     """How long a labeler's claim on an event holds in a shared buffer: the events of a labeler that
     died are claimed by the others after this long (longer than labeling one batch takes)."""
@@ -433,6 +440,10 @@ class SchedulerConfig(_Section):
 
     misfire_grace_s: float = Field(300.0, gt=0)
     """A run missed by less than this (the daemon was busy or down) still happens, once."""
+    leader_check_s: float = Field(2.0, gt=0, le=60)
+    """On a shared buffer (buffer.backend postgres): how often a standby loop member tries to lead, and
+    the leader checks that it still does. A dead leader's successor runs the jobs within about this
+    long after the database noticed the death."""
 
 
 class TrainingConfig(_Section):
@@ -561,10 +572,13 @@ class EvolvdConfig(BaseSettings):
     data_dir: Path = Path("var/evolvd")
     """Where the buffer, models, adapters and runtime files live."""
 
-    role: Literal["all", "ingest", "label"] = "all"
+    role: Literal["all", "ingest", "label", "loop"] = "all"
     """`all`: the whole daemon. `ingest`: a member that only consumes the prompts topic into the
     shared buffer (buffer.backend postgres), one of several in one consumer group. `label`: a labeler
-    that claims pending events from the shared buffer and labels them with the model at serving.url."""
+    that claims pending events from the shared buffer and labels them with the model at serving.url.
+    `loop`: a loop member on the shared buffer (training, evaluation, promotion, retention, policies,
+    and serving as configured), no ingest; of all loop members (`loop` and `all`) one is elected to
+    run the jobs, the others stand by."""
 
     kafka: KafkaConfig = KafkaConfig()
     ingest: IngestConfig = IngestConfig()

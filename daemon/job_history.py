@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer
 from evolvd.jobs import JobOutcome
 
 
@@ -20,7 +20,7 @@ class FinishedJobRun:
 
 
 class JobHistory:
-    def __init__(self, buffer: DuckDBBuffer) -> None:
+    def __init__(self, buffer: Buffer) -> None:
         self._buffer = buffer
 
     def started(self, job: str, trigger: str) -> int:

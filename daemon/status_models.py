@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
@@ -234,7 +234,23 @@ class CanaryStatus(Answer):
     reason: str | None
 
 
+class LeadershipStatus(Answer):
+    """Who runs the loop's jobs: `sole` (a DuckDB buffer: this daemon, for good), or on a shared buffer
+    `leader` / `standby` (evolvd.buffer.leadership)."""
+
+    role: Literal["sole", "leader", "standby"]
+    token: int | None
+    """The fencing token of the term in force (every election adds one)."""
+    leader: str | None
+    """The member leading that term."""
+    member: str | None
+    """This member's name in the campaign."""
+    error: str | None
+    """The campaign's last database error, if its last attempt failed."""
+
+
 class LoopStatus(Answer):
+    leadership: LeadershipStatus
     jobs: list[JobStatus]
     training_now: ActiveRunStatus | None
     runs: list[RunStatusRow]

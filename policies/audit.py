@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
-
 from evolvd.buffer import rows_as_dicts
+from evolvd.buffer.sql import Sql
 from evolvd.metrics import PolicyMetrics
 
 
@@ -42,7 +41,7 @@ class Decision:
         }
 
 
-def record(con: duckdb.DuckDBPyConnection, decisions: Sequence[Decision]) -> None:
+def record(con: Sql, decisions: Sequence[Decision], fencing_token: int | None = None) -> None:
     """Insert the decisions on `con`, inside the caller's transaction if it has one.
 
     Call `count` after the commit: a rolled-back decision is then never counted, and a crash
@@ -52,8 +51,8 @@ def record(con: duckdb.DuckDBPyConnection, decisions: Sequence[Decision]) -> Non
         return
     con.executemany(
         "INSERT INTO policy_decisions"
-        " (policy, policy_hash, subject_kind, subject_id, outcome, reasons, inputs)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        " (policy, policy_hash, subject_kind, subject_id, outcome, reasons, inputs, fencing_token)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
             [
                 d.policy,
@@ -63,6 +62,7 @@ def record(con: duckdb.DuckDBPyConnection, decisions: Sequence[Decision]) -> Non
                 d.outcome,
                 json.dumps(list(d.reasons)),
                 json.dumps(d.inputs, default=str),
+                fencing_token,
             ]
             for d in decisions
         ],
@@ -76,7 +76,7 @@ def count(decisions: Sequence[Decision], metrics: PolicyMetrics | None) -> None:
         metrics.decisions.labels(d.policy, d.outcome).inc()
 
 
-def recent_decisions(con: duckdb.DuckDBPyConnection, policy: str, limit: int = 5) -> list[dict[str, Any]]:
+def recent_decisions(con: Sql, policy: str, limit: int = 5) -> list[dict[str, Any]]:
     """The newest decisions of one policy, about whatever subject."""
     return rows_as_dicts(
         con.execute(
@@ -87,9 +87,7 @@ def recent_decisions(con: duckdb.DuckDBPyConnection, policy: str, limit: int = 5
     )
 
 
-def decisions_about(
-    con: duckdb.DuckDBPyConnection, subject_kind: str, subject_id: str
-) -> list[dict[str, Any]]:
+def decisions_about(con: Sql, subject_kind: str, subject_id: str) -> list[dict[str, Any]]:
     """Every decision about one subject, oldest first (lineage)."""
     return rows_as_dicts(
         con.execute(

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from evolvd.buffer import DuckDBBuffer, transaction
+from evolvd.buffer import Buffer, transaction
+from evolvd.buffer.leadership import Fence
 from evolvd.metrics import PolicyMetrics
 from evolvd.policies import views
 from evolvd.policies.audit import Decision, count, record
@@ -41,7 +42,7 @@ class DriftInputs:
 class PolicyEngine:
     def __init__(
         self,
-        buffer: DuckDBBuffer,
+        buffer: Buffer,
         store: PolicyStore,
         metrics: PolicyMetrics | None,
         embed: Embedder,
@@ -209,10 +210,13 @@ class PolicyEngine:
                 self.record_decisions([decision])  # a row when the verdict changes, not one per tick
             self.last_gate = decision
 
-    def record_decisions(self, decisions: list[Decision]) -> None:
-        """Write decisions to the audit trail, then count them (also the store's reload hook)."""
+    def record_decisions(self, decisions: list[Decision], fence: Fence | None = None) -> None:
+        """Write decisions to the audit trail, then count them (also the store's reload hook). With a
+        `fence` (the loop's promotion decisions) they carry its term's token, and are refused
+        (StaleLeaderError, nothing written) once a newer term began."""
         with transaction(self._buffer.cursor()) as con:
-            record(con, decisions)
+            token = fence.check(con) if fence is not None else None
+            record(con, decisions, token)
         count(decisions, self._metrics)
 
     def status(self) -> PolicyStatus:

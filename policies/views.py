@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import duckdb
 
 from evolvd.buffer.heldout import heldout_params, untrained_condition
+from evolvd.buffer.sql import Sql
 
 # A chat message list has no single prompt string; its JSON text is what drift and clusters see.
 _PROMPT = "coalesce(prompt, CAST(messages AS VARCHAR))"
 
 
-def recent_prompts(con: duckdb.DuckDBPyConnection, window: int) -> list[str]:
+def recent_prompts(con: Sql, window: int) -> list[str]:
     rows = con.execute(
         f"SELECT {_PROMPT} FROM events ORDER BY ingested_at DESC, kafka_offset DESC LIMIT ?",  # noqa: S608
         [window],
@@ -22,7 +23,7 @@ def recent_prompts(con: duckdb.DuckDBPyConnection, window: int) -> list[str]:
     return [str(r[0]) for r in reversed(rows)]
 
 
-def first_prompts(con: duckdb.DuckDBPyConnection, window: int) -> list[str]:
+def first_prompts(con: Sql, window: int) -> list[str]:
     rows = con.execute(
         f"SELECT {_PROMPT} FROM events ORDER BY ingested_at, kafka_offset LIMIT ?",  # noqa: S608
         [window],
@@ -30,12 +31,12 @@ def first_prompts(con: duckdb.DuckDBPyConnection, window: int) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def event_count(con: duckdb.DuckDBPyConnection) -> int:
+def event_count(con: Sql) -> int:
     row = con.execute("SELECT count(*) FROM events").fetchone()
     return int(row[0]) if row else 0
 
 
-def live_training_prompts(con: duckdb.DuckDBPyConnection, window: int) -> list[str] | None:
+def live_training_prompts(con: Sql, window: int) -> list[str] | None:
     """Prompts of the data set the live adapter was trained on, or None when there is none."""
     row = con.execute(
         "SELECT d.path FROM adapters a JOIN runs r ON a.run_id = r.run_id"
@@ -43,11 +44,12 @@ def live_training_prompts(con: duckdb.DuckDBPyConnection, window: int) -> list[s
     ).fetchone()
     if row is None:
         return None
-    rows = con.execute(
-        # A fixed pseudo-random sample (by hash) when the data set is larger than the window.
-        "SELECT prompt FROM read_parquet(?) ORDER BY hash(prompt) LIMIT ?",
-        [row[0], window],
-    ).fetchall()
+    # The data set is a Parquet file beside the buffer, whichever backend the buffer is: DuckDB reads
+    # it in memory, a fixed pseudo-random sample (by hash) when it is larger than the window.
+    with duckdb.connect() as parquet:
+        rows = parquet.execute(
+            "SELECT prompt FROM read_parquet(?) ORDER BY hash(prompt) LIMIT ?", [row[0], window]
+        ).fetchall()
     return [str(r[0]) for r in rows]
 
 
@@ -72,22 +74,22 @@ class ExampleRow:
     """Share of the event's samples asserting the model's greedy answer (None: not asked)."""
 
 
-def unscreened_examples(con: duckdb.DuckDBPyConnection, limit: int) -> list[ExampleRow]:
+def unscreened_examples(con: Sql, limit: int) -> list[ExampleRow]:
     return _examples(con, "WHERE e.safety_outcome IS NULL ORDER BY e.example_id LIMIT ?", [limit])
 
 
-def all_examples(con: duckdb.DuckDBPyConnection) -> list[ExampleRow]:
+def all_examples(con: Sql) -> list[ExampleRow]:
     return _examples(con, "ORDER BY e.example_id", [])
 
 
-def candidate_examples(con: duckdb.DuckDBPyConnection, heldout_percent: int = 0) -> list[ExampleRow]:
+def candidate_examples(con: Sql, heldout_percent: int = 0) -> list[ExampleRow]:
     """What the next run would train on: the snapshot's own rule (`untrained_condition`)."""
     return _examples(
         con, f"WHERE {untrained_condition('e')} ORDER BY e.example_id", heldout_params(con, heldout_percent)
     )
 
 
-def _examples(con: duckdb.DuckDBPyConnection, tail: str, params: list[object]) -> list[ExampleRow]:
+def _examples(con: Sql, tail: str, params: list[object]) -> list[ExampleRow]:
     # `tail` is one of this module's constant clauses; values go through `params`.
     query = _EXAMPLES + " " + tail
     rows = con.execute(
@@ -99,6 +101,6 @@ def _examples(con: duckdb.DuckDBPyConnection, tail: str, params: list[object]) -
     ]
 
 
-def last_run_started(con: duckdb.DuckDBPyConnection) -> dt.datetime | None:
+def last_run_started(con: Sql) -> dt.datetime | None:
     row = con.execute("SELECT max(coalesce(started_at, created_at)) FROM runs").fetchone()
     return row[0] if row and row[0] is not None else None

@@ -50,6 +50,22 @@ def postgres_url(postgres: Any) -> str:
     return str(postgres.new_database())
 
 
+@pytest.fixture(params=["duckdb", "postgres"])
+def either_buffer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An empty buffer on each backend: a DuckDB file, and a database on the session's PostgreSQL
+    server (the tables' owners write the same SQL to both)."""
+    from evolvd.buffer import DuckDBBuffer
+    from evolvd.buffer.postgres_buffer import PostgresBuffer
+
+    buf = (
+        DuckDBBuffer(tmp_path / "buffer.duckdb")
+        if request.param == "duckdb"
+        else PostgresBuffer(request.getfixturevalue("postgres_url"))
+    )
+    yield buf
+    buf.close()
+
+
 @pytest.fixture(autouse=True)
 def kafka_python_may_drop_a_broker_socket() -> None:
     """kafka-python 3.0.12 can lose a connection's socket without closing it when a client closes

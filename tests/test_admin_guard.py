@@ -73,6 +73,9 @@ class StubDaemon:
     def lineage(self, adapter: str) -> Lineage | None:
         return None
 
+    def no_scheduler_reason(self) -> str:
+        return "this daemon runs no loop (it is a `ingest` member)"
+
     def status(self) -> DaemonStatus:
         return DaemonStatus.model_validate_json(RECORDED_STATUS.read_text())
 

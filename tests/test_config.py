@@ -78,7 +78,7 @@ def test_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
         ("logging:\n  level: LOUD\n", "logging.level", "'DEBUG'"),
         ("buffer:\n  backend: postgres\n", "buffer", "needs buffer.postgres_url"),
         ("buffer:\n  backend: postgres\n  postgres_url: postgresql://u:pw@db/e\n", "buffer", "$PGPASSWORD"),
-        ("role: train\n", "role", "'all', 'ingest' or 'label'"),
+        ("role: train\n", "role", "'all', 'ingest', 'label' or 'loop'"),
     ],
 )
 def test_each_validator_rejects(tmp_path: Path, text: str, path: str, message: str) -> None:

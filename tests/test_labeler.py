@@ -1,8 +1,10 @@
 """The labeling pipeline with a scripted model (each stage's logic), and its rows in a real DuckDB
-file (one transaction per event, nothing labeled twice)."""
+file and PostgreSQL database (one transaction per event, nothing labeled twice, claims, the labeled
+share)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -12,12 +14,12 @@ import numpy as np
 import pytest
 
 from evolvd.abc import IngestBatch, Record
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer, DuckDBBuffer
 from evolvd.buffer.postgres_buffer import PostgresBuffer
 from evolvd.contract import decode_into, encode_message
 from evolvd.judge import Judge
 from evolvd.judge_prompts import parse_score
-from evolvd.labeling.labeler import Labeler, claim_events, pending_events, write_result
+from evolvd.labeling.labeler import Labeler, claim_events, mark_unsampled, pending_events, write_result
 from evolvd.labeling.pipeline import label_prompt
 from evolvd.metrics import LabelMetrics, new_registry
 from evolvd.policies.loader import load_candidate, load_policies
@@ -277,7 +279,7 @@ def test_scores_are_parsed_robustly_never_guessed(critique: str, value: float | 
     assert (score.value, score.status) == (value, status)
 
 
-def with_two_events(buf: DuckDBBuffer | PostgresBuffer) -> None:
+def with_two_events(buf: Buffer) -> None:
     for i, prompt in enumerate(["What is 7 + 5?", None]):
         buf.cursor().execute(
             "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, messages, prompt_hash)"
@@ -294,24 +296,17 @@ def buffer(tmp_path: Path) -> Iterator[DuckDBBuffer]:
     buf.close()
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
-def either_buffer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DuckDBBuffer | PostgresBuffer]:
-    """The labeler's writes on each backend: the DuckDB file, and a database on the session's
-    PostgreSQL server."""
-    buf: DuckDBBuffer | PostgresBuffer = (
-        DuckDBBuffer(tmp_path / "buffer.duckdb")
-        if request.param == "duckdb"
-        else PostgresBuffer(request.getfixturevalue("postgres_url"))
-    )
-    with_two_events(buf)
-    yield buf
-    buf.close()
+@pytest.fixture
+def two_events(either_buffer: Buffer) -> Buffer:
+    """The labeler's writes on each backend (conftest.either_buffer)."""
+    with_two_events(either_buffer)
+    return either_buffer
 
 
 def test_one_transaction_per_event_and_nothing_is_labeled_twice(
-    either_buffer: DuckDBBuffer | PostgresBuffer,
+    two_events: Buffer,
 ) -> None:
-    buffer = either_buffer
+    buffer = two_events
     events = pending_events(buffer.cursor(), 10)
     assert [(e.event_id, e.prompt) for e in events] == [("e0", "What is 7 + 5?"), ("e1", "Is 9 odd?")]
     refined = "7 + 5 = 12 for sure. The answer is 12."
@@ -361,9 +356,9 @@ def test_vote_pairs_are_stored_with_their_source_and_counted(buffer: DuckDBBuffe
 
 
 def test_a_failed_write_leaves_no_rows_and_the_event_pending(
-    either_buffer: DuckDBBuffer | PostgresBuffer,
+    two_events: Buffer,
 ) -> None:
-    buffer = either_buffer
+    buffer = two_events
     model = ScriptedModel(SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2"})
     result = label_prompt(
         model, "base", "e0", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
@@ -487,3 +482,31 @@ def test_four_labelers_sharing_a_postgres_buffer_label_each_event_once(postgres_
         assert write_result(con, late) is False  # the dead labeler's late result: already labeled
     finally:
         buffer.close()
+
+
+def test_a_sample_share_labels_a_keyed_share_of_prompts_and_the_backlog_counts_only_it(
+    either_buffer: Buffer,
+) -> None:
+    """labeling.sample_share 0.25: a quarter of the distinct prompts (by a keyed hash, every copy of a
+    prompt on the same side) stay pending, the rest become `unsampled`; the ingest backlog counted only
+    the share before the labeler marked them."""
+    con = either_buffer.cursor()
+    for i in range(400):
+        prompt = f"prompt {i % 200}"  # 200 prompts, each sent twice
+        con.execute(
+            "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash)"
+            " VALUES (?, 't', 0, ?, ?, ?)",
+            [f"s{i}", i, prompt, hashlib.sha256(prompt.encode()).hexdigest()],
+        )
+    assert either_buffer.backlog() == 200
+    either_buffer.sample_share = 0.25
+    share = either_buffer.backlog()
+    assert 25 <= share <= 80  # 50 expected: a binomial draw of 200 prompts
+
+    assert mark_unsampled(con, 0.25) == 2 * (200 - share)
+    assert mark_unsampled(con, 0.25) == 0  # once
+    states = con.execute("SELECT prompt, min(state), max(state) FROM events GROUP BY prompt").fetchall()
+    assert all(low == high for _, low, high in states), "copies of a prompt on both sides"
+    assert sum(1 for _, state, _ in states if state == "pending") == share == either_buffer.backlog()
+    claimed = {e.prompt for e in claim_events(con, "me", 1_000, 60)}
+    assert claimed == {p for p, state, _ in states if state == "pending"}

@@ -1,6 +1,7 @@
-"""The loop's parts on a real DuckDB file, without a model: snapshots (held-out slice, replay,
-pairs, lineage rows), the paired test, the reference checkers, and the scheduler's job store
-(pause survives a restart, a job never overlaps itself, every run is a row)."""
+"""The loop's parts without a model, on a real DuckDB file and a real PostgreSQL database where they
+touch the buffer: snapshots (held-out slice, replay, pairs, lineage rows), the paired test, the
+reference checkers, and the scheduler's job store (pause survives a restart, a job never overlaps
+itself, every run is a row)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer
 from evolvd.buffer.heldout import heldout_condition, heldout_params
 from evolvd.config import JobSchedule, SchedulerConfig
 from evolvd.config_file import ConfigError
@@ -65,8 +66,10 @@ def _heldout_ids(con) -> set[str]:  # type: ignore[no-untyped-def]
     }
 
 
-def test_a_snapshot_takes_new_safe_confident_examples_outside_the_heldout_slice(tmp_path: Path) -> None:
-    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+def test_a_snapshot_takes_new_safe_confident_examples_outside_the_heldout_slice(
+    tmp_path: Path, either_buffer: Buffer
+) -> None:
+    buffer = either_buffer
     con = buffer.cursor()
     for i in range(60):
         _event(
@@ -87,7 +90,7 @@ def test_a_snapshot_takes_new_safe_confident_examples_outside_the_heldout_slice(
     taken = {
         r[0]
         for r in con.execute(
-            "SELECT e.event_id FROM training_examples e WHERE list_contains(?, e.example_id)", [list(ids)]
+            "SELECT e.event_id FROM training_examples e WHERE e.example_id IN (SELECT unnest(?))", [list(ids)]
         ).fetchall()
     }
     assert not taken & heldout, "a held-out event reached training"
@@ -114,14 +117,15 @@ def test_a_snapshot_takes_new_safe_confident_examples_outside_the_heldout_slice(
     assert second.n_replay == second.n_new // 3 and second.n_replay > 0
     replayed = {r["example_id"] for r in pq.read_table(second.path).to_pylist() if r["replay"]}
     assert replayed <= ids
-    buffer.close()
 
 
-def test_a_snapshot_mixes_in_the_safety_anchor_share_outside_the_lineage(tmp_path: Path) -> None:
+def test_a_snapshot_mixes_in_the_safety_anchor_share_outside_the_lineage(
+    tmp_path: Path, either_buffer: Buffer
+) -> None:
     """training.safety_anchor_share of the rows are refusals from the policy's anchor file: marked in
     the Parquet file, counted on the data set's row and kept when a failed run is retried, never listed
     as buffer examples (they are not traffic)."""
-    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+    buffer = either_buffer
     con = buffer.cursor()
     for i in range(60):
         _event(con, i)
@@ -138,11 +142,12 @@ def test_a_snapshot_mixes_in_the_safety_anchor_share_outside_the_lineage(tmp_pat
     assert stored_snapshot(con, snap.dataset_id) == snap
     # The anchor set is disjoint from the safety probes that measure what a run did to refusals.
     assert not {p for p, _ in anchors} & set(probe_prompts("safety_harmful", None))
-    buffer.close()
 
 
-def test_lineage_lists_an_adapter_back_to_the_kafka_offsets_it_learned_from(tmp_path: Path) -> None:
-    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+def test_lineage_lists_an_adapter_back_to_the_kafka_offsets_it_learned_from(
+    tmp_path: Path, either_buffer: Buffer
+) -> None:
+    buffer = either_buffer
     con = buffer.cursor()
     for i in range(20):
         _event(con, i)
@@ -163,7 +168,6 @@ def test_lineage_lists_an_adapter_back_to_the_kafka_offsets_it_learned_from(tmp_
     trained = {int(e[2:]) for e in {f"ev{i}" for i in range(20)} - _heldout_ids(con)}
     assert offsets == {(i % 2, i) for i in trained}
     assert adapter_lineage(buffer, "missing") is None
-    buffer.close()
 
 
 @pytest.mark.parametrize(
@@ -210,8 +214,10 @@ def test_reference_checkers_and_bad_reference_files(tmp_path: Path) -> None:
     assert len(messages) == 2 and ":2:" in messages[0] and "unknown checker 'regex'" in messages[1]
 
 
-def test_the_scheduler_keeps_pauses_across_restarts_and_never_overlaps_a_job(tmp_path: Path) -> None:
-    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
+def test_the_scheduler_keeps_pauses_across_restarts_and_never_overlaps_a_job(
+    tmp_path: Path, either_buffer: Buffer
+) -> None:
+    buffer = either_buffer
     release = threading.Event()
     calls: list[str] = []
 
@@ -233,7 +239,7 @@ def test_the_scheduler_keeps_pauses_across_restarts_and_never_overlaps_a_job(tmp
         retention=JobSchedule(interval_s=3600, enabled=False),
     )
     bodies = {"training": slow, "policies": quick, "retention": quick}
-    state = tmp_path / "scheduler.sqlite"
+    state = f"sqlite:///{tmp_path / 'scheduler.sqlite'}"
     scheduler = LoopScheduler(config, state, bodies, buffer, None)
     scheduler.start()
     try:
@@ -269,4 +275,3 @@ def test_the_scheduler_keeps_pauses_across_restarts_and_never_overlaps_a_job(tmp
         again.shutdown()
     outcomes = buffer.cursor().execute("SELECT outcome FROM job_runs WHERE job = 'training'").fetchall()
     assert sorted(o[0] for o in outcomes) == ["ok", "skipped"] or sorted(o[0] for o in outcomes) == ["ok"]
-    buffer.close()

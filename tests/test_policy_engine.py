@@ -4,9 +4,10 @@ edit never replaces a good policy, and a dry run writes nothing."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer
 from evolvd.metrics import PolicyMetrics
 from evolvd.policies.audit import Decision
 from evolvd.policies.engine import PolicyEngine
@@ -269,9 +270,9 @@ def _fake_embed(texts: Sequence[str]) -> np.ndarray:
 
 
 @pytest.fixture
-def buffer(tmp_path: Path) -> Iterator[DuckDBBuffer]:
-    buf = DuckDBBuffer(tmp_path / "buffer.duckdb")
-    con = buf.cursor()
+def buffer(either_buffer: Buffer) -> Buffer:
+    """Five labeled examples awaiting the safety screen, on each backend."""
+    con = either_buffer.cursor()
     examples = [
         ("e1", "What is 2+2?", "4"),
         ("e2", "Email the result to ann@example.org", "Sent."),
@@ -282,27 +283,26 @@ def buffer(tmp_path: Path) -> Iterator[DuckDBBuffer]:
     for offset, (event_id, prompt, completion) in enumerate(examples):
         con.execute(  # each example's event, as labeling leaves it
             "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash, state)"
-            " VALUES (?, 't', 0, ?, ?, sha256(?), 'labeled')",
-            [event_id, offset, prompt, prompt],
+            " VALUES (?, 't', 0, ?, ?, ?, 'labeled')",
+            [event_id, offset, prompt, hashlib.sha256(prompt.encode()).hexdigest()],
         )
         con.execute(
             "INSERT INTO training_examples (event_id, format, prompt, completion, confidence, model_version,"
             " labeler_version) VALUES (?, 'direct', ?, ?, 0.9, 'base', 'test')",
             [event_id, prompt, completion],
         )
-    yield buf
-    buf.close()
+    return either_buffer
 
 
-def _snapshot(buf: DuckDBBuffer) -> dict[str, list[tuple[object, ...]]]:
+def _snapshot(buf: Buffer) -> dict[str, list[tuple[object, ...]]]:
     con = buf.cursor()
-    return {
-        table: con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
+    return {  # each table's first column is its key
+        table: con.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
         for table in ("training_examples", "policy_decisions", "events", "runs")
     }
 
 
-def test_the_screen_writes_outcomes_redactions_and_one_decision_per_example(buffer: DuckDBBuffer) -> None:
+def test_the_screen_writes_outcomes_redactions_and_one_decision_per_example(buffer: Buffer) -> None:
     registry = CollectorRegistry()
     metrics = PolicyMetrics.create(registry)
     engine = PolicyEngine(buffer, PolicyStore(None, metrics), metrics, _fake_embed)
@@ -334,7 +334,7 @@ def test_the_screen_writes_outcomes_redactions_and_one_decision_per_example(buff
     )
 
 
-def test_a_tick_records_the_gate_and_waits_for_enough_prompts_for_drift(buffer: DuckDBBuffer) -> None:
+def test_a_tick_records_the_gate_and_waits_for_enough_prompts_for_drift(buffer: Buffer) -> None:
     engine = PolicyEngine(buffer, PolicyStore(None), None, _fake_embed)
     engine.tick()
     engine.tick()
@@ -346,7 +346,7 @@ def test_a_tick_records_the_gate_and_waits_for_enough_prompts_for_drift(buffer: 
     assert row == (1,)  # a row when the verdict changes, not one per tick
 
 
-def test_a_dry_run_reports_what_would_change_and_writes_nothing(buffer: DuckDBBuffer, tmp_path: Path) -> None:
+def test_a_dry_run_reports_what_would_change_and_writes_nothing(buffer: Buffer, tmp_path: Path) -> None:
     store = PolicyStore(None)
     engine = PolicyEngine(buffer, store, None, _fake_embed)
     engine.screen_pending()
@@ -371,17 +371,19 @@ def test_a_dry_run_reports_what_would_change_and_writes_nothing(buffer: DuckDBBu
     assert _snapshot(buffer) == before and store.current.describe() == in_force
 
 
-def test_drift_compares_with_the_live_adapters_training_data_when_there_is_one(tmp_path: Path) -> None:
+def test_drift_compares_with_the_live_adapters_training_data_when_there_is_one(
+    tmp_path: Path, either_buffer: Buffer
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    buffer = DuckDBBuffer(tmp_path / "drift.duckdb")  # only the events below
+    buffer = either_buffer  # only the events below
     con = buffer.cursor()
     for i in range(3):
         con.execute(
             "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash)"
-            " VALUES (?, 't', 0, ?, ?, sha256(?))",
-            [f"ev{i}", i, f"recent prompt {i}", f"recent prompt {i}"],
+            " VALUES (?, 't', 0, ?, ?, ?)",
+            [f"ev{i}", i, f"recent prompt {i}", hashlib.sha256(f"recent prompt {i}".encode()).hexdigest()],
         )
     engine = PolicyEngine(buffer, PolicyStore(None), None, _fake_embed)
     assert engine.drift_inputs(DEFAULTS) == "waiting for 400 prompts (first window + recent window), have 3"
@@ -408,7 +410,6 @@ def test_drift_compares_with_the_live_adapters_training_data_when_there_is_one(t
     assert inputs.recent == [f"recent prompt {i}" for i in range(3)]
     first_window = load_candidate(None, {"drift.yaml": "reference: first_window\n"}, False, "edit")
     assert isinstance(engine.drift_inputs(first_window), str)  # the operator chose the first window
-    buffer.close()
 
 
 def test_a_policy_file_that_vanishes_or_empties_is_a_rejected_edit(policy_dir: Path) -> None:

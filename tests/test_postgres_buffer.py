@@ -14,6 +14,7 @@ from helpers import batch_of
 
 from evolvd.abc import DeadLetter, Feedback, IngestBatch
 from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer.heldout import heldout_condition, heldout_sides
 from evolvd.buffer.migrations import bundled_migrations, postgres_sql
 from evolvd.buffer.postgres_buffer import BufferUnavailableError, PostgresBuffer, shown_url
 
@@ -120,3 +121,27 @@ def test_an_unreachable_server_is_a_clear_error_without_the_password(postgres: A
         PostgresBuffer(url, connect_timeout_s=2)
     assert time.monotonic() - started < 10
     assert "secret" not in str(caught.value) and shown_url(url) in str(caught.value)
+
+
+def test_the_heldout_slice_and_intervals_are_the_same_on_both_backends(postgres_url: str) -> None:
+    """The held-out slice is md5_number(key || prompt_hash) % 100: PostgreSQL computes DuckDB's value
+    (evolvd.buffer.postgres_functions), so a prompt is held out, or not, whichever backend holds it."""
+    buffer = PostgresBuffer(postgres_url)
+    try:
+        key = "k" * 64
+        hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]
+        sql = (
+            f"SELECT {heldout_condition('h')} FROM unnest(?::varchar[]) WITH ORDINALITY AS t(h, n) ORDER BY n"
+        )
+        on_postgres = [bool(r[0]) for r in buffer.cursor().execute(sql, [key, 10, hashes]).fetchall()]
+        assert on_postgres == heldout_sides(key, hashes, 10)  # DuckDB's md5_number, in memory
+        assert 10 < sum(on_postgres) < 50
+        for value in ("", "abc", "é" * 40):
+            pg = buffer.cursor().execute("SELECT md5_number(?)", [value]).fetchone()
+            assert pg is not None and int(pg[0]) == int.from_bytes(
+                hashlib.md5(value.encode()).digest(), "little"
+            )
+        row = buffer.cursor().execute("SELECT to_seconds(?) = INTERVAL '90 minutes'", [5400.0]).fetchone()
+        assert row == (True,)
+    finally:
+        buffer.close()

@@ -14,7 +14,6 @@ from daemon_process import DaemonProcess
 from helpers import produce, prompt_message, wait_for
 from postgres_server import stored_events as stored
 
-from evolvd.cli import EXIT_STARTUP_FAILED
 from evolvd.config import KafkaConfig
 from evolvd.connectors.kafka_source import ensure_topic
 
@@ -84,17 +83,3 @@ def test_two_members_store_every_event_once_through_a_kill_9(
     offsets = {int(partition): int(offset) for partition, offset in rows}
     assert ids == {f"msg-{i:06d}" for i in range(n + 1_000)}
     assert sum(offsets.values()) == n + 1_000  # every partition's position is its end: nothing re-read later
-
-
-def test_the_whole_daemon_refuses_the_postgres_backend_with_its_reason(
-    postgres_url: str, tmp_path: Path
-) -> None:
-    """Only ingest members run on the shared buffer so far: `role: all` says so and exits, leaving the
-    database untouched."""
-    env = {"EVOLVD_BUFFER__BACKEND": "postgres", "EVOLVD_BUFFER__POSTGRES_URL": postgres_url}
-    daemon = DaemonProcess(tmp_path / "data", env).start(wait_ready=False)
-    assert daemon.wait(60) == EXIT_STARTUP_FAILED
-    assert "runs `evolvd run --role ingest` and `--role label` members so far" in daemon.tail()
-    with psycopg.connect(postgres_url) as con:
-        tables = con.execute(b"SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
-        assert tables.fetchone() == (0,)

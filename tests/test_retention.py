@@ -1,14 +1,13 @@
-"""Retention ages rows out of a real DuckDB buffer (issue 20): old events go with every row derived from
-them, events a snapshot trained on stay for lineage, old dead letters go, and the space is reused."""
+"""Retention ages rows out of a real buffer, DuckDB and PostgreSQL (issues 20, 22): old events go with
+every row derived from them, events a snapshot trained on stay for lineage, old dead letters go, and
+the space of a DuckDB file is reused."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import duckdb
-
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer, DuckDBBuffer, Sql
 from evolvd.buffer.retention import RetentionCutoffs, age_out
 
 DERIVED = (
@@ -17,9 +16,9 @@ DERIVED = (
 CUTOFFS = RetentionCutoffs(events_days=30, dead_letters_days=14, job_runs_days=30)
 
 
-def add_event(con: duckdb.DuckDBPyConnection, event_id: str, offset: int, age_days: float) -> int:
+def add_event(con: Sql, event_id: str, offset: int, age_days: float) -> int:
     """An event with one row in each derived table; returns its training example's id."""
-    ingested = f"now() - INTERVAL {int(age_days * 24)} HOUR"
+    ingested = f"now() - INTERVAL '{int(age_days * 24)} hours'"
     con.execute(
         "INSERT INTO events (id, topic, kafka_partition, kafka_offset, prompt, prompt_hash, state,"
         f" ingested_at) VALUES (?, 't', 0, ?, ?, ?, 'labeled', {ingested})",
@@ -71,14 +70,13 @@ def add_event(con: duckdb.DuckDBPyConnection, event_id: str, offset: int, age_da
     return int(example[0])
 
 
-def rows(con: duckdb.DuckDBPyConnection, table: str, event_id: str) -> int:
+def rows(con: Sql, table: str, event_id: str) -> int:
     row = con.execute(f"SELECT count(*) FROM {table} WHERE event_id = ?", [event_id]).fetchone()
     return int(row[0]) if row else 0
 
 
-def test_old_events_go_with_everything_derived_and_trained_ones_stay(tmp_path: Path) -> None:
-    buffer = DuckDBBuffer(tmp_path / "b.duckdb")
-    con = buffer.cursor()
+def test_old_events_go_with_everything_derived_and_trained_ones_stay(either_buffer: Buffer) -> None:
+    con = either_buffer.cursor()
     old_example = add_event(con, "old", 0, age_days=40)
     add_event(con, "recent", 1, age_days=2)
     trained_example = add_event(con, "old-trained", 2, age_days=40)
@@ -89,13 +87,14 @@ def test_old_events_go_with_everything_derived_and_trained_ones_stay(tmp_path: P
     con.execute("INSERT INTO dataset_examples VALUES ('d1', ?, false)", [trained_example])
     con.execute(
         "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, reason, detail, received_at)"
-        " VALUES ('t', 0, 9, 'not_json', 'x', now() - INTERVAL 20 DAY), ('t', 0, 10, 'not_json', 'y', now())"
+        " VALUES ('t', 0, 9, 'not_json', 'x', now() - INTERVAL '20 days'),"
+        " ('t', 0, 10, 'not_json', 'y', now())"
     )
     con.execute("INSERT INTO kafka_offsets (topic, kafka_partition, next_offset) VALUES ('t', 0, 11)")
 
     aged = age_out(con, CUTOFFS)
 
-    assert aged.checkpointed
+    assert not aged.checkpoint_deferred
     assert aged.deleted == {
         "policy_decisions": 1,
         **{t: 1 for t in DERIVED},
@@ -112,7 +111,6 @@ def test_old_events_go_with_everything_derived_and_trained_ones_stay(tmp_path: P
     assert con.execute("SELECT kafka_offset FROM dead_letters").fetchall() == [(10,)]
     assert con.execute("SELECT next_offset FROM kafka_offsets").fetchall() == [(11,)], "the position stays"
     assert age_out(con, CUTOFFS).total == 0, "a second pass finds nothing"
-    buffer.close()
 
 
 def test_the_space_of_aged_out_rows_is_reused(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ OWNERS = {
     "evaluations": "daemon/evaluation/store.py",
     "job_runs": "daemon/job_history.py",
     "policy_decisions": "policies/audit.py",
+    "loop_leader": "daemon/buffer/leadership.py",
 }
 
 COLUMN_OWNERS = {
@@ -50,15 +51,18 @@ COLUMN_OWNERS = {
 example's safety-screen verdict."""
 
 BACKENDS = {
-    "daemon/buffer/postgres_buffer.py": ("daemon/buffer/duckdb_buffer.py", "daemon/buffer/migrations.py")
+    "daemon/buffer/postgres_buffer.py": ("daemon/buffer/duckdb_buffer.py", "daemon/buffer/migrations.py"),
+    "daemon/buffer/postgres_functions.py": ("daemon/buffer/migrations.py",),
 }
-"""A second buffer backend: the same tables as these owners, written on PostgreSQL (and nothing else)."""
+"""A second buffer backend: the same tables as these owners, written on PostgreSQL (and nothing else),
+and the DuckDB functions it defines for the owners' SQL."""
 
 RETENTION = "daemon/buffer/retention.py"
 """Ages rows out of every table (DELETE only, by age and policy): the one cross-table writer."""
 
 READ_MODELS = {
     "daemon/buffer/heldout.py": "the keyed held-out slice, as SQL conditions the owners' queries embed",
+    "daemon/buffer/sampling.py": "the keyed labeled share (labeling.sample_share), as a SQL condition",
     "policies/views.py": "what the policies read: prompt windows, unscreened and candidate examples",
 }
 

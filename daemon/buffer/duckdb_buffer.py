@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from evolvd.abc import IngestBatch, IngestResult, IngestSink
 from evolvd.buffer.migrations import migrate
+from evolvd.buffer.sampling import sampled_backlog
 
 logger = logging.getLogger("evolvd.buffer")
 
@@ -88,9 +89,11 @@ class BufferLockedError(RuntimeError):
 class DuckDBBuffer(IngestSink):
     """evolvd's state. Only the daemon opens it; other processes ask the daemon's admin API."""
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
-        """`threads`: DuckDB's worker threads (config buffer.threads)."""
+    def __init__(self, path: Path, threads: int = 1, sample_share: float = 1.0) -> None:
+        """`threads`: DuckDB's worker threads (config buffer.threads); `sample_share`: the share of
+        prompts labeled (labeling.sample_share): the backlog counts only those."""
         self.path = path
+        self.sample_share = sample_share
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = duckdb.connect(str(path), config={"threads": threads})
@@ -212,11 +215,10 @@ class DuckDBBuffer(IngestSink):
 
     def backlog(self) -> int:
         """Prompts waiting to be labeled: copies of one prompt are labeled once, so they count once."""
-        row = (
-            self.cursor()
-            .execute("SELECT count(DISTINCT prompt_hash) FROM events WHERE state = 'pending'")
-            .fetchone()
-        )
+        con = self.cursor()
+        if self.sample_share < 1:
+            return sampled_backlog(con, self.sample_share)
+        row = con.execute("SELECT count(DISTINCT prompt_hash) FROM events WHERE state = 'pending'").fetchone()
         return int(row[0]) if row else 0
 
     def feedback_on(self, served_by: str, since: dt.datetime) -> list[tuple[str, str | None, float]]:

@@ -12,6 +12,7 @@ import hashlib
 import duckdb
 
 from evolvd.buffer.keys import HELDOUT_KEY, buffer_key
+from evolvd.buffer.sql import Sql
 
 
 def heldout_condition(prompt_hash_column: str) -> str:
@@ -19,7 +20,7 @@ def heldout_condition(prompt_hash_column: str) -> str:
     return f"((md5_number(? || {prompt_hash_column}) % 100) < ?)"
 
 
-def heldout_params(con: duckdb.DuckDBPyConnection, heldout_percent: int) -> list[object]:
+def heldout_params(con: Sql, heldout_percent: int) -> list[object]:
     return [buffer_key(con, HELDOUT_KEY), heldout_percent]
 
 

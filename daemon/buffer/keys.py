@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import secrets
 
-import duckdb
+from evolvd.buffer.sql import Sql
 
 HELDOUT_KEY = "heldout"
 CAPTURE_SEAL_KEY = "capture_seal"
+SAMPLE_KEY = "labeling_sample"
 
 
-def buffer_key(con: duckdb.DuckDBPyConnection, name: str) -> str:
+def buffer_key(con: Sql, name: str) -> str:
     """The key called `name`, created (256 random bits, hex) the first time it is asked for."""
     row = con.execute("SELECT value FROM buffer_keys WHERE name = ?", [name]).fetchone()
     if row is None:

@@ -27,8 +27,10 @@ def open_buffer(config: EvolvdConfig) -> DuckDBBuffer | PostgresBuffer:
     holds the file), BufferUnavailableError (PostgreSQL: no server answered), SchemaTooNewError."""
     buffer = config.buffer
     if buffer.backend == "postgres" and buffer.postgres_url is not None:
-        return PostgresBuffer(buffer.postgres_url, buffer.pool_size, buffer.connect_timeout_s)
-    return DuckDBBuffer(config.buffer_path, buffer.threads)
+        return PostgresBuffer(
+            buffer.postgres_url, buffer.pool_size, buffer.connect_timeout_s, config.labeling.sample_share
+        )
+    return DuckDBBuffer(config.buffer_path, buffer.threads, config.labeling.sample_share)
 
 
 class BufferPart:

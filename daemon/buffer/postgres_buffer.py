@@ -10,6 +10,7 @@ events are already there, or are skipped as duplicates).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from typing import Any
@@ -22,6 +23,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from evolvd.abc import IngestBatch, IngestResult, IngestSink
 from evolvd.buffer.duckdb_buffer import COUNTED_TABLES
 from evolvd.buffer.migrations import bundled_migrations, postgres_sql, refuse_newer
+from evolvd.buffer.postgres_functions import DUCKDB_FUNCTIONS
+from evolvd.buffer.sampling import sampled_backlog
 from evolvd.buffer.sql import PostgresSql
 
 logger = logging.getLogger("evolvd.buffer")
@@ -118,6 +121,7 @@ def migrate_postgres(con: psycopg.Connection[Any], where: str) -> int:
             )
             version = migration.version
         con.execute(SHARED_WRITER_CONSTRAINTS)
+        con.execute(DUCKDB_FUNCTIONS.encode())  # bytes: several statements
     return version
 
 
@@ -131,8 +135,11 @@ def json_as_text(con: psycopg.Connection[Any]) -> None:
 class PostgresBuffer(IngestSink):
     """The shared buffer. Every method takes a pooled connection for one transaction and returns it."""
 
-    def __init__(self, url: str, pool_size: int = 4, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, url: str, pool_size: int = 4, connect_timeout_s: float = 10.0, sample_share: float = 1.0
+    ) -> None:
         self.url = url
+        self.sample_share = sample_share
         self.shown = shown_url(url)
         self._connect_timeout_s = connect_timeout_s
         self._local = threading.local()
@@ -245,8 +252,20 @@ class PostgresBuffer(IngestSink):
 
     def backlog(self) -> int:
         """Prompts waiting to be labeled: copies of one prompt are labeled once, so they count once."""
+        if self.sample_share < 1:
+            return sampled_backlog(self.cursor(), self.sample_share)
         rows = self._fetch("SELECT count(DISTINCT prompt_hash) FROM events WHERE state = 'pending'")
         return int(rows[0][0])
+
+    def feedback_on(self, served_by: str, since: dt.datetime) -> list[tuple[str, str | None, float]]:
+        """(event id, the capture's seal, value) of the feedback received since `since` on answers
+        `served_by` gave (as DuckDBBuffer.feedback_on)."""
+        rows = self._fetch(
+            "SELECT e.id, e.metadata->>'seal', f.value FROM feedback f JOIN events e ON e.id = f.event_id"
+            " WHERE e.metadata->>'served_by' = %s AND f.received_at >= %s",
+            [served_by, since],
+        )
+        return [(str(event_id), seal, float(value)) for event_id, seal, value in rows]
 
     # -- reads for /status and metrics -------------------------------------------------------
 

@@ -10,10 +10,11 @@ Without it the buffer grows with every message for ever. What goes, once older t
 What stays: the Kafka offsets (the buffer's position), datasets, runs, adapters, evaluations, swaps,
 canaries and policy audit rows other than per-example safety decisions (few rows, the audit trail).
 
-All deletions happen in one transaction, then a CHECKPOINT writes them to the file so the space is
-reused (DuckDB frees it at checkpoints, not at DELETE). A checkpoint cannot run while another
-connection has a transaction open (ingest writes all the time): it is then left to DuckDB's own
-automatic checkpoint, and the result says so.
+All deletions happen in one transaction, on either backend. On DuckDB a CHECKPOINT then writes them
+to the file so the space is reused (DuckDB frees it at checkpoints, not at DELETE). A checkpoint cannot
+run while another connection has a transaction open (ingest writes all the time): it is then left to
+DuckDB's own automatic checkpoint, and the result says so. PostgreSQL's autovacuum reclaims the space
+of deleted rows by itself.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import duckdb
 
 from evolvd.buffer.duckdb_buffer import transaction
+from evolvd.buffer.sql import PostgresSql, Sql, affected_rows
 
 DAY_S = 86_400
 
@@ -31,7 +33,8 @@ DAY_S = 86_400
 class AgedOut:
     deleted: dict[str, int]
     """Rows deleted per table (tables with none left out)."""
-    checkpointed: bool
+    checkpoint_deferred: bool
+    """DuckDB could not checkpoint now (a write was in progress): its own automatic one frees the space."""
 
     @property
     def total(self) -> int:
@@ -47,7 +50,7 @@ class RetentionCutoffs:
 
 # The event ids to delete: old, and with nothing a snapshot took.
 _DOOMED_EVENTS = """
-CREATE OR REPLACE TEMP TABLE retention_doomed AS
+INSERT INTO retention_doomed
 SELECT e.id FROM events e
 WHERE e.ingested_at < now() - to_seconds(?)
   AND NOT EXISTS (
@@ -76,35 +79,36 @@ _EVENT_DELETES = {
 }
 
 
-def age_out(con: duckdb.DuckDBPyConnection, cutoffs: RetentionCutoffs) -> AgedOut:
+def age_out(con: Sql, cutoffs: RetentionCutoffs) -> AgedOut:
     """Delete what is past its cutoff, in one transaction, then checkpoint."""
     deleted: dict[str, int] = {}
     with transaction(con):
+        # Created and dropped inside the transaction: a failed run leaves no table behind.
+        con.execute("CREATE TEMP TABLE retention_doomed (id VARCHAR PRIMARY KEY)")
         con.execute(_DOOMED_EVENTS, [cutoffs.events_days * DAY_S])
         for table, sql in _EVENT_DELETES.items():
-            deleted[table] = _count(con.execute(sql))
+            deleted[table] = affected_rows(con, sql)
         con.execute("DROP TABLE retention_doomed")
-        deleted["dead_letters"] = _count(
-            con.execute(
-                "DELETE FROM dead_letters WHERE received_at < now() - to_seconds(?)",
-                [cutoffs.dead_letters_days * DAY_S],
-            )
+        deleted["dead_letters"] = affected_rows(
+            con,
+            "DELETE FROM dead_letters WHERE received_at < now() - to_seconds(?)",
+            [cutoffs.dead_letters_days * DAY_S],
         )
-        deleted["job_runs"] = _count(
-            con.execute(
-                "DELETE FROM job_runs WHERE started_at < now() - to_seconds(?)",
-                [cutoffs.job_runs_days * DAY_S],
-            )
+        deleted["job_runs"] = affected_rows(
+            con,
+            "DELETE FROM job_runs WHERE started_at < now() - to_seconds(?)",
+            [cutoffs.job_runs_days * DAY_S],
         )
+    return AgedOut({table: n for table, n in deleted.items() if n}, not _checkpoint(con))
+
+
+def _checkpoint(con: Sql) -> bool:
+    """False when DuckDB could not write the deletions to its file now (PostgreSQL needs no checkpoint:
+    autovacuum reclaims the space)."""
+    if isinstance(con, PostgresSql):
+        return True
     try:
         con.execute("CHECKPOINT")
-        checkpointed = True
     except duckdb.Error:
-        checkpointed = False
-    return AgedOut({table: n for table, n in deleted.items() if n}, checkpointed)
-
-
-def _count(result: duckdb.DuckDBPyConnection) -> int:
-    """DuckDB answers a DELETE with one row: the number of rows it deleted."""
-    row = result.fetchone()
-    return int(row[0]) if row else 0
+        return False
+    return True

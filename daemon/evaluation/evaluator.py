@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer
 from evolvd.connectors.vllm_client import ChatClient
 from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
 from evolvd.evaluation.greedy_memo import GreedyAnswerMemo
@@ -45,7 +45,7 @@ class EvaluationSettings:
 class Evaluator:
     def __init__(
         self,
-        buffer: DuckDBBuffer,
+        buffer: Buffer,
         settings: EvaluationSettings,
         metrics: LoopMetrics | None,
         judge: Callable[[JudgeModel, str], Judge],

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from evolvd.buffer import DuckDBBuffer, rows_as_dicts, transaction
+from evolvd.buffer import Buffer, rows_as_dicts, transaction
 from evolvd.buffer.heldout import heldout_condition, heldout_params
 from evolvd.policies.gates import CandidateEvaluation, ProbeScores
 
@@ -18,7 +18,7 @@ SuiteScores = tuple[float | None, float | None, float | None]
 
 
 class EvaluationStore:
-    def __init__(self, buffer: DuckDBBuffer) -> None:
+    def __init__(self, buffer: Buffer) -> None:
         self._buffer = buffer
 
     def record(
@@ -103,7 +103,7 @@ class HeldoutItem:
 
 
 def heldout_items(
-    buffer: DuckDBBuffer, heldout_percent: int, limit: int, min_confidence: float
+    buffer: Buffer, heldout_percent: int, limit: int, min_confidence: float
 ) -> list[HeldoutItem]:
     """The newest labeled prompts of the held-out slice whose label is as confident as the training
     policy requires of training data (a 1-in-5 vote is noise, and agreement with noise says nothing
@@ -112,14 +112,16 @@ def heldout_items(
     older than the keyed slice may hold such prompts)."""
     con = buffer.cursor()
     rows = con.execute(
-        "SELECT e.id, e.prompt, l.answer FROM events e JOIN labels l ON l.event_id = e.id"  # noqa: S608
+        "SELECT id, prompt, answer FROM ("  # noqa: S608
+        "  SELECT e.id, e.prompt, l.answer, e.ingested_at,"
+        "  row_number() OVER (PARTITION BY e.prompt_hash ORDER BY e.ingested_at DESC, e.id) AS newest"
+        "  FROM events e JOIN labels l ON l.event_id = e.id"
         f" WHERE e.prompt IS NOT NULL AND l.answer IS NOT NULL AND {heldout_condition('e.prompt_hash')}"
-        " AND l.confidence >= ?"
-        " AND NOT EXISTS (SELECT 1 FROM dataset_examples d JOIN training_examples t"
-        "   ON t.example_id = d.example_id JOIN events ev ON ev.id = t.event_id"
-        "   WHERE ev.prompt_hash = e.prompt_hash)"
-        " QUALIFY row_number() OVER (PARTITION BY e.prompt_hash ORDER BY e.ingested_at DESC, e.id) = 1"
-        " ORDER BY e.ingested_at DESC, e.id LIMIT ?",
+        "  AND l.confidence >= ?"
+        "  AND NOT EXISTS (SELECT 1 FROM dataset_examples d JOIN training_examples t"
+        "    ON t.example_id = d.example_id JOIN events ev ON ev.id = t.event_id"
+        "    WHERE ev.prompt_hash = e.prompt_hash)"
+        ") AS items WHERE newest = 1 ORDER BY ingested_at DESC, id LIMIT ?",
         [*heldout_params(con, heldout_percent), min_confidence, limit],
     ).fetchall()
     return [HeldoutItem(str(r[0]), str(r[1]), str(r[2])) for r in rows]

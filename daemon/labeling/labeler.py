@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from evolvd.buffer import DuckDBBuffer, transaction
-from evolvd.buffer.postgres_buffer import PostgresBuffer
+from evolvd.buffer import Buffer, transaction
+from evolvd.buffer.sampling import sampled_condition, sampled_params
 from evolvd.buffer.sql import PostgresSql, Sql
 from evolvd.connectors.vllm_client import VLLMError
 from evolvd.judge import TOP_LOGPROBS, Judge
@@ -39,6 +39,19 @@ def mark_duplicates(con: Sql) -> int:
         " (SELECT prompt_hash FROM events WHERE state = 'labeled') RETURNING 1"
     ).fetchall()
     return len(row)
+
+
+def mark_unsampled(con: Sql, share: float) -> int:
+    """Pending events outside the labeled share (labeling.sample_share, evolvd.buffer.sampling) become
+    `unsampled`: stored for drift windows and lineage, never labeled. Returns how many."""
+    if share >= 1:
+        return 0
+    rows = con.execute(
+        "UPDATE events SET state = 'unsampled' WHERE state = 'pending'"  # noqa: S608
+        f" AND NOT {sampled_condition('prompt_hash')} RETURNING 1",
+        sampled_params(con, share),
+    ).fetchall()
+    return len(rows)
 
 
 def pending_events(con: Sql, limit: int) -> list[PendingEvent]:
@@ -232,7 +245,7 @@ class Labeler:
 
     def __init__(
         self,
-        buffer: DuckDBBuffer | PostgresBuffer,
+        buffer: Buffer,
         policies: Callable[[], PolicySet],
         model: Callable[[], tuple[ChatModel, str] | None],
         embed: Callable[[Sequence[str]], np.ndarray],
@@ -266,6 +279,7 @@ class Labeler:
             return 0
         live_chat, model = served
         chat = _StopAwareChat(live_chat, self._stopping)
+        mark_unsampled(self._buffer.cursor(), self._buffer.sample_share)
         duplicates = mark_duplicates(self._buffer.cursor())
         if duplicates and self._metrics is not None:
             self._metrics.duplicates.inc(duplicates)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer
 from evolvd.evaluation.store import EvaluationStore
 from evolvd.policies.audit import decisions_about
 from evolvd.serving.registry import AdapterRegistry
@@ -16,7 +16,7 @@ from evolvd.training.runs import RunStore
 from evolvd.training.snapshot import dataset_offsets, dataset_record
 
 
-def adapter_lineage(buffer: DuckDBBuffer, name: str, max_depth: int = 20) -> dict[str, Any] | None:
+def adapter_lineage(buffer: Buffer, name: str, max_depth: int = 20) -> dict[str, Any] | None:
     chain: list[dict[str, Any]] = []
     current: str | None = name
     while current is not None and len(chain) < max_depth:
@@ -28,7 +28,7 @@ def adapter_lineage(buffer: DuckDBBuffer, name: str, max_depth: int = 20) -> dic
     return None if not chain else {"adapter": chain[0], "ancestors": chain[1:]}
 
 
-def _one(buffer: DuckDBBuffer, name: str) -> dict[str, Any] | None:
+def _one(buffer: Buffer, name: str) -> dict[str, Any] | None:
     registry = AdapterRegistry(buffer)
     node = registry.record(name)
     if node is None:

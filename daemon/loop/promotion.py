@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from scipy import stats as scipy_stats
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer
 from evolvd.buffer.keys import CAPTURE_SEAL_KEY, buffer_key
 from evolvd.capture_seal import is_sealed
 from evolvd.evaluation.store import EvaluationStore
@@ -94,7 +94,7 @@ def regressions(signals: CanarySignals, policy: RollbackPolicy) -> list[str]:
 class Promoter:
     def __init__(
         self,
-        buffer: DuckDBBuffer,
+        buffer: Buffer,
         serving: ServingService,
         policies: Callable[[], PolicySet],
         record_decisions: Callable[[list[Decision]], None],

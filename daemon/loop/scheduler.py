@@ -1,5 +1,7 @@
 """The loop's scheduler: APScheduler runs each job on its trigger, with its state (next run time,
-paused or not) in a SQLite job store, so schedules and pauses survive a restart.
+paused or not) in a SQLAlchemy job store, so schedules and pauses survive a restart: a SQLite file in
+the data dir beside a DuckDB buffer, the shared database itself beside a PostgreSQL one (so the member
+that leads next finds the operator's pauses; only the leader runs a scheduler on it).
 
 A job never overlaps itself: APScheduler's max_instances=1 covers scheduled runs, and each job's
 own lock covers a "run now" that arrives mid-run. Missed runs are coalesced into one run when
@@ -12,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -21,8 +22,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from evolvd.buffer import DuckDBBuffer
-from evolvd.config import JobSchedule, SchedulerConfig
+from evolvd.buffer import Buffer
+from evolvd.config import EvolvdConfig, JobSchedule, SchedulerConfig
 from evolvd.job_history import JobHistory
 from evolvd.jobs import JOBS, JobOutcome
 from evolvd.metrics import LoopMetrics
@@ -57,7 +58,7 @@ def run_job(name: str) -> None:
 class JobRunner:
     """One job: its body, its no-overlap lock, and its history rows and metrics."""
 
-    def __init__(self, name: str, body: JobBody, buffer: DuckDBBuffer, metrics: LoopMetrics | None) -> None:
+    def __init__(self, name: str, body: JobBody, buffer: Buffer, metrics: LoopMetrics | None) -> None:
         self.name = name
         self._body = body
         self._history = JobHistory(buffer)
@@ -114,13 +115,21 @@ class UnknownJobError(KeyError):
     pass
 
 
+def job_store_url(config: EvolvdConfig) -> str:
+    """Where the scheduler keeps its jobs: beside the buffer, in the same engine (SQLAlchemy's URL)."""
+    url = config.buffer.postgres_url
+    if config.buffer.backend == "postgres" and url is not None:
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return f"sqlite:///{config.data_dir / 'scheduler.sqlite'}"
+
+
 class LoopScheduler:
     def __init__(
         self,
         config: SchedulerConfig,
-        state_path: Path,
+        store_url: str,
         bodies: dict[str, JobBody],
-        buffer: DuckDBBuffer,
+        buffer: Buffer,
         metrics: LoopMetrics | None,
     ) -> None:
         self._config = config
@@ -128,7 +137,7 @@ class LoopScheduler:
         self._metrics = metrics
         self.runners = {name: JobRunner(name, body, buffer, metrics) for name, body in bodies.items()}
         self._scheduler = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{state_path}")},
+            jobstores={"default": SQLAlchemyJobStore(url=store_url)},
             executors={"default": {"type": "threadpool", "max_workers": len(JOBS)}},
             job_defaults={
                 "coalesce": True,

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer
 from evolvd.buffer.retention import RetentionCutoffs, age_out
 from evolvd.config import EvolvdConfig
 from evolvd.connectors.vllm_client import VLLMClient
@@ -40,7 +40,7 @@ class Loop:
     def __init__(
         self,
         config: EvolvdConfig,
-        buffer: DuckDBBuffer,
+        buffer: Buffer,
         policy_engine: PolicyEngine,
         serving: ServingService | None,
         labeler: Labeler | None,
@@ -271,5 +271,5 @@ class Loop:
         if not removed and not aged.total:
             return JobResult("idle", "nothing to remove")
         rows = ", ".join(f"{table} {n}" for table, n in aged.deleted.items()) or "none"
-        space = "" if aged.checkpointed else "; checkpoint deferred (a write was in progress)"
+        space = "; checkpoint deferred (a write was in progress)" if aged.checkpoint_deferred else ""
         return JobResult("ok", f"removed {removed} old files; rows aged out: {rows}{space}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from evolvd.buffer import DuckDBBuffer, rows_as_dicts
+from evolvd.buffer import Buffer, rows_as_dicts
 
 
 class CanaryOutcome(StrEnum):
@@ -32,7 +32,7 @@ class OpenCanary:
 
 
 class CanaryStore:
-    def __init__(self, buffer: DuckDBBuffer) -> None:
+    def __init__(self, buffer: Buffer) -> None:
         self._buffer = buffer
 
     def open(self, name: str, live: str | None, share: float, window_s: float, min_requests: int) -> None:

@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from evolvd.buffer import DuckDBBuffer, rows_as_dicts, transaction
+from evolvd.buffer import Buffer, rows_as_dicts, transaction
 
 
 class AdapterStatus(StrEnum):
@@ -46,7 +46,7 @@ class AdapterRow:
 
 
 class AdapterRegistry:
-    def __init__(self, buffer: DuckDBBuffer) -> None:
+    def __init__(self, buffer: Buffer) -> None:
         self._buffer = buffer
 
     def next_version(self) -> int:
@@ -106,8 +106,8 @@ class AdapterRegistry:
         row = (
             self._buffer.cursor()
             .execute(
-                "SELECT name, status FROM adapters WHERE run_id IS NOT NULL AND status IN ?"
-                " ORDER BY version LIMIT 1",
+                "SELECT name, status FROM adapters WHERE run_id IS NOT NULL"
+                " AND status IN (SELECT unnest(CAST(? AS VARCHAR[]))) ORDER BY version LIMIT 1",
                 [list(AWAITING_DECISION)],
             )
             .fetchone()
@@ -119,7 +119,8 @@ class AdapterRegistry:
         rows = (
             self._buffer.cursor()
             .execute(
-                "SELECT name, path, run_id FROM adapters WHERE status IN ? ORDER BY version DESC OFFSET ?",
+                "SELECT name, path, run_id FROM adapters"
+                " WHERE status IN (SELECT unnest(CAST(? AS VARCHAR[]))) ORDER BY version DESC OFFSET ?",
                 [list(DISPOSABLE), keep],
             )
             .fetchall()

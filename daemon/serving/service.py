@@ -9,7 +9,7 @@ from pathlib import Path
 
 from evolvd.abc import Publisher
 from evolvd.adapter_folder import AdapterRejectedError
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer
 from evolvd.buffer.keys import CAPTURE_SEAL_KEY, buffer_key
 from evolvd.config import EvolvdConfig
 from evolvd.connectors.kafka_publisher import KafkaPublisher
@@ -76,7 +76,7 @@ class ServingService:
     def __init__(
         self,
         config: EvolvdConfig,
-        buffer: DuckDBBuffer,
+        buffer: Buffer,
         metrics: ServingMetrics,
         bootstrap_servers: str,
         on_waiting: Callable[[str], None] | None = None,

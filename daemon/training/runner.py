@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from evolvd.adapter_folder import ADAPTER_WEIGHTS, file_sha256, write_manifest
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer import Buffer
 from evolvd.lifeline import child_environment
 from evolvd.metrics import TrainingMetrics
 from evolvd.training.child import PROGRESS_PREFIX
@@ -67,7 +67,7 @@ class MlflowTarget:
 class TrainingRunner:
     def __init__(
         self,
-        buffer: DuckDBBuffer,
+        buffer: Buffer,
         runs_dir: Path,
         base_model: Path,
         base_model_hash: str,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from evolvd.buffer import DuckDBBuffer, rows_as_dicts
+from evolvd.buffer import Buffer, rows_as_dicts
 
 
 class RunStatus(StrEnum):
@@ -31,7 +31,7 @@ class FailedRun:
 
 
 class RunStore:
-    def __init__(self, buffer: DuckDBBuffer) -> None:
+    def __init__(self, buffer: Buffer) -> None:
         self._buffer = buffer
 
     def start(self, run_id: str, dataset_id: str, kind: str, attempt: int, config: dict[str, Any]) -> None:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from evolvd.buffer import rows_as_dicts, transaction
 from evolvd.buffer.heldout import heldout_condition, heldout_params, untrained_condition
+from evolvd.buffer.sql import Sql
 
 Row = tuple[Any, ...]
 
@@ -41,7 +41,7 @@ class Snapshot:
     """Safety anchor rows (refusals to harmful requests, training.safety_anchor_share)."""
 
 
-def _new_examples(con: duckdb.DuckDBPyConnection, min_confidence: float, heldout_percent: int) -> list[Row]:
+def _new_examples(con: Sql, min_confidence: float, heldout_percent: int) -> list[Row]:
     rows: list[Row] = con.execute(
         "SELECT e.example_id, coalesce(e.safe_prompt, e.prompt), coalesce(e.safe_completion, e.completion)"  # noqa: S608
         " FROM training_examples e WHERE e.safety_outcome IN ('allow', 'redact') AND e.confidence >= ?"
@@ -51,7 +51,7 @@ def _new_examples(con: duckdb.DuckDBPyConnection, min_confidence: float, heldout
     return rows
 
 
-def _replay_examples(con: duckdb.DuckDBPyConnection, n: int, seed: str) -> list[Row]:
+def _replay_examples(con: Sql, n: int, seed: str) -> list[Row]:
     """A pseudo-random sample (by hash with this snapshot's seed) of examples earlier runs used."""
     if n <= 0:
         return []
@@ -65,7 +65,7 @@ def _replay_examples(con: duckdb.DuckDBPyConnection, n: int, seed: str) -> list[
     return rows
 
 
-def _pairs(con: duckdb.DuckDBPyConnection, example_ids: list[int], heldout_percent: int) -> list[Row]:
+def _pairs(con: Sql, example_ids: list[int], heldout_percent: int) -> list[Row]:
     # Pairs carry unscreened texts, so only events whose examples all passed as `allow` (nothing
     # redacted, nothing quarantined) give pairs to DPO.
     if not example_ids:
@@ -74,7 +74,8 @@ def _pairs(con: duckdb.DuckDBPyConnection, example_ids: list[int], heldout_perce
         "SELECT p.pair_id, p.prompt, p.chosen, p.rejected FROM preference_pairs p"  # noqa: S608
         f" WHERE NOT {heldout_condition('(SELECT prompt_hash FROM events WHERE id = p.event_id)')}"
         " AND NOT EXISTS (SELECT 1 FROM dataset_pairs d WHERE d.pair_id = p.pair_id)"
-        " AND p.event_id IN (SELECT event_id FROM training_examples WHERE list_contains(?, example_id))"
+        " AND p.event_id IN (SELECT event_id FROM training_examples"
+        "                    WHERE example_id IN (SELECT unnest(CAST(? AS BIGINT[]))))"
         " AND NOT EXISTS (SELECT 1 FROM training_examples x WHERE x.event_id = p.event_id"
         "                 AND coalesce(x.safety_outcome, 'unscreened') <> 'allow')"
         " ORDER BY p.pair_id",
@@ -113,7 +114,7 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def freeze_snapshot(
-    con: duckdb.DuckDBPyConnection,
+    con: Sql,
     out_dir: Path,
     min_confidence: float,
     replay_share: float,
@@ -199,7 +200,7 @@ def freeze_snapshot(
 # -- reads of the data sets this module recorded --------------------------------------------------
 
 
-def stored_snapshot(con: duckdb.DuckDBPyConnection, dataset_id: str) -> Snapshot | None:
+def stored_snapshot(con: Sql, dataset_id: str) -> Snapshot | None:
     """A recorded snapshot again (a failed run is retried on the same data set)."""
     row = con.execute(
         "SELECT path, pairs_path, n_examples, n_replay, n_pairs, n_anchor FROM datasets WHERE dataset_id = ?",
@@ -220,7 +221,7 @@ def stored_snapshot(con: duckdb.DuckDBPyConnection, dataset_id: str) -> Snapshot
     )
 
 
-def stale_dataset_files(con: duckdb.DuckDBPyConnection, keep: int) -> list[Path]:
+def stale_dataset_files(con: Sql, keep: int) -> list[Path]:
     """The Parquet files of every data set but the newest `keep` (retention deletes them)."""
     rows = con.execute(
         "SELECT path, pairs_path FROM datasets ORDER BY created_at DESC OFFSET ?", [keep]
@@ -228,18 +229,18 @@ def stale_dataset_files(con: duckdb.DuckDBPyConnection, keep: int) -> list[Path]
     return [Path(p) for row in rows for p in row if p]
 
 
-def dataset_record(con: duckdb.DuckDBPyConnection, dataset_id: str | None) -> dict[str, Any] | None:
+def dataset_record(con: Sql, dataset_id: str | None) -> dict[str, Any] | None:
     rows = rows_as_dicts(con.execute("SELECT * FROM datasets WHERE dataset_id = ?", [dataset_id]))
     return rows[0] if rows else None
 
 
-def dataset_offsets(con: duckdb.DuckDBPyConnection, dataset_id: str | None) -> list[dict[str, Any]]:
+def dataset_offsets(con: Sql, dataset_id: str | None) -> list[dict[str, Any]]:
     """Per topic and partition, the Kafka offsets of every event behind a data set (lineage)."""
     return rows_as_dicts(
         con.execute(
             "SELECT ev.topic, ev.kafka_partition AS partition, count(DISTINCT ev.id) AS events,"
             " min(ev.kafka_offset) AS first_offset, max(ev.kafka_offset) AS last_offset,"
-            " list(DISTINCT ev.kafka_offset ORDER BY ev.kafka_offset) AS offsets"
+            " array_agg(DISTINCT ev.kafka_offset ORDER BY ev.kafka_offset) AS offsets"
             " FROM dataset_examples d JOIN training_examples x ON x.example_id = d.example_id"
             " JOIN events ev ON ev.id = x.event_id WHERE d.dataset_id = ?"
             " GROUP BY ev.topic, ev.kafka_partition ORDER BY ev.topic, partition",
