@@ -520,6 +520,11 @@ class RetentionConfig(_Section):
     refinements, pairs, training examples); events a snapshot trained on stay (lineage)."""
     dead_letters_days: float = Field(14.0, gt=0)
     """Dead letters kept, in days."""
+    max_events: int | None = Field(None, ge=1)
+    """Retention by size: at most this many events are kept (the newest), with what is derived from
+    them; events a snapshot trained on stay beyond it (lineage). Unset: by age only."""
+    max_dead_letters: int | None = Field(None, ge=1)
+    """Retention by size: at most this many dead letters are kept (the newest). Unset: by age only."""
 
 
 TaskFamily = Literal["arithmetic", "small_addition", "comparison", "unit_conversion", "parity"]

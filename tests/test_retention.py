@@ -113,6 +113,37 @@ def test_old_events_go_with_everything_derived_and_trained_ones_stay(either_buff
     assert age_out(con, CUTOFFS).total == 0, "a second pass finds nothing"
 
 
+def test_beyond_the_size_caps_the_oldest_go_and_lineage_stays(either_buffer: Buffer) -> None:
+    """retention.max_events / max_dead_letters: only the newest are kept, however young the rest;
+    an event a snapshot trained on stays beyond the cap (lineage)."""
+    con = either_buffer.cursor()
+    for i in range(6):
+        add_event(con, f"e{i}", i, age_days=1 + (6 - i) / 24)  # e5 is the newest; all young
+    trained = add_event(con, "trained", 9, age_days=2)
+    con.execute(
+        "INSERT INTO datasets (dataset_id, path, n_examples, n_pairs, source_query)"
+        " VALUES ('d1', 'x', 1, 0, 'q')"
+    )
+    con.execute("INSERT INTO dataset_examples VALUES ('d1', ?, false)", [trained])
+    for i in range(5):
+        con.execute(
+            "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, reason, detail, received_at)"
+            f" VALUES ('t', 0, ?, 'not_json', 'x', now() - INTERVAL '{5 - i} hours')",
+            [100 + i],
+        )
+    capped = RetentionCutoffs(30, 14, 30, max_events=3, max_dead_letters=2)
+
+    aged = age_out(con, capped)
+
+    ids = {r[0] for r in con.execute("SELECT id FROM events").fetchall()}
+    assert ids == {"e3", "e4", "e5", "trained"}
+    assert all(rows(con, t, "e0") == 0 for t in DERIVED)
+    assert aged.deleted["events"] == 3 and aged.deleted["dead_letters"] == 3
+    kept = sorted(r[0] for r in con.execute("SELECT kafka_offset FROM dead_letters").fetchall())
+    assert kept == [103, 104]
+    assert age_out(con, capped).total == 0, "a second pass finds nothing more"
+
+
 def test_the_space_of_aged_out_rows_is_reused(tmp_path: Path) -> None:
     path = tmp_path / "b.duckdb"
     buffer = DuckDBBuffer(path)

@@ -1,6 +1,7 @@
 """Ageing rows out of the buffer: events with everything derived from them, and dead letters.
 
-Without it the buffer grows with every message for ever. What goes, once older than its cutoff:
+Without it the buffer grows with every message for ever. What goes, once older than its cutoff, or
+beyond the newest `max_events` / `max_dead_letters` (retention by size):
 - an event (by `ingested_at`) with its feedback, samples, label, critiques, refinements, preference
   pairs, training examples and their safety decisions - unless a snapshot took one of its training
   examples or pairs: those events are lineage (`evolvd adapters show` walks from an adapter to the
@@ -46,13 +47,21 @@ class RetentionCutoffs:
     events_days: float
     dead_letters_days: float
     job_runs_days: float
+    max_events: int | None = None
+    """Keep at most this many events (the newest), besides those lineage keeps; None: no cap."""
+    max_dead_letters: int | None = None
+    """Keep at most this many dead letters (the newest); None: no cap."""
 
 
-# The event ids to delete: old, and with nothing a snapshot took.
+# Beyond the newest n (a huge n when there is no cap: one statement for both cases).
+_NO_CAP = 2**62
+
+# The event ids to delete: old or beyond the cap, and with nothing a snapshot took.
 _DOOMED_EVENTS = """
 INSERT INTO retention_doomed
 SELECT e.id FROM events e
-WHERE e.ingested_at < now() - to_seconds(?)
+WHERE (e.ingested_at < now() - to_seconds(?) OR e.id IN (
+       SELECT id FROM events ORDER BY ingested_at DESC, kafka_partition DESC, kafka_offset DESC OFFSET ?))
   AND NOT EXISTS (
       SELECT 1 FROM training_examples t JOIN dataset_examples d ON d.example_id = t.example_id
       WHERE t.event_id = e.id)
@@ -85,14 +94,16 @@ def age_out(con: Sql, cutoffs: RetentionCutoffs) -> AgedOut:
     with transaction(con):
         # Created and dropped inside the transaction: a failed run leaves no table behind.
         con.execute("CREATE TEMP TABLE retention_doomed (id VARCHAR PRIMARY KEY)")
-        con.execute(_DOOMED_EVENTS, [cutoffs.events_days * DAY_S])
+        con.execute(_DOOMED_EVENTS, [cutoffs.events_days * DAY_S, _cap(cutoffs.max_events)])
         for table, sql in _EVENT_DELETES.items():
             deleted[table] = affected_rows(con, sql)
         con.execute("DROP TABLE retention_doomed")
         deleted["dead_letters"] = affected_rows(
             con,
-            "DELETE FROM dead_letters WHERE received_at < now() - to_seconds(?)",
-            [cutoffs.dead_letters_days * DAY_S],
+            "DELETE FROM dead_letters WHERE received_at < now() - to_seconds(?) OR dead_letter_id IN ("
+            " SELECT dead_letter_id FROM dead_letters"
+            " ORDER BY received_at DESC, dead_letter_id DESC OFFSET ?)",
+            [cutoffs.dead_letters_days * DAY_S, _cap(cutoffs.max_dead_letters)],
         )
         deleted["job_runs"] = affected_rows(
             con,
@@ -100,6 +111,10 @@ def age_out(con: Sql, cutoffs: RetentionCutoffs) -> AgedOut:
             [cutoffs.job_runs_days * DAY_S],
         )
     return AgedOut({table: n for table, n in deleted.items() if n}, not _checkpoint(con))
+
+
+def _cap(limit: int | None) -> int:
+    return _NO_CAP if limit is None else limit
 
 
 def _checkpoint(con: Sql) -> bool:

@@ -267,7 +267,16 @@ class Loop:
                 if folder.exists():
                     shutil.rmtree(folder)
                     removed += 1
-        aged = age_out(con, RetentionCutoffs(cfg.events_days, cfg.dead_letters_days, cfg.job_runs_days))
+        aged = age_out(
+            con,
+            RetentionCutoffs(
+                cfg.events_days,
+                cfg.dead_letters_days,
+                cfg.job_runs_days,
+                cfg.max_events,
+                cfg.max_dead_letters,
+            ),
+        )
         if not removed and not aged.total:
             return JobResult("idle", "nothing to remove")
         rows = ", ".join(f"{table} {n}" for table, n in aged.deleted.items()) or "none"
