@@ -257,7 +257,7 @@ def pod_containers(resources: dict[tuple[str, str], dict[str, Any]]) -> dict[str
     return {c["name"]: c for c in spec["initContainers"] + spec["containers"]}
 
 
-@pytest.mark.parametrize("overlay", ["gpu", "production"])
+@pytest.mark.parametrize("overlay", ["gpu", "production", "scale-out"])
 def test_each_overlay_renders_from_the_base_and_validates_strictly(overlay: str) -> None:
     base, resources = rendered(K8S), rendered(OVERLAYS / overlay)
     assert set(base) <= set(resources)
@@ -268,7 +268,37 @@ def test_each_overlay_renders_from_the_base_and_validates_strictly(overlay: str)
     images = {c["image"] for c in pod_containers(resources).values()}
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert len(images) == 1 and images.pop().endswith(f":{version}"), "one image, pinned to the release"
-    assert resources[("StatefulSet", "evolvd")]["spec"]["replicas"] == 1  # DuckDB has one writer
+    assert resources[("StatefulSet", "evolvd")]["spec"]["replicas"] == 1  # one (leading) loop member
+
+
+def test_the_scale_out_overlay_runs_each_role_on_the_shared_buffer(tmp_path: Path) -> None:
+    """Ingest members and labelers as Deployments, the loop in the base's pod, one evolvd.yaml on
+    PostgreSQL for all of them; the database password reaches every member from a secret, never the
+    config; the config passes `evolvd config check`."""
+    resources = rendered(OVERLAYS / "scale-out")
+    pods = {
+        "loop": resources[("StatefulSet", "evolvd")],
+        "ingest": resources[("Deployment", "evolvd-ingest")],
+        "label": resources[("Deployment", "evolvd-label")],
+    }
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for role, workload in pods.items():
+        spec = workload["spec"]["template"]["spec"]
+        evolvd = next(c for c in spec["containers"] if c["name"] == "evolvd")
+        assert evolvd["args"][:3] == ["run", "--role", role]
+        secret = next(e for e in evolvd["env"] if e["name"] == "PGPASSWORD")["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "evolvd-postgres", "key": "password"}
+        images = {c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+        assert images == {f"evolvd:{version}"}
+    label_containers = {c["name"] for c in pods["label"]["spec"]["template"]["spec"]["containers"]}
+    assert label_containers == {"evolvd", "vllm"}  # each labeler asks a vLLM of its own
+    text = resources[("ConfigMap", "evolvd-config")]["data"]["evolvd.yaml"]
+    buffer = yaml.safe_load(text)["buffer"]
+    assert buffer["backend"] == "postgres" and "@postgres.evolvd.svc:5432/" in buffer["postgres_url"]
+    config = tmp_path / "evolvd.yaml"
+    config.write_text(text)
+    checked = run_cli("config", "check", str(config), env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_the_gpu_overlay_gives_vllm_one_gpu_and_the_cuda_build() -> None:
