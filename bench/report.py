@@ -641,6 +641,17 @@ def noise_floor_section(result: dict[str, Any] | None) -> list[str]:
     ]  # fmt: skip
 
 
+def labelers_sentence(result: dict[str, Any]) -> str:
+    if result.get("labelers_2_vs_1_ratio") is None:  # a report from before labelers were measured
+        return f"{result['labelers_note']}."
+    one, two = result["labelers_1"], result["labelers_2"]
+    return (
+        f"Labelers (`--role label`) on {result['labelers_note']}: one {one['events_per_s']:.2f} events/s,"
+        f" two {two['events_per_s']:.2f} events/s ({result['labelers_2_vs_1_ratio']}x), each event labeled"
+        f" once: {one['labeled_once'] and two['labeled_once']}."
+    )
+
+
 def scale_section(result: dict[str, Any] | None) -> list[str]:
     out = ["## Scale-out: the shared PostgreSQL buffer (bench/scale.py)", ""]
     if result is None:
@@ -661,7 +672,7 @@ def scale_section(result: dict[str, Any] | None) -> list[str]:
         f" {one['msgs_per_s']:,.0f} msg/s ({cores[0]} cores), two {two['msgs_per_s']:,.0f} msg/s"
         f" ({cores[1]} cores): {result['ingest_2_vs_1_member_ratio']}x; a raw kafka-python consumer read"
         f" {result['raw_consumer_msgs_per_s']:,.0f} msg/s. Exactly-once in every run:"
-        f" {result['exactly_once_every_run']}. {result['labelers_note']}. Verdict: {verdict}.",
+        f" {result['exactly_once_every_run']}. {labelers_sentence(result)} Verdict: {verdict}.",
         "",
         f"Setting: {result['note']}.",
         "",

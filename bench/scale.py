@@ -7,11 +7,13 @@
    one member and then two in one consumer group, against a raw kafka-python consumer of the same
    topic; every run is checked for exactly-once (M distinct events, M rows).
 
-Labeler throughput with 1 and 2 `--role label` processes against one vLLM is not measured yet:
-`labelers_2_vs_1_ratio` is null with that reason. This machine has 2 cores: two members cannot run
-twice as fast here, so the report gives the CPU each side used.
+3. Labelers: the same generated arithmetic prompts labeled by one and by two `evolvd run --role label`
+   processes sharing one PostgreSQL buffer and one vLLM server (the bundled model), each event once.
 
-    python bench/scale.py [--small]
+This machine has 2 cores: two members cannot run twice as fast here (and two labelers share one CPU
+vLLM, which batches both), so the report gives the CPU each side used.
+
+    python bench/scale.py [--small] [--attach-vllm URL]   # URL: a running vLLM, key in $EVOLVD_VLLM_API_KEY
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon_process import DaemonProcess
 from ingest import CpuMeter, make_message, process_cpu_s, raw_rate
 from ingest import produce as produce_messages
+from judgement import served_model
 from postgres_server import PostgresServer
 from postgres_server import stored_events as stored
 
@@ -49,6 +52,7 @@ from evolvd.ingest import MAX_GROUP_COMMIT
 from evolvd.labeling.answers import Vote
 from evolvd.labeling.labeler import write_result
 from evolvd.labeling.pipeline import LabelResult, Sample
+from evolvd.workload import generate
 
 RESULTS = Path(__file__).parent / "results" / "scale.json"
 PARTITIONS = 4
@@ -248,6 +252,97 @@ def ingest_members(server: PostgresServer, m: int, work: Path) -> dict[str, Any]
     }
 
 
+# -- 3. labelers against one vLLM ---------------------------------------------------------------------
+
+# Short answers without critique: the labeler's rate against the server, not the judge's.
+LABELING_POLICY = "samples: 4\nmax_tokens: 48\ngreedy_baseline: false\ncritique: false\nrefine: false\n"
+
+
+def labelers_rate(
+    server: PostgresServer, vllm: tuple[str, str | None], workers: int, prompts: list[str], work: Path
+) -> dict[str, Any]:
+    """Events per second labeled by `workers` label processes on one fresh database, by the database's
+    clock (each event's label row carries its transaction's start), and whether each was labeled once."""
+    url = server.new_database()
+    buffer = PostgresBuffer(url)
+    try:
+        batch = IngestBatch()
+        for i, prompt in enumerate(prompts):
+            decode_into(
+                Record("label", 0, i, json.dumps({"id": f"l{i}", "prompt": prompt}).encode()), 65536, batch
+            )
+        batch.next_offsets[("label", 0)] = len(prompts)
+        buffer.write_ingest_batch(batch.seal())
+    finally:
+        buffer.close()
+    policies = work / f"policies-{workers}"
+    policies.mkdir(exist_ok=True)
+    (policies / "labeling.yaml").write_text(LABELING_POLICY)
+    vllm_url, key = vllm
+    env = {
+        "EVOLVD_BUFFER__BACKEND": "postgres",
+        "EVOLVD_BUFFER__POSTGRES_URL": url,
+        "EVOLVD_SERVING__MODE": "external",
+        "EVOLVD_SERVING__URL": vllm_url,
+        "EVOLVD_POLICIES__DIR": str(policies),
+        "EVOLVD_LABELING__BATCH_SIZE": "8",
+        "EVOLVD_LABELING__CONCURRENCY": "8",
+        "EVOLVD_LOGGING__LEVEL": "WARNING",
+        **({"EVOLVD_VLLM_API_KEY": key} if key else {}),
+    }
+    labelers = [
+        DaemonProcess(work / f"labeler-{workers}-{n}", env, args=("--role", "label")).start(wait_ready=False)
+        for n in range(workers)
+    ]
+    try:
+        deadline = time.monotonic() + 1_800
+        while labeled_events(url)[0] < len(prompts) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        pids = [d.proc.pid for d in labelers if d.proc is not None]
+        cpu_s = sum(process_cpu_s(p) for p in pids)  # their whole life: start-up included
+    finally:
+        for labeler in labelers:
+            labeler.stop(timeout_s=120)
+    labels, distinct, window_s = labeled_events(url)
+    if labels < 2 or window_s <= 0:
+        raise RuntimeError(f"{labels} of {len(prompts)} events labeled: no window to time")
+    return {
+        "labelers": workers,
+        "events_per_s": round((labels - 1) / window_s, 2),
+        "labeled": labels,
+        "labeled_once": labels == distinct == len(prompts),
+        "labelers_cpu_s_whole_run": round(cpu_s, 1),
+    }
+
+
+def labeled_events(url: str) -> tuple[int, int, float]:
+    """(label rows, distinct events, seconds from the first label's transaction to the last's)."""
+    import psycopg
+
+    with psycopg.connect(url) as con:
+        row = con.execute(
+            b"SELECT count(*), count(DISTINCT event_id),"
+            b" coalesce(extract(epoch FROM max(created_at) - min(created_at)), 0) FROM labels"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), float(row[2])
+
+
+def labelers(server: PostgresServer, attach: str | None, n: int, work: Path) -> dict[str, Any]:
+    prompts = list(dict.fromkeys(t.prompt for t in generate("arithmetic", 4 * n, seed=22)))[:n]
+    with served_model(attach) as (client, _):
+        vllm = (client.base_url, client.api_key)
+        one = labelers_rate(server, vllm, 1, prompts, work)
+        two = labelers_rate(server, vllm, 2, prompts, work)
+    return {
+        "labelers_1": one,
+        "labelers_2": two,
+        "labelers_2_vs_1_ratio": round(two["events_per_s"] / one["events_per_s"], 2),
+        "labelers_note": f"{n} arithmetic prompts, 4 samples each, against one vLLM"
+        + (" (attached)" if attach else " (the bundled model, managed by a daemon)"),
+    }
+
+
 def main() -> int:
     # SIGTERM unwinds like Ctrl-C: the private PostgreSQL server, the broker and the members stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -256,9 +351,10 @@ def main() -> int:
     )
     parser.add_argument("--small", action="store_true", help="a minute: checks the harness, proves little")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--attach-vllm", metavar="URL", help="this vLLM server (key in $EVOLVD_VLLM_API_KEY)")
     args = parser.parse_args()
     # --small still spans several batches after the first stored one (a rate needs a window).
-    labeled, messages = (200, 40_000) if args.small else (3_000, 100_000)
+    labeled, messages, to_label = (200, 40_000, 8) if args.small else (3_000, 100_000, 96)
     # Each of two members must need more than one transaction (a writer merges up to MAX_GROUP_COMMIT
     # polls into one), or every event can land between two looks at the database: no window to time.
     assert messages // 2 > MAX_GROUP_COMMIT * BATCH_MESSAGES, "too few messages for a timed window"
@@ -267,6 +363,7 @@ def main() -> int:
         work = Path(tmp)
         writes = labeled_writes(server, labeled, work)
         members = ingest_members(server, messages, work)
+        labeling = labelers(server, args.attach_vllm, to_label, work)
     rates = writes["labeled_writes_per_s"]
     failed = []
     if rates["postgres"] < TARGET_LABELED_PER_S:
@@ -277,6 +374,8 @@ def main() -> int:
         )
     if not members["exactly_once_every_run"]:
         failed.append("an ingest run stored a message twice or lost one")
+    if not (labeling["labelers_1"]["labeled_once"] and labeling["labelers_2"]["labeled_once"]):
+        failed.append("a labeler run labeled an event twice or left one unlabeled")
     if not writes["same_rows_on_both"]:
         failed.append("the two backends stored different rows for the same results")
     report = {
@@ -284,9 +383,7 @@ def main() -> int:
         "small": args.small,
         **writes,
         **members,
-        "labelers_2_vs_1_ratio": None,
-        "labelers_note": "labeler throughput with 1 and 2 `--role label` processes against one vLLM is not"
-        " measured yet (tests/test_postgres_labelers.py checks four of them for exactly-once)",
+        **labeling,
         "targets": {
             "labeled_writes_per_s_postgres": TARGET_LABELED_PER_S,
             "postgres_vs_duckdb": TARGET_VS_DUCKDB,

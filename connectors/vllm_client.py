@@ -86,6 +86,7 @@ class VLLMClient:
     def __init__(self, base_url: str, timeout_s: float = 30.0, api_key: str | None = None) -> None:
         """`api_key`: the server's API key (vLLM's `--api-key`), sent as a bearer token."""
         self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
         limits = httpx.Limits(keepalive_expiry=CLIENT_KEEPALIVE_S)
         self._http = httpx.Client(
             base_url=self.base_url, timeout=timeout_s, limits=limits, headers=bearer_header(api_key)

@@ -61,7 +61,7 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(broker: Any, topic: 
     rng = random.Random(20261121)
     kills_mid_ingest, seen = 0, 0
     fetchers: list[int] = []  # each life's Kafka fetcher process (ingest.fetcher: process)
-    for _ in range(8):
+    for _ in range(6):
         daemon.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until this life has written something

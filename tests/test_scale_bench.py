@@ -1,6 +1,6 @@
-"""bench/scale.py keeps working: its small mode against a private PostgreSQL server and an embedded
-broker (the shape of what it reports, and exactly-once in every run; the small run's rates prove
-nothing, the full benchmark is `python bench/scale.py`)."""
+"""bench/scale.py keeps working: its small mode against a private PostgreSQL server, an embedded broker
+and the session's vLLM server (the shape of what it reports, and exactly-once in every run; the small
+run's rates prove nothing, the full benchmark is `python bench/scale.py`)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_small_mode_measures_both_backends_and_both_member_counts(tmp_path: Path) -> None:
+def test_small_mode_measures_both_backends_and_both_member_counts(tmp_path: Path, vllm_daemon: Any) -> None:
     out = tmp_path / "scale.json"
+    attach = ["--attach-vllm", vllm_daemon.status()["serving"]["url"]]
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "scale.py"), "--small", "--out", str(out)],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [sys.executable, str(ROOT / "bench" / "scale.py"), "--small", "--out", str(out), *attach],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "EVOLVD_VLLM_API_KEY": vllm_daemon.vllm_key},
         capture_output=True,
         text=True,
         timeout=600,
@@ -38,4 +40,7 @@ def test_small_mode_measures_both_backends_and_both_member_counts(tmp_path: Path
     for run in (report["ingest_1_member"], report["ingest_2_members"]):
         assert run["msgs_per_s"] > 0 and run["exactly_once"] is True
     assert report["raw_consumer_msgs_per_s"] > 0 and report["ingest_2_vs_1_member_ratio"] > 0
+    for run in (report["labelers_1"], report["labelers_2"]):  # real labeling on the session's server
+        assert run["events_per_s"] > 0 and run["labeled_once"] is True and run["labeled"] == 8
+    assert report["labelers_2_vs_1_ratio"] > 0
     assert (result.returncode == 1) == bool(report["failed"])
