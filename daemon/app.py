@@ -206,7 +206,11 @@ class Daemon:
         ingest = None if cfg.role == "loop" else self._build_ingest(buffer, kafka)
         if cfg.role == "ingest":
             return DaemonParts(buffer=buffer, kafka=kafka, ingest=ingest, admin=admin)
-        policies, engine = self._build_policies(buffer.buffer)
+        from evolvd.buffer.leadership import Fence
+
+        # The loop's term: the decisions of its jobs carry it (one loop member leads a shared buffer).
+        fence = Fence(shared=True) if cfg.buffer.backend == "postgres" else Fence.sole()
+        policies, engine = self._build_policies(buffer.buffer, fence)
         serving = (
             self._build_serving(buffer.buffer, kafka.bootstrap_servers, policies)
             if cfg.serving.enabled
@@ -219,7 +223,7 @@ class Daemon:
             admin=admin,
             policies=policies,
             serving=serving,
-            loop=self._build_loop(buffer.buffer, policies, engine, serving),
+            loop=self._build_loop(buffer.buffer, policies, engine, serving, fence),
             demo=self._build_demo(kafka.bootstrap_servers, serving)
             if cfg.demo.enabled and cfg.role == "all"
             else None,
@@ -280,13 +284,18 @@ class Daemon:
                 + (f" (+{len(exc.errors) - 1} more)" if len(exc.errors) > 1 else "")
             ) from exc
 
-    def _build_policies(self, buffer: Buffer) -> tuple[PolicyService, PolicyEngine]:
+    def _build_policies(self, buffer: Buffer, fence: Fence) -> tuple[PolicyService, PolicyEngine]:
         from evolvd.embeddings import embed
         from evolvd.policies.engine import PolicyEngine
 
         store = self._policy_store()
         engine = PolicyEngine(
-            buffer, store, store.metrics, embed, heldout_percent=self.config.evaluation.heldout_percent
+            buffer,
+            store,
+            store.metrics,
+            embed,
+            heldout_percent=self.config.evaluation.heldout_percent,
+            fence=fence,
         )
         # Reloads go to the same audit trail (the constructor's first load emits no decisions).
         store.on_decisions = engine.record_decisions
@@ -324,9 +333,9 @@ class Daemon:
         policies: PolicyService,
         engine: PolicyEngine,
         serving: ServingService | None,
+        fence: Fence,
     ) -> LoopService:
         """The scheduled jobs: labeling, policies, training, evaluation, promotion, retention."""
-        from evolvd.buffer.leadership import Fence
         from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator
         from evolvd.loop.promotion import Promoter
         from evolvd.loop.scheduler import LoopScheduler, job_store_url
@@ -336,14 +345,13 @@ class Daemon:
         cfg = self.config
         loop_metrics = LoopMetrics.create(self.registry)
         shared = cfg.buffer.backend == "postgres"
-        fence = Fence(shared=True) if shared else Fence.sole()
         promoter = None
         if serving is not None:
             promoter = Promoter(
                 buffer,
                 serving,
                 engine.current_policies,
-                lambda decisions: engine.record_decisions(decisions, fence),
+                engine.record_loop_decisions,
                 loop_metrics,
             )
         evaluation = cfg.evaluation

@@ -47,8 +47,13 @@ class PolicyEngine:
         metrics: PolicyMetrics | None,
         embed: Embedder,
         heldout_percent: int = 0,
+        fence: Fence | None = None,
     ) -> None:
+        """`fence`: the loop's term (evolvd.buffer.leadership): the decisions its jobs make (screen,
+        drift, training gate, promotion) carry the term's token and are refused once it is over; a
+        policy reload's decisions are every member's own and are not fenced."""
         self._buffer = buffer
+        self._fence = fence
         # The evaluation's held-out slice of events (evaluation.heldout_percent): no snapshot takes
         # them, so the training gate does not count them either.
         self.heldout_percent = heldout_percent
@@ -104,7 +109,8 @@ class PolicyEngine:
                 " safety_reasons = ? WHERE example_id = ?",
                 updates,
             )
-            record(con, decisions)
+            token = self._fence.check(con) if self._fence is not None else None
+            record(con, decisions, token)
         count(decisions, self._metrics)
         logger.info("safety screen: %s", dict(outcomes))
         return outcomes
@@ -160,7 +166,7 @@ class PolicyEngine:
                 "features": {n: t.p_value for n, t in report.features.items()},
             },
         )
-        self.record_decisions([decision])
+        self.record_loop_decisions([decision])
         if self._metrics is not None:
             self._metrics.drift_mmd.set(report.mmd.mmd2)
             self._metrics.drift_p_value.set(report.mmd.p_value)
@@ -207,8 +213,12 @@ class PolicyEngine:
                 self.last_gate.outcome,
                 self.last_gate.reasons,
             ):
-                self.record_decisions([decision])  # a row when the verdict changes, not one per tick
+                self.record_loop_decisions([decision])  # a row when the verdict changes, not one per tick
             self.last_gate = decision
+
+    def record_loop_decisions(self, decisions: list[Decision]) -> None:
+        """Decisions of the loop's jobs: fenced by the loop's term (StaleLeaderError once it is over)."""
+        self.record_decisions(decisions, self._fence)
 
     def record_decisions(self, decisions: list[Decision], fence: Fence | None = None) -> None:
         """Write decisions to the audit trail, then count them (also the store's reload hook). With a

@@ -72,6 +72,12 @@ def test_one_member_leads_a_standby_takes_over_and_a_stale_term_cannot_decide(po
         standby = next(m for m in members if m is not first)
         with pytest.raises(StaleLeaderError, match="does not lead"):
             engine.record_decisions([decision("a-v2")], standby.fence)
+        # The standby's loop jobs (screen, drift, gate) are fenced the same way.
+        standby_engine = PolicyEngine(
+            buffer, PolicyStore(None), None, lambda texts: np.zeros((len(texts), 4)), fence=standby.fence
+        )
+        with pytest.raises(StaleLeaderError):
+            standby_engine.record_loop_decisions([decision("a-v2")])
 
         # The leader's session dies (a kill, a lost host): the lock goes with it, another member leads.
         stale_token = first.fence.token

@@ -6,10 +6,10 @@ one that holds it leads: it starts a new term by adding one to `loop_leader.toke
 jobs; the others stand by and try again every `interval_s`. A leader that dies (kill -9, a lost host)
 loses its session and with it the lock, so a standby leads within one interval of the server noticing.
 A leader that merely loses its connection (a partition) stops its jobs when its next check fails, but
-a job may still be mid-way: every promotion decision therefore checks its term's token inside its own
-transaction (`Fence.check`, a shared row lock on `loop_leader`), and is refused once a newer term has
-begun. The row lock also orders the two: a new term cannot begin while a decision of the old one is
-being committed.
+a job may still be mid-way: every decision of the loop's jobs (the safety screen, drift, the training
+gate, promotion) therefore checks its term's token inside its own transaction (`Fence.check`, a
+shared row lock on `loop_leader`), and is refused once a newer term has begun. The row lock also
+orders the two: a new term cannot begin while a decision of the old one is being committed.
 
 On DuckDB there is one daemon per file: it leads for good (`Fence.sole()`), and nothing is checked.
 """
