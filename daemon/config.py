@@ -471,7 +471,10 @@ class TrainingConfig(_Section):
     """DPO optimizer steps (0: never run DPO)."""
     torch_threads: int = Field(2, ge=1)
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """`auto`: bfloat16 where the hardware computes it natively, else float32 (evolvd.precision)."""
+    """`auto`: bfloat16 where the training device computes it natively, else float32 (evolvd.precision)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the trainer runs: `auto` on a CUDA GPU when the trainer sees one, else the CPU; `cuda` fails
+    a run with its reason when no GPU is visible. One trainer uses one device (the first visible GPU)."""
 
     timeout_s: float = Field(1800.0, gt=0)
     """A run still going after this is killed and marked failed."""

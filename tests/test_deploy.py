@@ -309,7 +309,7 @@ def test_the_gpu_overlay_gives_vllm_one_gpu_and_the_cuda_build() -> None:
     assert "VLLM_CPU_KVCACHE_SPACE" not in {e["name"] for e in vllm["env"]}
     assert {"--enable-lora", "--host=127.0.0.1"} <= set(vllm["args"])
     assert all(c["image"].startswith("evolvd-gpu:") for c in containers.values())
-    assert "nvidia.com/gpu" not in str(containers["evolvd"]["resources"])  # training's GPU: issue 23
+    assert "nvidia.com/gpu" not in str(containers["evolvd"]["resources"])  # the one GPU is vLLM's
     tolerations = resources[("StatefulSet", "evolvd")]["spec"]["template"]["spec"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
 

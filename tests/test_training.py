@@ -19,7 +19,7 @@ from evolvd.adapter_folder import ADAPTER_MANIFEST, check_adapter
 from evolvd.buffer import DuckDBBuffer
 from evolvd.connectors.model_bootstrap import BaseModel
 from evolvd.metrics import TrainingMetrics, new_registry
-from evolvd.precision import resolve
+from evolvd.precision import resolve, resolve_device
 from evolvd.training.runner import MlflowTarget, TrainingRunner
 from evolvd.training.snapshot import freeze_snapshot
 from evolvd.training.spec import Hyperparameters
@@ -119,6 +119,7 @@ def test_a_run_trains_an_adapter_and_a_killed_or_hung_child_fails_with_its_reaso
         and manifest["metrics"]["dpo_steps"] == TINY.dpo_steps
     )
     assert manifest["metrics"]["dtype"] == resolve("auto")  # bfloat16 only where this machine has it
+    assert manifest["metrics"]["device"] == resolve_device("auto")  # the CPU here: no GPU is visible
     assert sorted(p.name for p in ok.adapter_path.iterdir()) == [
         "README.md",
         "adapter_config.json",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evolvd.lifeline import die_with_parent
-from evolvd.precision import resolve
+from evolvd.precision import resolve, resolve_device
 from evolvd.training.spec import TrainSpec
 
 PROGRESS_PREFIX = "EVOLVD_PROGRESS "
@@ -47,7 +47,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     hp = spec.hyperparameters
-    precision = resolve(hp.dtype)
+    device = resolve_device(hp.device)
+    precision = resolve(hp.dtype, device)
     torch.set_num_threads(hp.torch_threads)
     torch.manual_seed(hp.seed)
     started = time.monotonic()
@@ -97,7 +98,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "report_to": (["tensorboard"] if spec.tensorboard_dir else [])
         + (["mlflow"] if spec.mlflow_tracking_uri else []),
         "disable_tqdm": True,
-        "use_cpu": True,
+        "use_cpu": device == "cpu",
         "bf16": precision == "bfloat16",
         "seed": hp.seed,
         "dataloader_num_workers": 0,
@@ -119,6 +120,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "sft_loss": _finite(sft_result.training_loss),
         "sft_examples": len(rows),
         "dtype": precision,
+        "device": device,
     }
 
     if spec.pairs is not None and hp.dpo_steps > 0:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evolvd.config import TrainingConfig
-from evolvd.precision import PrecisionSetting
+from evolvd.precision import DeviceSetting, PrecisionSetting
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class Hyperparameters:
     torch_threads: int = 2
     dtype: PrecisionSetting = "auto"
     """Resolved by the child (evolvd.precision.resolve): auto picks bfloat16 only where native."""
+    device: DeviceSetting = "auto"
+    """Resolved by the child (evolvd.precision.resolve_device): auto is a CUDA GPU when one is visible."""
 
 
 def hyperparameters_for(config: TrainingConfig, n_examples: int) -> Hyperparameters:
@@ -45,6 +47,7 @@ def hyperparameters_for(config: TrainingConfig, n_examples: int) -> Hyperparamet
         dpo_steps=config.dpo_steps,
         torch_threads=config.torch_threads,
         dtype=config.dtype,
+        device=config.device,
     )
 
 
