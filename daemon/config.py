@@ -472,6 +472,12 @@ class TrainingConfig(_Section):
     torch_threads: int = Field(2, ge=1)
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """`auto`: bfloat16 where the training device computes it natively, else float32 (evolvd.precision)."""
+    launcher: Literal["local", "torchrun"] = "local"
+    """`local`: one trainer process. `torchrun`: `processes` data-parallel ranks on this node under
+    torchrun (gloo between CPUs, NCCL between GPUs), one run with one adapter; the ranks must end with
+    identical LoRA weights or the run fails."""
+    processes: int = Field(2, ge=1, le=64)
+    """`training.launcher: torchrun`: ranks on this node (one per GPU where there are GPUs)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the trainer runs: `auto` on a CUDA GPU when the trainer sees one, else the CPU; `cuda` fails
     a run with its reason when no GPU is visible. One trainer uses one device (the first visible GPU)."""

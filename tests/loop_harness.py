@@ -1,6 +1,6 @@
-"""One loop daemon and the operator's hands on it, for the whole-loop tests (tests/test_loop.py on the
-DuckDB buffer, tests/test_postgres_loop.py on PostgreSQL): its policy files, its environment, prompts
-chosen on each side of its held-out slice, and what it says through /status and the admin API."""
+"""One loop daemon and the operator's hands on it, for the whole-loop tests (tests/test_loop.py): its
+policy files, its environment, prompts chosen on each side of its held-out slice, and what it says
+through /status and the admin API."""
 
 from __future__ import annotations
 

@@ -154,6 +154,7 @@ def test_two_loop_members_one_leads_and_the_standby_takes_over_a_kill_9(
         by_role = roles()
         assert set(by_role) == {"leader", "standby"}
         leader, standby = by_role["leader"], by_role["standby"]
+        wait_for(lambda: leader.status()["loop"]["jobs"], "the leader's scheduler to start", 30, 0.1)
         lead = leader.status()["loop"]["leadership"]
         assert standby.status()["loop"]["jobs"] == []  # a standby runs no jobs
         # Without serving a loop member runs the policies and retention jobs.
@@ -163,11 +164,14 @@ def test_two_loop_members_one_leads_and_the_standby_takes_over_a_kill_9(
 
         leader.kill()  # SIGKILL to the leader this test started
         took_over = time.monotonic()
-        wait_for(
-            lambda: standby.status()["loop"]["leadership"]["role"] == "leader", "the standby to lead", 30, 0.2
-        )
+
+        def leading_with_jobs() -> dict[str, Any] | None:
+            # Elected first, then its term's scheduler starts: both, or not yet.
+            loop: dict[str, Any] = standby.status()["loop"]
+            return loop if loop["leadership"]["role"] == "leader" and loop["jobs"] else None
+
+        now = wait_for(leading_with_jobs, "the standby to lead and run the jobs", 30, 0.2)
         assert time.monotonic() - took_over < 15
-        now = standby.status()["loop"]
         assert now["leadership"]["token"] == lead["token"] + 1
         jobs = {j["job"]: j for j in now["jobs"]}
         assert jobs["policies"]["paused"] and not jobs["retention"]["paused"]  # the shared job store

@@ -1,10 +1,15 @@
 """The whole loop through the real parts: the embedded broker, a daemon attached to the session's vLLM
-server, real labeling, real TRL training (tiny), real evaluation, promotion and canary.
+server, its buffer a database on the session's PostgreSQL server (buffer.backend postgres, the shared
+buffer of issue 22), real labeling, real TRL training (tiny), real evaluation, promotion and canary.
 
 One loop daemon for the module; the tests run in file order, each a step of its life:
 promote → a trainer is killed and retried, and a gate rejects its candidate → a canary regresses and
-is rolled back → the daemon is killed during a promotion and restarted. Policies are steered the way
-an operator does it: by editing the files in its policy directory while it runs.
+is rolled back → the daemon is killed during a promotion and restarted (and leads its loop again).
+Policies are steered the way an operator does it: by editing the files in its policy directory while
+it runs. The same loop on the embedded DuckDB buffer (the default) runs in the small self-improvement
+and chaos benchmarks of the suite (tests/test_selfimprove_bench.py, tests/test_chaos.py: label, train,
+evaluate, promote; the daemon killed at random, one live adapter after every restart); the tables'
+owners run on both backends in the unit tests (conftest.either_buffer).
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from daemon_process import DaemonProcess
 from helpers import produce, run_cli, wait_for
 from loop_harness import PROMOTE_STRAIGHT, LoopHarness, start_loop_daemon
 
-from evolvd.buffer import DuckDBBuffer
+from evolvd.buffer.postgres_buffer import PostgresBuffer
 from evolvd.connectors.vllm_client import bearer_header
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
@@ -31,19 +37,24 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.vllm]
 
 @pytest.fixture(scope="module")
 def harness(
-    broker: Any, vllm_daemon: DaemonProcess, tmp_path_factory: pytest.TempPathFactory
+    broker: Any, vllm_daemon: DaemonProcess, postgres: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LoopHarness]:
     root = tmp_path_factory.mktemp("loop")
-    harness = start_loop_daemon(broker, vllm_daemon, root, lambda data: DuckDBBuffer(data / "buffer.duckdb"))
+    url = postgres.new_database()
+    shared = {"EVOLVD_BUFFER__BACKEND": "postgres", "EVOLVD_BUFFER__POSTGRES_URL": url}
+    harness = start_loop_daemon(broker, vllm_daemon, root, lambda _: PostgresBuffer(url), shared)
     yield harness
     assert harness.daemon.stop(timeout_s=120) == 0, harness.daemon.tail()
 
 
 def test_prompts_are_labeled_trained_evaluated_and_promoted(harness: LoopHarness) -> None:
     daemon = harness.daemon
-    base = daemon.status()["serving"]["base_model"]["name"]
+    status = daemon.status()
+    base = status["serving"]["base_model"]["name"]
     assert harness.live() == base
-    harness.produce_prompts(train=8, heldout=4)
+    assert status["buffer"]["path"].startswith("postgresql://")
+    assert status["loop"]["leadership"]["role"] == "leader"  # the only member of its shared buffer
+    sent = harness.produce_prompts(train=8, heldout=4)
 
     live = wait_for(
         lambda: harness.live() != base and harness.live(), "a trained adapter to go live", 600, 1.0, daemon
@@ -71,6 +82,16 @@ def test_prompts_are_labeled_trained_evaluated_and_promoted(harness: LoopHarness
     shown = run_cli("adapters", "show", live, env=daemon.client_env())
     assert shown.returncode == 0, shown.stderr
     assert f"kafka {harness.topic}[" in shown.stdout and "promotion decision: promote" in shown.stdout
+
+    # Every row lives in the shared database, the decision with its term's fencing token; no DuckDB file.
+    with psycopg.connect(harness.env["EVOLVD_BUFFER__POSTGRES_URL"]) as con:
+        events = {r[0] for r in con.execute(b"SELECT id FROM events").fetchall()}
+        token = con.execute(
+            b"SELECT fencing_token FROM policy_decisions WHERE policy = 'promotion' AND subject_id = %s",
+            [live],
+        ).fetchone()
+    assert set(sent) <= events and token is not None and token[0] >= 1
+    assert not list(daemon.data_dir.glob("*.duckdb"))
 
 
 def test_a_killed_trainer_is_retried_and_a_failing_gate_rejects_its_candidate_while_serving_continues(

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from evolvd.adapter_folder import ADAPTER_MANIFEST, check_adapter
+from evolvd.adapter_folder import ADAPTER_MANIFEST, ADAPTER_WEIGHTS, check_adapter
 from evolvd.buffer import DuckDBBuffer
 from evolvd.connectors.model_bootstrap import BaseModel
 from evolvd.metrics import TrainingMetrics, new_registry
@@ -160,6 +160,36 @@ def test_a_run_trains_an_adapter_and_a_killed_or_hung_child_fails_with_its_reaso
         history = client.get_metric_history(by_name[f"{ok.run_id}-{phase}"].info.run_id, "loss")
         assert sorted(m.step for m in history) == list(range(1, phase_steps + 1)), phase
         assert all(math.isfinite(m.value) for m in history)
+    buffer.close()
+
+
+def test_torchrun_trains_one_adapter_whose_weights_are_identical_on_both_ranks(
+    tmp_path: Path, base_model: BaseModel
+) -> None:
+    """training.launcher torchrun: two data-parallel ranks (gloo between the CPU processes) under the
+    daemon's runner; the run is recorded once, the adapter is rank 0's, and both ranks report the same
+    LoRA weights, which are the saved ones."""
+    from safetensors.torch import load_file
+
+    from evolvd.training.child import lora_digest
+
+    buffer = _buffer_with_examples(tmp_path / "b.duckdb")
+    snapshot = freeze_snapshot(buffer.cursor(), tmp_path / "datasets", 0.6, 0.0, heldout_percent=10)
+    assert snapshot is not None
+    runner = TrainingRunner(
+        buffer, tmp_path / "runs", base_model.path, base_model.content_hash, None, 600, processes=2
+    )
+    hp = Hyperparameters(max_steps=2, batch_size=2, max_length=96, dpo_steps=0, torch_threads=1)
+    outcome = runner.run(snapshot, hp, 1, None, threading.Event(), use_pairs=False)
+    log = (tmp_path / "runs" / outcome.run_id / "trainer.log").read_text()[-3000:]
+    assert outcome.succeeded, f"{outcome.reason}\n{log}"
+    assert outcome.adapter_path is not None
+    digests = outcome.metrics["rank_lora_sha256"]
+    assert outcome.metrics["ranks"] == 2 and len(digests) == 2 and digests[0] == digests[1]
+    assert lora_digest(load_file(str(outcome.adapter_path / ADAPTER_WEIGHTS))) == digests[0]
+    check_adapter(outcome.adapter_path, base_model.path, max_rank=16)
+    rows = buffer.cursor().execute("SELECT status FROM runs").fetchall()
+    assert rows == [("succeeded",)]
     buffer.close()
 
 

@@ -127,6 +127,9 @@ class Campaign:
         return self._fence.token is not None
 
     def start(self) -> None:
+        """Campaign once now (a member that can lead leads before its daemon reports running), then
+        every `interval_s` on a thread of its own."""
+        self._attempt()
         self._thread = threading.Thread(target=self._run, name="evolvd-loop-campaign", daemon=True)
         self._thread.start()
 
@@ -139,19 +142,21 @@ class Campaign:
         self._close()  # ends the session: the lock goes with it
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self.leading:
-                    self._still_leading()
-                else:
-                    self._try_to_lead()
-                self.last_error = None
-            except psycopg.Error as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}".strip()
-                if self.leading:
-                    self._depose(f"lost the database connection ({self.last_error})")
-                self._close()
-            self._stop.wait(self._interval_s)
+        while not self._stop.wait(self._interval_s):
+            self._attempt()
+
+    def _attempt(self) -> None:
+        try:
+            if self.leading:
+                self._still_leading()
+            else:
+                self._try_to_lead()
+            self.last_error = None
+        except psycopg.Error as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}".strip()
+            if self.leading:
+                self._depose(f"lost the database connection ({self.last_error})")
+            self._close()
 
     def _try_to_lead(self) -> None:
         con = self._connection()

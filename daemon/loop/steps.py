@@ -122,16 +122,18 @@ class Loop:
         if self.runner is None:
             assert self._serving is not None
             base = self._serving.started_base()
+            training = self._config.training
             self.runner = TrainingRunner(
                 self._buffer,
                 self._config.data_dir / "runs",
                 base.path,
                 base.content_hash,
                 self._training_metrics,
-                self._config.training.timeout_s,
-                mlflow=MlflowTarget(cfg.mlflow_tracking_uri, cfg.mlflow_experiment)
-                if (cfg := self._config.training).mlflow_tracking_uri
+                training.timeout_s,
+                mlflow=MlflowTarget(training.mlflow_tracking_uri, training.mlflow_experiment)
+                if training.mlflow_tracking_uri
                 else None,
+                processes=training.processes if training.launcher == "torchrun" else 1,
             )
         return self.runner
 

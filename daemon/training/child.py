@@ -3,12 +3,15 @@
 
 It runs apart from the daemon so an OOM, a crash or a hung step costs only this process; it talks
 back through lines on stdout that start with PROGRESS_PREFIX (JSON), everything else being log.
+Under torchrun (evolvd.training.launch) it is one rank of several: rank 0 reports progress, saves the
+adapter and reports the result; every rank reports the digest of its LoRA weights.
 
     python -m evolvd.training.child SPEC.json
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -27,6 +30,21 @@ PROGRESS_PREFIX = "EVOLVD_PROGRESS "
 
 def emit(kind: str, **fields: Any) -> None:
     print(PROGRESS_PREFIX + json.dumps({"type": kind, **fields}), flush=True)
+
+
+def rank() -> tuple[int, int]:
+    """(this process's rank, the number of ranks): (0, 1) unless torchrun started it."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def lora_digest(state_dict: dict[str, Any]) -> str:
+    """sha256 over a LoRA state dict's tensors in name order (as PEFT saves them): equal on every rank
+    of a data-parallel run, and equal to the saved adapter's."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode() + b"\0")
+        digest.update(state_dict[name].detach().to("cpu").contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _conversation(prompt: str) -> list[dict[str, str]]:
@@ -60,7 +78,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
         ) -> None:
-            if logs and "loss" in logs:
+            if logs and "loss" in logs and state.is_world_process_zero:
                 emit(
                     "progress",
                     phase=self.phase,
@@ -84,7 +102,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-    emit("loaded", seconds=round(time.monotonic() - started, 2))
+    this_rank, ranks = rank()
+    if this_rank == 0:
+        emit("loaded", seconds=round(time.monotonic() - started, 2), ranks=ranks)
 
     rows = Dataset.from_parquet(spec.dataset).to_list()
     sft_data = Dataset.from_list(
@@ -103,6 +123,12 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "seed": hp.seed,
         "dataloader_num_workers": 0,
         "max_length": hp.max_length,
+        # Several ranks: gloo between CPUs, NCCL between GPUs; LoRA leaves no parameter unused.
+        **(
+            {"ddp_backend": "gloo" if device == "cpu" else "nccl", "ddp_find_unused_parameters": False}
+            if ranks > 1
+            else {}
+        ),
     }
     _tensorboard_phase(spec, "sft")
     sft = SFTTrainer(
@@ -121,6 +147,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "sft_examples": len(rows),
         "dtype": precision,
         "device": device,
+        "ranks": ranks,
     }
 
     if spec.pairs is not None and hp.dpo_steps > 0:
@@ -160,8 +187,12 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     else:
         final_model = sft.model
 
-    # DPO keeps a frozen copy of the starting adapter as its reference ("ref"): only ours is saved.
-    final_model.save_pretrained(spec.output_dir, selected_adapters=["default"])
+    from peft import get_peft_model_state_dict
+
+    emit("rank", rank=this_rank, lora_sha256=lora_digest(get_peft_model_state_dict(final_model)))
+    if this_rank == 0:
+        # DPO keeps a frozen copy of the starting adapter as its reference ("ref"): only ours is saved.
+        final_model.save_pretrained(spec.output_dir, selected_adapters=["default"])
     metrics["train_seconds"] = round(time.monotonic() - started, 2)
     return metrics
 
@@ -199,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if metrics.get("sft_loss") is None:
         emit("error", reason="training loss is not finite")
         return 1
-    emit("done", metrics=metrics)
+    if rank()[0] == 0:
+        emit("done", metrics=metrics)
     return 0
 
 

@@ -75,9 +75,12 @@ class TrainingRunner:
         timeout_s: float,
         python: str = sys.executable,
         mlflow: MlflowTarget | None = None,
+        processes: int = 1,
     ) -> None:
-        """`mlflow`: (tracking URI, experiment) to log each run to as well (training.mlflow_*)."""
+        """`mlflow`: (tracking URI, experiment) to log each run to as well (training.mlflow_*).
+        `processes`: data-parallel ranks under torchrun (evolvd.training.launch); 1 runs the child alone."""
         self._mlflow = mlflow
+        self._processes = processes
         self._runs = RunStore(buffer)
         self._runs_dir = runs_dir
         self._base_model = base_model
@@ -178,9 +181,15 @@ class TrainingRunner:
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
+        spec_path = str(run_dir / "spec.json")
+        command = (
+            [self._python, "-m", "evolvd.training.child", spec_path]
+            if self._processes == 1
+            else [self._python, "-m", "evolvd.training.launch", str(self._processes), spec_path]
+        )
         with open(log_path, "w") as log:
             child = subprocess.Popen(
-                [self._python, "-m", "evolvd.training.child", str(run_dir / "spec.json")],
+                command,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
@@ -188,7 +197,7 @@ class TrainingRunner:
                 start_new_session=True,  # its own process group: a kill takes its helpers too
             )
             self.current, self.current_run_id = child, spec.run_id
-            state: dict[str, Any] = {"error": None, "metrics": {}, "progress": {}}
+            state: dict[str, Any] = {"error": None, "metrics": {}, "progress": {}, "ranks": {}}
             reader = threading.Thread(
                 target=self._read_progress, args=(child.stdout, log, spec.run_id, state), daemon=True
             )
@@ -222,8 +231,21 @@ class TrainingRunner:
                 state["progress"],
             )
         if child.returncode == 0 and state["metrics"]:
-            return True, None, state["metrics"]
+            return self._ranks_agree(state["metrics"], state["ranks"])
         return False, _exit_reason(child.returncode, state["error"]), state["progress"]
+
+    def _ranks_agree(
+        self, metrics: dict[str, Any], digests: dict[int, str]
+    ) -> tuple[bool, str | None, dict[str, Any]]:
+        """A data-parallel run succeeded only if every rank ended with the same LoRA weights."""
+        ordered = [digests.get(r) for r in range(self._processes)]
+        metrics = {**metrics, "rank_lora_sha256": ordered}
+        if None in ordered:
+            missing = [r for r, d in enumerate(ordered) if d is None]
+            return False, f"ranks {missing} reported no LoRA weights", metrics
+        if len(set(ordered)) != 1:
+            return False, f"the {self._processes} ranks ended with different LoRA weights", metrics
+        return True, None, metrics
 
     @staticmethod
     def _kill(child: subprocess.Popen[str]) -> None:
@@ -255,6 +277,8 @@ class TrainingRunner:
                     self._runs.progress(run_id, state["progress"])
             elif kind == "done":
                 state["metrics"] = message.get("metrics", {})
+            elif kind == "rank":
+                state["ranks"][int(message["rank"])] = str(message["lora_sha256"])
             elif kind == "error":
                 state["error"] = str(message.get("reason"))
 
