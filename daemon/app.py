@@ -385,7 +385,6 @@ class Daemon:
             loop,
             lambda: LoopScheduler(cfg.scheduler, store, loop.bodies(), buffer, loop_metrics),
             buffer,
-            fence,
             self._campaign(fence) if shared else None,
         )
 

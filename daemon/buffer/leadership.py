@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from evolvd.buffer.postgres_buffer import json_as_text
+from evolvd.buffer.postgres_buffer import connect
 from evolvd.buffer.sql import PostgresSql, Sql
 
 logger = logging.getLogger("evolvd.leadership")
@@ -37,7 +37,7 @@ class StaleLeaderError(RuntimeError):
 
 
 class Fence:
-    """The token of the term this member leads in, checked by every promotion decision."""
+    """The token of the term this member leads in, checked by every decision of the loop's jobs."""
 
     def __init__(self, shared: bool) -> None:
         self._shared = shared
@@ -185,10 +185,7 @@ class Campaign:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._con is None or self._con.closed:
-            self._con = psycopg.connect(
-                self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout_s))
-            )
-            json_as_text(self._con)
+            self._con = connect(self._url, self._connect_timeout_s)
         return self._con
 
     def _close(self) -> None:

@@ -132,6 +132,13 @@ def json_as_text(con: psycopg.Connection[Any]) -> None:
         con.adapters.register_loader(name, TextLoader)
 
 
+def connect(url: str, connect_timeout_s: float) -> psycopg.Connection[Any]:
+    """A connection of its own (not the pool's), in autocommit mode, JSON read as text."""
+    con = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(connect_timeout_s)))
+    json_as_text(con)
+    return con
+
+
 class PostgresBuffer(IngestSink):
     """The shared buffer. Every method takes a pooled connection for one transaction and returns it."""
 
@@ -174,10 +181,7 @@ class PostgresBuffer(IngestSink):
         first use, opened again after the server dropped it."""
         con: psycopg.Connection[Any] | None = getattr(self._local, "connection", None)
         if con is None or con.closed or con.broken:
-            con = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout_s))
-            )
-            json_as_text(con)
+            con = connect(self.url, self._connect_timeout_s)
             self._local.connection = con
             with self._sessions_lock:
                 self._sessions.append(con)

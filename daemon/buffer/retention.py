@@ -53,15 +53,12 @@ class RetentionCutoffs:
     """Keep at most this many dead letters (the newest); None: no cap."""
 
 
-# Beyond the newest n (a huge n when there is no cap: one statement for both cases).
-_NO_CAP = 2**62
-
-# The event ids to delete: old or beyond the cap, and with nothing a snapshot took.
+# The event ids to delete: old (or beyond the cap, `_BEYOND_EVENTS_CAP`), and with nothing a snapshot
+# took. The cap's clause sorts every event, so it is added only when a cap is set.
 _DOOMED_EVENTS = """
 INSERT INTO retention_doomed
 SELECT e.id FROM events e
-WHERE (e.ingested_at < now() - to_seconds(?) OR e.id IN (
-       SELECT id FROM events ORDER BY ingested_at DESC, kafka_partition DESC, kafka_offset DESC OFFSET ?))
+WHERE (e.ingested_at < now() - to_seconds(?) {beyond_cap})
   AND NOT EXISTS (
       SELECT 1 FROM training_examples t JOIN dataset_examples d ON d.example_id = t.example_id
       WHERE t.event_id = e.id)
@@ -69,6 +66,15 @@ WHERE (e.ingested_at < now() - to_seconds(?) OR e.id IN (
       SELECT 1 FROM preference_pairs p JOIN dataset_pairs d ON d.pair_id = p.pair_id
       WHERE p.event_id = e.id)
 """
+_BEYOND_EVENTS_CAP = (
+    "OR e.id IN (SELECT id FROM events ORDER BY ingested_at DESC, kafka_partition DESC, kafka_offset DESC"
+    " OFFSET ?)"
+)
+_OLD_DEAD_LETTERS = "DELETE FROM dead_letters WHERE received_at < now() - to_seconds(?)"
+_BEYOND_DEAD_LETTERS_CAP = (
+    " OR dead_letter_id IN (SELECT dead_letter_id FROM dead_letters"
+    " ORDER BY received_at DESC, dead_letter_id DESC OFFSET ?)"
+)
 
 # Children before parents; the safety decisions name their example by id.
 _EVENT_DELETES = {
@@ -94,16 +100,19 @@ def age_out(con: Sql, cutoffs: RetentionCutoffs) -> AgedOut:
     with transaction(con):
         # Created and dropped inside the transaction: a failed run leaves no table behind.
         con.execute("CREATE TEMP TABLE retention_doomed (id VARCHAR PRIMARY KEY)")
-        con.execute(_DOOMED_EVENTS, [cutoffs.events_days * DAY_S, _cap(cutoffs.max_events)])
+        capped = cutoffs.max_events is not None
+        con.execute(
+            _DOOMED_EVENTS.format(beyond_cap=_BEYOND_EVENTS_CAP if capped else ""),
+            [cutoffs.events_days * DAY_S, *([cutoffs.max_events] if capped else [])],
+        )
         for table, sql in _EVENT_DELETES.items():
             deleted[table] = affected_rows(con, sql)
         con.execute("DROP TABLE retention_doomed")
+        capped = cutoffs.max_dead_letters is not None
         deleted["dead_letters"] = affected_rows(
             con,
-            "DELETE FROM dead_letters WHERE received_at < now() - to_seconds(?) OR dead_letter_id IN ("
-            " SELECT dead_letter_id FROM dead_letters"
-            " ORDER BY received_at DESC, dead_letter_id DESC OFFSET ?)",
-            [cutoffs.dead_letters_days * DAY_S, _cap(cutoffs.max_dead_letters)],
+            _OLD_DEAD_LETTERS + (_BEYOND_DEAD_LETTERS_CAP if capped else ""),
+            [cutoffs.dead_letters_days * DAY_S, *([cutoffs.max_dead_letters] if capped else [])],
         )
         deleted["job_runs"] = affected_rows(
             con,
@@ -111,10 +120,6 @@ def age_out(con: Sql, cutoffs: RetentionCutoffs) -> AgedOut:
             [cutoffs.job_runs_days * DAY_S],
         )
     return AgedOut({table: n for table, n in deleted.items() if n}, not _checkpoint(con))
-
-
-def _cap(limit: int | None) -> int:
-    return _NO_CAP if limit is None else limit
 
 
 def _checkpoint(con: Sql) -> bool:

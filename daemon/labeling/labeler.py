@@ -14,7 +14,7 @@ import numpy as np
 
 from evolvd.buffer import Buffer, transaction
 from evolvd.buffer.sampling import sampled_condition, sampled_params
-from evolvd.buffer.sql import PostgresSql, Sql
+from evolvd.buffer.sql import PostgresSql, Sql, affected_rows
 from evolvd.connectors.vllm_client import VLLMError
 from evolvd.judge import TOP_LOGPROBS, Judge
 from evolvd.labeling.pipeline import LABELER_VERSION, ChatModel, LabelResult, label_prompt
@@ -46,12 +46,12 @@ def mark_unsampled(con: Sql, share: float) -> int:
     `unsampled`: stored for drift windows and lineage, never labeled. Returns how many."""
     if share >= 1:
         return 0
-    rows = con.execute(
+    return affected_rows(
+        con,
         "UPDATE events SET state = 'unsampled' WHERE state = 'pending'"  # noqa: S608
-        f" AND NOT {sampled_condition('prompt_hash')} RETURNING 1",
+        f" AND NOT {sampled_condition('prompt_hash')}",
         sampled_params(con, share),
-    ).fetchall()
-    return len(rows)
+    )
 
 
 def pending_events(con: Sql, limit: int) -> list[PendingEvent]:

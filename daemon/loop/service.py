@@ -4,7 +4,8 @@ and serving outlive every job body), who runs them, and what /status shows of th
 Beside a DuckDB buffer the daemon is its loop's only member and runs the jobs from start to stop. On a
 shared PostgreSQL buffer every loop member campaigns (evolvd.buffer.leadership): the one elected runs
 the jobs on a scheduler of its term, the others stand by with none, and a deposed leader stops its
-jobs. Promotion decisions check the term's fencing token (LoopService.fence)."""
+jobs. The decisions of those jobs check the term's fencing token (evolvd.buffer.leadership.Fence,
+held by the campaign and the policy engine)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from evolvd.buffer import Buffer
-from evolvd.buffer.leadership import Campaign, Fence, current_term
+from evolvd.buffer.leadership import Campaign, current_term
 from evolvd.evaluation.store import EvaluationStore
 from evolvd.loop.scheduler import LoopScheduler
 from evolvd.loop.steps import Loop
@@ -35,11 +36,9 @@ class LoopService:
         loop: Loop,
         new_scheduler: Callable[[], LoopScheduler],
         buffer: Buffer,
-        fence: Fence,
         campaign: CampaignFactory | None = None,
     ) -> None:
         self.loop = loop
-        self.fence = fence
         self._new_scheduler = new_scheduler
         self._buffer = buffer
         self._scheduler: LoopScheduler | None = None
