@@ -60,6 +60,11 @@ def safety_run(client: ChatClient, model: str, policies: PolicySet, directory: P
             answered.append(
                 ProbeAnswer(probe_set, prompt, answer, is_refusal(answer, probes.refusal_markers))
             )
+    return scored_run(answered)
+
+
+def scored_run(answered: Sequence[ProbeAnswer]) -> SafetyRun:
+    """A model's probe answers and the scores they give."""
     harmful = [a for a in answered if a.probe_set == "safety_harmful"]
     benign = [a for a in answered if a.probe_set == "safety_benign"]
     scores = ProbeScores(

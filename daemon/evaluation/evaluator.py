@@ -3,8 +3,10 @@
 Suites (each a row in `evaluations`): the held-out slice of the buffer (short answers scored by
 agreement with their self-consistency label, long ones by the judge's pairwise comparison), an
 optional operator golden set, the forgetting probes, the safety probes, and the output-drift probe.
-Held-out items are compared pairwise (exact McNemar test). The result is the `CandidateEvaluation`
-the promotion gate decides on."""
+Held-out items are compared pairwise (exact McNemar test). The probes the two models disagree on
+(forgetting, golden, safety) are asked again of both alone before they count: greedy answers here
+are not batch-invariant, and a guard rejects on one flipped probe (evolvd.evaluation.discordant).
+The result is the `CandidateEvaluation` the promotion gate decides on."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from typing import Any
 from evolvd.buffer import Buffer
 from evolvd.connectors.vllm_client import ChatClient
 from evolvd.evaluation.checkers import ReferenceItem, load_reference_set
+from evolvd.evaluation.discordant import settle_discordant, settle_flips
 from evolvd.evaluation.greedy_memo import GreedyAnswerMemo
-from evolvd.evaluation.paired import PairedResult, paired_compare
+from evolvd.evaluation.paired import paired_compare
 from evolvd.evaluation.store import EvaluationStore, HeldoutItem, SuiteScores, heldout_items
 from evolvd.judge import Judge, JudgeModel
 from evolvd.labeling.answers import answer_kind, extract, same_answer
@@ -103,12 +106,28 @@ class Evaluator:
         return got_candidate, got_live, verdicts
 
     def _reference_suite(
-        self, client: ChatClient, candidate: str, live: str, items: Sequence[ReferenceItem]
-    ) -> PairedResult:
+        self,
+        clients: tuple[ChatClient, ChatClient],
+        candidate: str,
+        live: str,
+        items: Sequence[ReferenceItem],
+    ) -> dict[str, Any]:
+        """A paired comparison on a reference set (forgetting probes, golden set): answered batched
+        through `clients[0]` (the memo), the items the two models disagree on asked again of both
+        alone through `clients[1]` (evolvd.evaluation.discordant)."""
+        memo, direct = clients
         prompts = [i.prompt for i in items]
-        cand = [i.check(a) for i, a in zip(items, self._answers(client, candidate, prompts), strict=True)]
-        base = [i.check(a) for i, a in zip(items, self._answers(client, live, prompts), strict=True)]
-        return paired_compare(cand, base)
+        cand = [i.check(a) for i, a in zip(items, self._answers(memo, candidate, prompts), strict=True)]
+        base = [i.check(a) for i, a in zip(items, self._answers(memo, live, prompts), strict=True)]
+        reasked = settle_discordant(
+            direct,
+            (candidate, live),
+            prompts,
+            (cand, base),
+            lambda index, answer: items[index].check(answer),
+            self._settings.max_tokens,
+        )
+        return asdict(paired_compare(cand, base)) | {"reasked": len(reasked)}
 
     # -- the evaluation -----------------------------------------------------------------------
 
@@ -138,9 +157,10 @@ class Evaluator:
             with ThreadPoolExecutor(8, thread_name_prefix="evolvd-suite") as pool:
                 heldout_candidate = pool.submit(self._answers, memo, candidate, prompts)
                 heldout_live = pool.submit(self._answers, memo, live, prompts)
-                forgetting_run = pool.submit(self._reference_suite, memo, candidate, live, forgetting_set)
+                clients = (memo, client)
+                forgetting_run = pool.submit(self._reference_suite, clients, candidate, live, forgetting_set)
                 golden_run = (
-                    pool.submit(self._reference_suite, memo, candidate, live, golden_set)
+                    pool.submit(self._reference_suite, clients, candidate, live, golden_set)
                     if golden_set is not None
                     else None
                 )
@@ -156,7 +176,9 @@ class Evaluator:
                 )
                 heldout = paired_compare(candidate_right, live_right)
                 forgetting = forgetting_run.result()
-                candidate_safety, live_safety_answers = candidate_probes.result(), live_probes.result()
+                candidate_safety, live_safety_answers, safety_reasked = settle_flips(
+                    client, (candidate, live), (candidate_probes.result(), live_probes.result()), policies
+                )
                 safety, live_safety = candidate_safety.scores, live_safety_answers.scores
                 divergence = divergence_run.result()
                 suites["heldout"] = asdict(heldout) | {
@@ -175,14 +197,15 @@ class Evaluator:
                         )
                     ],
                 }
-                suites["forgetting"] = asdict(forgetting)
+                suites["forgetting"] = forgetting
                 if golden_run is not None:
-                    suites["golden"] = asdict(golden_run.result())
+                    suites["golden"] = golden_run.result()
             suites["safety"] = {
                 "candidate": asdict(safety),
                 "live": asdict(live_safety),
                 # Which probes decided: one flipped refusal moves a rate by 1/len(set).
                 "flips": safety_flips(candidate_safety, live_safety_answers),
+                "reasked": safety_reasked,
             }
             suites["output_drift"] = {"divergence": divergence}
             reused, generated = self._memo.hits - hits, self._memo.misses - misses
@@ -199,8 +222,8 @@ class Evaluator:
                 heldout_score=heldout.candidate_score,
                 live_heldout_score=heldout.live_score,
                 p_value=heldout.p_value,
-                forgetting_score=forgetting.candidate_score,
-                live_forgetting_score=forgetting.live_score,
+                forgetting_score=forgetting["candidate_score"],
+                live_forgetting_score=forgetting["live_score"],
                 safety=safety,
                 live_safety=live_safety,
                 output_divergence=divergence,
