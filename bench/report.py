@@ -475,6 +475,35 @@ def refine_section(result: dict[str, Any] | None) -> list[str]:
     return out + table([*header, "median latency"], rows)
 
 
+def metaskill_section(result: dict[str, Any] | None) -> list[str]:
+    out = [
+        "### Meta-skill learning: does training on accepted critiques improve judging? (bench/metaskill.py)",
+        "",
+    ]
+    if result is None:
+        return [*out, "Not run yet.", ""]
+    a = result["agreement"]
+    out += [
+        f"{result['train_prompts']} `{result['family']}` prompts labeled by the labeler's pipeline (critique"
+        f" on, the model judging itself): {result['confident_labels']} confident labels gave"
+        f" {result['task_examples']} task examples and {result['critique_examples']} accepted critiques (the"
+        " critic ranked the vote's winner at least `pair_min_margin` above a minority answer). Two adapters"
+        " from the base, shipped hyperparameters: `task` (the task examples) and `task+judging` (plus the"
+        f" critiques). On {result['answer_pairs']} gold right/wrong answer pairs of {result['eval_prompts']}"
+        " other prompts, each critic's G-Eval score ranks the right answer higher (ties half):",
+        "",
+    ]
+    rows = [[name, pct(a[name]), result["ties"][name]] for name in ("base", "task", "task_judging")]
+    out += table(["critic", "agreement with gold", "ties"], rows)
+    return [
+        *out,
+        f"Meta-skill effect (task+judging − task, same pairs): **{result['meta_skill_gain']:+.3f}**,"
+        f" one-sided exact p {result['meta_skill_p_value']:.3g}. {result['seconds'] / 60:.0f} min.",
+        "",
+        *analysis("metaskill"),
+    ]
+
+
 def meaning_section(result: dict[str, Any] | None) -> list[str]:
     out = ["### Long answers: paraphrase or contradiction? (bench/meaning.py)", ""]
     if result is None:
@@ -705,7 +734,7 @@ def pictures_section(result: dict[str, Any] | None) -> list[str]:
 def main() -> int:
     names = (
         "ingest", "labels", "serving", "training", "policies", "selfimprove", "freeform", "chaos",
-        "judgement", "meaning", "controls", "refine", "noise_floor", "scale", "pictures",
+        "judgement", "meaning", "controls", "refine", "noise_floor", "scale", "pictures", "metaskill",
     )  # fmt: skip
     results = {name: load(name) for name in names}
     lines = [
@@ -722,6 +751,7 @@ def main() -> int:
         *controls_section(results["controls"]),
         *meaning_section(results["meaning"]),
         *refine_section(results["refine"]),
+        *metaskill_section(results["metaskill"]),
         *policies_section(results["policies"]),
         *chaos_section(results["chaos"]),
         *noise_floor_section(results["noise_floor"]),

@@ -226,7 +226,10 @@ class Admin:
         # A generous timeout: with both cores busy evaluating, /status has taken over 10 s here.
         started = time.monotonic()
         response = httpx.get(f"{self.daemon.url}/status", headers=self.daemon.auth, timeout=120)
-        response.raise_for_status()
+        if response.is_error:  # the daemon's own account of it, before its data dir is gone
+            raise RuntimeError(
+                f"/status answered {response.status_code}: {response.text[:500]}\n{self.daemon.tail(60)}"
+            )
         self.slowest_status_s = max(self.slowest_status_s, time.monotonic() - started)
         status: dict[str, Any] = response.json()
         return status

@@ -34,6 +34,13 @@ def pairwise_prompt(prompt: str, first: str, second: str) -> str:
     )
 
 
+def critique_completion(critique: str, score: float) -> str:
+    """A critique as a training completion: its own text without score lines, ending with the score
+    it was given (rounded) on the line the critique prompt asks for."""
+    kept = [line for line in critique.splitlines() if not _SCORE_LINE.match(line.strip())]
+    return "\n".join([*kept, f"Score: {round(score)}"]).strip()
+
+
 ScoreStatus = Literal["expected", "ok", "constrained", "malformed", "missing"]
 """expected: the judge's expected score over its score tokens' logprobs (G-Eval, evolvd.judge);
 ok: read from the critique's own score line; constrained: the model's pick in a follow-up whose

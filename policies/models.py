@@ -369,6 +369,10 @@ class LabelingPolicy(_Policy):
     cot_examples_per_prompt: int = Field(ge=0, le=32)
     """Winning reasoning paths kept as training examples per prompt (besides the direct answer)."""
 
+    critique_examples: bool
+    """Keep the critiques that agree with the vote as training examples for judging (SELF's
+    meta-skill learning): the judge's prompt, and its critique ending in its score."""
+
     greedy_baseline: bool
     """Also ask the model's greedy answer to each prompt whose answer can be read (one more request):
     what the label is compared with by the training gate's min_label_gain."""

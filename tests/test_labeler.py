@@ -112,6 +112,37 @@ def test_vote_critique_refine_pair_and_examples() -> None:
     assert result.params["principles_hash"] and result.params["temperature"] == POLICIES.labeling.temperature
 
 
+def test_critiques_the_vote_bears_out_become_examples_of_judging() -> None:
+    """Meta-skill learning (labeling.critique_examples): the winner's critique scored at least
+    pair_min_margin above a minority answer's are both kept, as the judge's prompt and the critique
+    ending in its score; critiques that rank against the vote, or too closely, are not."""
+    policy = POLICIES.labeling.model_copy(update={"critique_examples": True, "refine": False})
+
+    def label(scores: dict[str, str]) -> list[tuple[str, str]]:
+        model = ScriptedModel(SAMPLES, scores)
+        result = label_prompt(
+            model, "base", "e1", "What is 7 + 5?", policy, PRINCIPLES, _no_embed, Judge(model, "base")
+        )
+        return result.judge_examples
+
+    agreeing = label({SAMPLES[0]: "Score: 8", SAMPLES[2]: "Score: 3"})
+    assert [completion for _, completion in agreeing] == ["A critique.\nScore: 8", "A critique.\nScore: 3"]
+    assert [prompt.split("<answer>\n")[1].split("\n</answer>")[0] for prompt, _ in agreeing] == [
+        SAMPLES[0],
+        SAMPLES[2],
+    ]
+    assert all(
+        prompt.startswith("Review the answer") and "What is 7 + 5?" in prompt for prompt, _ in agreeing
+    )
+    assert label({SAMPLES[0]: "Score: 3", SAMPLES[2]: "Score: 8"}) == []  # ranks the minority higher
+    assert label({SAMPLES[0]: "Score: 8", SAMPLES[2]: "Score: 7"}) == []  # within the margin
+    off = ScriptedModel(SAMPLES, {SAMPLES[0]: "Score: 8", SAMPLES[2]: "Score: 3"})
+    result = label_prompt(
+        off, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed, Judge(off, "base")
+    )
+    assert result.judge_examples == []  # the shipped policy keeps none
+
+
 def test_a_refinement_that_leaves_the_majority_is_rejected_even_when_it_scores_higher() -> None:
     wrong = "On reflection the answer is 11."
     model = ScriptedModel(
@@ -313,15 +344,21 @@ def test_one_transaction_per_event_and_nothing_is_labeled_twice(
     model = ScriptedModel(
         SAMPLES, {SAMPLES[0]: "Score: 6", SAMPLES[2]: "Score: 2", refined: "Score: 8"}, refined
     )
+    policy = POLICIES.labeling.model_copy(update={"critique_examples": True})
     result = label_prompt(
-        model, "base", "e0", events[0].prompt, POLICIES.labeling, PRINCIPLES, _no_embed, Judge(model, "base")
+        model, "base", "e0", events[0].prompt, policy, PRINCIPLES, _no_embed, Judge(model, "base")
     )
     assert write_result(buffer.cursor(), result) is True
     assert write_result(buffer.cursor(), result) is False  # already labeled: nothing written twice
     counts = buffer.table_counts()
     expected = {"samples": 5, "labels": 1, "critiques": 3, "refinements": 1, "preference_pairs": 1}
-    assert {t: counts[t] for t in expected} == expected and counts["training_examples"] == 4
+    assert {t: counts[t] for t in expected} == expected and counts["training_examples"] == 4 + 2
     con = buffer.cursor()
+    judging = con.execute(
+        "SELECT prompt, completion FROM training_examples WHERE format = 'critique' ORDER BY example_id"
+    ).fetchall()
+    assert [c for _, c in judging] == ["A critique.\nScore: 6", "A critique.\nScore: 2"]
+    assert all(p.startswith("Review the answer") for p, _ in judging)
     assert con.execute("SELECT state FROM events ORDER BY id").fetchall() == [("labeled",), ("pending",)]
     winners = con.execute("SELECT votes->'winners' FROM labels").fetchone()
     sample_ids = [r[0] for r in con.execute("SELECT sample_id FROM samples ORDER BY sample_id").fetchall()]

@@ -189,6 +189,9 @@ def _write_rows(con: Sql, r: LabelResult) -> None:
         con.execute(_INSERT_PAIR, [r.event_id, r.prompt, p.chosen, p.rejected, *scores, *lineage])
     for fmt, completion in r.examples:
         con.execute(_INSERT_EXAMPLE, [r.event_id, fmt, r.prompt, completion, vote.confidence, *lineage])
+    for judge_prompt, completion in r.judge_examples:
+        row = [r.event_id, "critique", judge_prompt, completion, vote.confidence, *lineage]
+        con.execute(_INSERT_EXAMPLE, row)
 
 
 def _returning(con: Sql, sql: str, params: Sequence[object]) -> int:
@@ -336,4 +339,4 @@ class Labeler:
             m.refinements.labels("accepted" if result.refinement.accepted else "rejected").inc()
         if result.pair is not None:
             m.pairs.labels(result.pair.source).inc()
-        m.examples.inc(len(result.examples))
+        m.examples.inc(len(result.examples) + len(result.judge_examples))

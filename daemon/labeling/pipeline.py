@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from evolvd.judge import Judge, JudgeModel
-from evolvd.judge_prompts import Score
+from evolvd.judge_prompts import Score, critique_completion, critique_prompt
 from evolvd.labeling.answers import (
     AnswerKind,
     Vote,
@@ -91,6 +91,8 @@ class LabelResult:
     """The answer identity of the model's greedy answer (labeling.greedy_baseline)."""
     greedy_share: float | None = None
     """Share of the samples asserting the greedy answer; None: not asked (see evolvd.labeling.calibration)."""
+    judge_examples: list[tuple[str, str]] = field(default_factory=list)
+    """(prompt, completion): the accepted critiques as examples of judging (labeling.critique_examples)."""
 
 
 def principles_hash(principles: Sequence[str]) -> str:
@@ -219,6 +221,32 @@ def _critique_and_refine(
             assert rejected.sample_index is not None
             rejected_text = result.samples[rejected.sample_index].text
             result.pair = Pair(chosen_text, rejected_text, chosen_score, rejected.score.value, "critique")
+    if policy.critique_examples:
+        result.judge_examples = [
+            (critique_prompt(result.prompt, result.samples[c.sample_index].text, principles), completion)
+            for c in _accepted_critiques(result, policy.pair_min_margin)
+            if c.sample_index is not None and (completion := _as_completion(c)) is not None
+        ]
+
+
+def _accepted_critiques(result: LabelResult, margin: float) -> list[Critique]:
+    """The critiques whose judgement the vote bears out (SELF's meta-skill data, filtered without
+    labels): the winning answer's and a minority answer's critiques when the winner's score is at
+    least `margin` above the minority's (the critic ranked them as the vote did), and the critique
+    whose refinement was accepted (its advice made a better answer that still agrees with the vote)."""
+    accepted: list[Critique] = []
+    if len(result.critiques) == 2:
+        winner, minority = (c.score.value for c in result.critiques)
+        if winner is not None and minority is not None and winner - minority >= margin:
+            accepted.extend(result.critiques)
+    if result.refinement is not None and result.refinement.accepted and not accepted:
+        accepted.append(result.critiques[0])
+    return accepted
+
+
+def _as_completion(critique: Critique) -> str | None:
+    value = critique.score.value
+    return None if value is None else critique_completion(critique.text, value)
 
 
 def _vote_pair(samples: Sequence[Sample], vote: Vote, best: int, min_margin: int) -> Pair | None:
