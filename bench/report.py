@@ -487,7 +487,7 @@ def metaskill_section(result: dict[str, Any] | None) -> list[str]:
         f"{result['train_prompts']} `{result['family']}` prompts labeled by the labeler's pipeline (critique"
         f" on, the model judging itself): {result['confident_labels']} confident labels gave"
         f" {result['task_examples']} task examples and {result['critique_examples']} accepted critiques (the"
-        " critic ranked the vote's winner at least `pair_min_margin` above a minority answer). Two adapters"
+        " critic ranked the vote's winner above a minority answer). Two adapters"
         " from the base, shipped hyperparameters: `task` (the task examples) and `task+judging` (plus the"
         f" critiques). On {result['answer_pairs']} gold right/wrong answer pairs of {result['eval_prompts']}"
         " other prompts, each critic's G-Eval score ranks the right answer higher (ties half):",

@@ -472,12 +472,21 @@ class TrainingConfig(_Section):
     torch_threads: int = Field(2, ge=1)
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """`auto`: bfloat16 where the training device computes it natively, else float32 (evolvd.precision)."""
-    launcher: Literal["local", "torchrun"] = "local"
+    launcher: Literal["local", "torchrun", "ray"] = "local"
     """`local`: one trainer process. `torchrun`: `processes` data-parallel ranks on this node under
     torchrun (gloo between CPUs, NCCL between GPUs), one run with one adapter; the ranks must end with
-    identical LoRA weights or the run fails."""
+    identical LoRA weights or the run fails. `ray`: the same trainer submitted as a job to the Ray
+    cluster at `ray_address` (Ray Jobs), watched and stopped like a local one; its nodes must see
+    data_dir at the same path (a shared volume) and have evolvd installed. Needs the `ray` extra."""
     processes: int = Field(2, ge=1, le=64)
-    """`training.launcher: torchrun`: ranks on this node (one per GPU where there are GPUs)."""
+    """`training.launcher: torchrun`: ranks on this node (one per GPU where there are GPUs); with `ray`,
+    ranks of the job (torchrun on its node) when above 1."""
+    ray_address: str | None = None
+    """`training.launcher: ray`: the Ray Jobs API of the cluster's head, e.g. http://ray-head:8265."""
+    ray_python: str = "python"
+    """`training.launcher: ray`: the Python that runs the trainer on the cluster's nodes."""
+    ray_num_cpus: float = Field(2.0, gt=0)
+    """`training.launcher: ray`: CPUs the job reserves (GPUs: one per rank with `device: cuda`)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the trainer runs: `auto` on a CUDA GPU when the trainer sees one, else the CPU; `cuda` fails
     a run with its reason when no GPU is visible. One trainer uses one device (the first visible GPU)."""
@@ -501,6 +510,15 @@ class TrainingConfig(_Section):
         if uri is not None and importlib.util.find_spec("mlflow") is None:
             raise ValueError("needs MLflow: pip install 'evolvd[mlflow]' (or mlflow-skinny)")
         return uri
+
+    @model_validator(mode="after")
+    def _ray_needs_a_cluster(self) -> TrainingConfig:
+        if self.launcher == "ray":
+            if self.ray_address is None:
+                raise ValueError("training.launcher ray needs training.ray_address (the Ray Jobs API URL)")
+            if importlib.util.find_spec("ray") is None:
+                raise ValueError("training.launcher ray needs Ray's job client: pip install 'evolvd[ray]'")
+        return self
 
 
 class EvaluationConfig(_Section):

@@ -192,7 +192,10 @@ class JobStatus(Answer):
 
 class ActiveRunStatus(Answer):
     run_id: str
-    pid: int
+    pid: int | None
+    """The local trainer's PID; None for a cluster job."""
+    job_id: str | None = None
+    """The cluster job's id (training.launcher: ray)."""
 
 
 class RunStatusRow(Answer):

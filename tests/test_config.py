@@ -79,6 +79,8 @@ def test_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
         ("buffer:\n  backend: postgres\n", "buffer", "needs buffer.postgres_url"),
         ("buffer:\n  backend: postgres\n  postgres_url: postgresql://u:pw@db/e\n", "buffer", "$PGPASSWORD"),
         ("role: train\n", "role", "'all', 'ingest', 'label' or 'loop'"),
+        ("training:\n  launcher: ray\n", "training", "needs training.ray_address"),
+        ("training:\n  launcher: slurm\n", "training.launcher", "'local', 'torchrun' or 'ray'"),
     ],
 )
 def test_each_validator_rejects(tmp_path: Path, text: str, path: str, message: str) -> None:

@@ -113,9 +113,9 @@ def test_vote_critique_refine_pair_and_examples() -> None:
 
 
 def test_critiques_the_vote_bears_out_become_examples_of_judging() -> None:
-    """Meta-skill learning (labeling.critique_examples): the winner's critique scored at least
-    pair_min_margin above a minority answer's are both kept, as the judge's prompt and the critique
-    ending in its score; critiques that rank against the vote, or too closely, are not."""
+    """Meta-skill learning (labeling.critique_examples): the winner's critique scored above a
+    minority answer's are both kept, as the judge's prompt and the critique ending in its score;
+    critiques that rank against the vote, or tie, are not."""
     policy = POLICIES.labeling.model_copy(update={"critique_examples": True, "refine": False})
 
     def label(scores: dict[str, str]) -> list[tuple[str, str]]:
@@ -135,7 +135,8 @@ def test_critiques_the_vote_bears_out_become_examples_of_judging() -> None:
         prompt.startswith("Review the answer") and "What is 7 + 5?" in prompt for prompt, _ in agreeing
     )
     assert label({SAMPLES[0]: "Score: 3", SAMPLES[2]: "Score: 8"}) == []  # ranks the minority higher
-    assert label({SAMPLES[0]: "Score: 8", SAMPLES[2]: "Score: 7"}) == []  # within the margin
+    assert len(label({SAMPLES[0]: "Score: 8", SAMPLES[2]: "Score: 7"})) == 2  # no margin needed
+    assert label({SAMPLES[0]: "Score: 7", SAMPLES[2]: "Score: 7"}) == []  # a tie ranks nothing
     off = ScriptedModel(SAMPLES, {SAMPLES[0]: "Score: 8", SAMPLES[2]: "Score: 3"})
     result = label_prompt(
         off, "base", "e1", "What is 7 + 5?", POLICIES.labeling, PRINCIPLES, _no_embed, Judge(off, "base")

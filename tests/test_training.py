@@ -20,6 +20,7 @@ from evolvd.buffer import DuckDBBuffer
 from evolvd.connectors.model_bootstrap import BaseModel
 from evolvd.metrics import TrainingMetrics, new_registry
 from evolvd.precision import resolve, resolve_device
+from evolvd.training.launchers import LocalTrainer
 from evolvd.training.runner import MlflowTarget, TrainingRunner
 from evolvd.training.snapshot import freeze_snapshot
 from evolvd.training.spec import Hyperparameters
@@ -193,12 +194,89 @@ def test_torchrun_trains_one_adapter_whose_weights_are_identical_on_both_ranks(
     buffer.close()
 
 
+def test_a_run_submitted_to_a_ray_cluster_is_watched_stopped_and_failed_like_a_local_one(
+    tmp_path: Path, base_model: BaseModel
+) -> None:
+    """training.launcher ray against a real single-node Ray cluster (tests/ray_cluster.py: its own
+    network namespace, the job API bridged to loopback). A run submitted as a Ray job trains the same
+    adapter files (the job's log carries the child's progress protocol back); a run stopped by the
+    daemon stops its job on the cluster; a cluster that cannot be reached fails the attempt with the
+    reason, and the training job would retry it."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray_cluster import RayCluster, namespaces_available
+
+    if (why := namespaces_available()) is not None:
+        pytest.skip(f"a loopback-only Ray cluster needs a network namespace: {why}")
+    from evolvd.training.launchers import RayLauncher
+
+    buffer = _buffer_with_examples(tmp_path / "b.duckdb")
+    snapshot = freeze_snapshot(buffer.cursor(), tmp_path / "datasets", 0.6, 0.0, heldout_percent=10)
+    assert snapshot is not None
+    hp = Hyperparameters(max_steps=2, batch_size=2, max_length=96, dpo_steps=0)
+    (tmp_path / "cluster").mkdir()
+    cluster = RayCluster(tmp_path / "cluster").start()
+    try:
+        launcher = RayLauncher(cluster.address, sys.executable, processes=1, num_cpus=1, gpus=0)
+        runner = TrainingRunner(
+            buffer, tmp_path / "runs", base_model.path, base_model.content_hash, None, 600, launcher=launcher
+        )
+        seen: list[dict[str, object]] = []
+        watcher = threading.Thread(target=lambda: seen.append(_active_when_training(runner)), daemon=True)
+        watcher.start()
+        outcome = runner.run(snapshot, hp, 1, None, threading.Event(), use_pairs=False)
+        log = (tmp_path / "runs" / outcome.run_id / "trainer.log").read_text()[-3000:]
+        assert outcome.succeeded, f"{outcome.reason}\n{log}"
+        assert outcome.adapter_path is not None and outcome.metrics["sft_steps"] == 2
+        check_adapter(outcome.adapter_path, base_model.path, max_rank=16)
+        watcher.join(timeout=10)
+        (active,) = seen
+        assert active["pid"] is None and str(active["job_id"]).startswith(f"evolvd-{outcome.run_id}-")
+        jobs = JobSubmissionClient(cluster.address)
+        assert jobs.get_job_status(str(active["job_id"])) == JobStatus.SUCCEEDED
+
+        stop = threading.Event()
+
+        def stop_once_submitted() -> None:
+            _active_when_training(runner)
+            stop.set()  # as the daemon's shutdown does
+
+        threading.Thread(target=stop_once_submitted, daemon=True).start()
+        stopped = runner.run(snapshot, hp, 2, None, stop, use_pairs=False)
+        assert not stopped.succeeded and stopped.reason is not None and "daemon stopping" in stopped.reason
+        (second,) = [j for j in jobs.list_jobs() if (j.metadata or {}).get("evolvd_run") == stopped.run_id]
+        assert second.status == JobStatus.STOPPED
+    finally:
+        cluster.stop()
+
+    unreachable = RayLauncher(cluster.address, sys.executable, processes=1, num_cpus=1, gpus=0)
+    runner = TrainingRunner(
+        buffer, tmp_path / "runs", base_model.path, base_model.content_hash, None, 600, launcher=unreachable
+    )
+    failed = runner.run(snapshot, hp, 3, None, threading.Event(), use_pairs=False)
+    assert not failed.succeeded and failed.reason is not None
+    assert failed.reason.startswith("could not start the trainer:") and cluster.address in failed.reason
+    rows = buffer.cursor().execute("SELECT status FROM runs ORDER BY attempt").fetchall()
+    assert rows == [("succeeded",), ("failed",), ("failed",)]
+    buffer.close()
+
+
+def _active_when_training(runner: TrainingRunner) -> dict[str, object]:
+    """What the status page shows of the run in flight, once there is one (bounded wait)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (active := runner.active()) is not None:
+            return active
+        time.sleep(0.1)
+    raise AssertionError("no run became active within 120 s")
+
+
 def _kill_when_training(runner: TrainingRunner) -> None:
     """SIGKILL the child once it has loaded the model (bounded wait)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         child = runner.current
         if child is not None:
+            assert isinstance(child, LocalTrainer)
             time.sleep(4)  # inside model loading or the first steps
             child.kill()
             return
@@ -210,6 +288,7 @@ import sys, threading, time
 from pathlib import Path
 from evolvd.buffer import DuckDBBuffer
 from evolvd.metrics import TrainingMetrics, new_registry
+from evolvd.training.launchers import LocalTrainer
 from evolvd.training.runner import MlflowTarget, TrainingRunner
 from evolvd.training.snapshot import freeze_snapshot
 from evolvd.training.spec import Hyperparameters

@@ -224,20 +224,21 @@ def _critique_and_refine(
     if policy.critique_examples:
         result.judge_examples = [
             (critique_prompt(result.prompt, result.samples[c.sample_index].text, principles), completion)
-            for c in _accepted_critiques(result, policy.pair_min_margin)
+            for c in _accepted_critiques(result)
             if c.sample_index is not None and (completion := _as_completion(c)) is not None
         ]
 
 
-def _accepted_critiques(result: LabelResult, margin: float) -> list[Critique]:
+def _accepted_critiques(result: LabelResult) -> list[Critique]:
     """The critiques whose judgement the vote bears out (SELF's meta-skill data, filtered without
-    labels): the winning answer's and a minority answer's critiques when the winner's score is at
-    least `margin` above the minority's (the critic ranked them as the vote did), and the critique
-    whose refinement was accepted (its advice made a better answer that still agrees with the vote)."""
+    labels): the winning answer's and a minority answer's critiques when the winner scored higher
+    (the critic ranked them as the vote did; G-Eval scores are fractional, so the order, not a
+    preference pair's margin, is the test), and the critique whose refinement was accepted (its
+    advice made a better answer that still agrees with the vote)."""
     accepted: list[Critique] = []
     if len(result.critiques) == 2:
         winner, minority = (c.score.value for c in result.critiques)
-        if winner is not None and minority is not None and winner - minority >= margin:
+        if winner is not None and minority is not None and winner > minority:
             accepted.extend(result.critiques)
     if result.refinement is not None and result.refinement.accepted and not accepted:
         accepted.append(result.critiques[0])

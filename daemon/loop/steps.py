@@ -25,6 +25,7 @@ from evolvd.policies.engine import PolicyEngine
 from evolvd.policies.loader import safety_anchor_examples
 from evolvd.serving.registry import AdapterRegistry
 from evolvd.serving.service import ADAPTER_STORE_DIR, ServingService, SwapError
+from evolvd.training.launchers import launcher_for
 from evolvd.training.runner import MlflowTarget, TrainingRunner
 from evolvd.training.runs import RunStore
 from evolvd.training.snapshot import Snapshot, freeze_snapshot, stale_dataset_files, stored_snapshot
@@ -123,6 +124,7 @@ class Loop:
             assert self._serving is not None
             base = self._serving.started_base()
             training = self._config.training
+            processes = training.processes if training.launcher != "local" else 1
             self.runner = TrainingRunner(
                 self._buffer,
                 self._config.data_dir / "runs",
@@ -133,7 +135,8 @@ class Loop:
                 mlflow=MlflowTarget(training.mlflow_tracking_uri, training.mlflow_experiment)
                 if training.mlflow_tracking_uri
                 else None,
-                processes=training.processes if training.launcher == "torchrun" else 1,
+                processes=processes,
+                launcher=launcher_for(training, processes),
             )
         return self.runner
 

@@ -6,16 +6,14 @@ read, and the daemon keeps serving. Retries are the training job's decision (wit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +23,7 @@ from evolvd.buffer import Buffer
 from evolvd.lifeline import child_environment
 from evolvd.metrics import TrainingMetrics
 from evolvd.training.child import PROGRESS_PREFIX
+from evolvd.training.launchers import Launcher, LocalLauncher, Trainer
 from evolvd.training.runs import RunStore
 from evolvd.training.snapshot import Snapshot
 from evolvd.training.spec import Hyperparameters, TrainSpec
@@ -76,26 +75,30 @@ class TrainingRunner:
         python: str = sys.executable,
         mlflow: MlflowTarget | None = None,
         processes: int = 1,
+        launcher: Launcher | None = None,
     ) -> None:
         """`mlflow`: (tracking URI, experiment) to log each run to as well (training.mlflow_*).
-        `processes`: data-parallel ranks under torchrun (evolvd.training.launch); 1 runs the child alone."""
+        `processes`: data-parallel ranks (torchrun); 1 runs the child alone. `launcher`: where the
+        trainer runs (evolvd.training.launchers; default: a child of this process)."""
         self._mlflow = mlflow
         self._processes = processes
+        self._launcher = launcher or LocalLauncher(python, processes)
         self._runs = RunStore(buffer)
         self._runs_dir = runs_dir
         self._base_model = base_model
         self._base_model_hash = base_model_hash
         self._metrics = metrics
         self._timeout_s = timeout_s
-        self._python = python
-        self.current: subprocess.Popen[str] | None = None
-        """The child while a run is in flight (tests kill it to prove a crash is survived)."""
+        self.current: Trainer | None = None
+        """The trainer while a run is in flight (tests kill it to prove a crash is survived)."""
         self.current_run_id: str | None = None
 
     def active(self) -> dict[str, Any] | None:
-        """The run in flight and its trainer's PID (for the status page), or None."""
-        child, run_id = self.current, self.current_run_id
-        return None if child is None or run_id is None else {"run_id": run_id, "pid": child.pid}
+        """The run in flight and its trainer's PID or cluster job (for the status page), or None."""
+        trainer, run_id = self.current, self.current_run_id
+        if trainer is None or run_id is None:
+            return None
+        return {"run_id": run_id, "pid": trainer.pid, "job_id": trainer.job_id}
 
     def run(
         self,
@@ -182,41 +185,31 @@ class TrainingRunner:
             "TOKENIZERS_PARALLELISM": "false",
         }
         spec_path = str(run_dir / "spec.json")
-        command = (
-            [self._python, "-m", "evolvd.training.child", spec_path]
-            if self._processes == 1
-            else [self._python, "-m", "evolvd.training.launch", str(self._processes), spec_path]
-        )
         with open(log_path, "w") as log:
-            child = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env=env,
-                start_new_session=True,  # its own process group: a kill takes its helpers too
-            )
-            self.current, self.current_run_id = child, spec.run_id
+            try:
+                trainer = self._launcher.start(spec_path, spec.run_id, log, env)
+            except Exception as exc:  # a cluster that refuses the job fails this attempt
+                return False, f"could not start the trainer: {exc}", {}
+            self.current, self.current_run_id = trainer, spec.run_id
             state: dict[str, Any] = {"error": None, "metrics": {}, "progress": {}, "ranks": {}}
             reader = threading.Thread(
-                target=self._read_progress, args=(child.stdout, log, spec.run_id, state), daemon=True
+                target=self._read_progress, args=(trainer.lines(), log, spec.run_id, state), daemon=True
             )
             reader.start()
             deadline = time.monotonic() + self._timeout_s
             timed_out = stopped = False
-            while child.poll() is None:
+            while trainer.poll() is None:
                 if stop.wait(0.5):
                     stopped = True
                 elif time.monotonic() > deadline:
                     timed_out = True
                 else:
                     continue
-                self._kill(child)
+                trainer.stop()
                 break
-            child.wait()
+            returncode = trainer.wait()
             reader.join(timeout=10)
-            if child.stdout is not None:
-                child.stdout.close()
+            trainer.close()
             self.current = self.current_run_id = None
         if stopped:
             return (
@@ -230,9 +223,10 @@ class TrainingRunner:
                 f"trainer timed out after {self._timeout_s:.0f} s (training.timeout_s)",
                 state["progress"],
             )
-        if child.returncode == 0 and state["metrics"]:
+        if returncode == 0 and state["metrics"]:
             return self._ranks_agree(state["metrics"], state["ranks"])
-        return False, _exit_reason(child.returncode, state["error"]), state["progress"]
+        reason = state["error"] or trainer.failure()
+        return False, _exit_reason(returncode, reason), state["progress"]
 
     def _ranks_agree(
         self, metrics: dict[str, Any], digests: dict[int, str]
@@ -247,15 +241,7 @@ class TrainingRunner:
             return False, f"the {self._processes} ranks ended with different LoRA weights", metrics
         return True, None, metrics
 
-    @staticmethod
-    def _kill(child: subprocess.Popen[str]) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-
-    def _read_progress(
-        self, stream: IO[str] | None, log: IO[str], run_id: str, state: dict[str, Any]
-    ) -> None:
-        assert stream is not None
+    def _read_progress(self, stream: Iterator[str], log: IO[str], run_id: str, state: dict[str, Any]) -> None:
         last_row_update = 0.0
         for line in stream:
             if not line.startswith(PROGRESS_PREFIX):
