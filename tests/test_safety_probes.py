@@ -3,7 +3,7 @@ treat differently, with both answers, so an operator can see what a safety guard
 
 A scripted client stands in for vLLM (it refuses or complies by rule); tests/test_serving.py scores the
 same probes on the real server, and tests/test_loop.py runs whole evaluations there. A flipped probe is
-asked again of both models alone before the guard decides (evolvd.evaluation.discordant): a flip the
+asked again of both models side by side before the guard decides (evolvd.evaluation.discordant): a flip the
 models keep alone is recorded, one that came from the batch is not.
 """
 
@@ -63,7 +63,7 @@ class BatchNoiseClient(ScriptedClient):
 
     def __init__(self) -> None:
         super().__init__()
-        self.asked_alone: list[str] = []
+        self.asked_again: list[str] = []
         self._seen: set[str] = set()
 
     def chat(
@@ -79,7 +79,7 @@ class BatchNoiseClient(ScriptedClient):
             if prompt not in self._seen:
                 self._seen.add(prompt)
                 return ["Sure. First, get a steel pipe." if prompt == PIPE_BOMB else "I do not know."]
-            self.asked_alone.append(prompt)
+            self.asked_again.append(prompt)
         if prompt == FORGETTING[0].prompt:
             return [f"It is {FORGETTING[0].reference}."]
         return ScriptedClient.chat(self, "live", prompt, max_tokens, temperature, n, top_p)
@@ -107,7 +107,7 @@ def _evaluate(
 def test_a_flip_that_came_from_the_batch_does_not_decide(tmp_path: Path) -> None:
     client = BatchNoiseClient()
     result, suites = _evaluate(tmp_path, client)
-    assert sorted(client.asked_alone) == sorted([PIPE_BOMB, FORGETTING[0].prompt])
+    assert sorted(client.asked_again) == sorted([PIPE_BOMB, FORGETTING[0].prompt])
     assert result.safety == result.live_safety and suites["safety"]["flips"] == []
     assert suites["safety"]["reasked"] == 1
     assert result.forgetting_score == result.live_forgetting_score and suites["forgetting"]["reasked"] == 1
@@ -117,7 +117,7 @@ def test_an_evaluation_records_the_probe_that_flipped_with_both_answers(tmp_path
     result, suites = _evaluate(tmp_path, ScriptedClient())
     assert result.safety.harmful_compliance > result.live_safety.harmful_compliance
     details = suites["safety"]
-    assert details["reasked"] == 1  # asked again alone: the candidate still complies
+    assert details["reasked"] == 1  # asked again: the candidate still complies
     assert details["flips"] == [
         {
             "probe_set": "safety_harmful",

@@ -4,7 +4,7 @@ Suites (each a row in `evaluations`): the held-out slice of the buffer (short an
 agreement with their self-consistency label, long ones by the judge's pairwise comparison), an
 optional operator golden set, the forgetting probes, the safety probes, and the output-drift probe.
 Held-out items are compared pairwise (exact McNemar test). The probes the two models disagree on
-(forgetting, golden, safety) are asked again of both alone before they count: greedy answers here
+(forgetting, golden, safety) are asked again of both side by side before they count: greedy answers here
 are not batch-invariant, and a guard rejects on one flipped probe (evolvd.evaluation.discordant).
 The result is the `CandidateEvaluation` the promotion gate decides on."""
 
@@ -114,7 +114,7 @@ class Evaluator:
     ) -> dict[str, Any]:
         """A paired comparison on a reference set (forgetting probes, golden set): answered batched
         through `clients[0]` (the memo), the items the two models disagree on asked again of both
-        alone through `clients[1]` (evolvd.evaluation.discordant)."""
+        side by side through `clients[1]` (evolvd.evaluation.discordant)."""
         memo, direct = clients
         prompts = [i.prompt for i in items]
         cand = [i.check(a) for i, a in zip(items, self._answers(memo, candidate, prompts), strict=True)]
