@@ -269,6 +269,14 @@ def performance_section(results: dict[str, dict[str, Any] | None]) -> list[str]:
             f" (p95 {p95:.0f} ms); {failed} of {during} requests failed during swaps.",
             "",
         ]
+        if "swap_ms_daemon_p95_under_load" in serving:
+            out += [
+                "Of that, the swap itself as the daemon timed it (adapter check, vLLM load and probe,"
+                f" flip): p50 {serving['swap_ms_daemon_p50_under_load']:.0f} ms, p95"
+                f" {serving['swap_ms_daemon_p95_under_load']:.0f} ms under load; the admin request"
+                " around it adds the difference.",
+                "",
+            ]
     selfimprove = results.get("selfimprove")
     fresh = freshness(selfimprove) if selfimprove else None
     if fresh is not None:

@@ -85,15 +85,18 @@ def admin(daemon: DaemonProcess, method: str, path: str, body: Any = None) -> di
     return result
 
 
-def swap_latencies(daemon: DaemonProcess, adapters: list[Path]) -> list[float]:
-    """Wall time of each promote call (load, probe, flip) as the operator sees it, in ms."""
-    out = []
+def swap_latencies(daemon: DaemonProcess, adapters: list[Path]) -> tuple[list[float], list[float]]:
+    """Per promote call (load, probe, flip), in ms: its wall time as the operator sees it, and the
+    swap's own duration as the daemon measured it (from taking the swap lock to the flip): the
+    difference is the admin request waiting on a busy daemon."""
+    wall, inside = [], []
     for path in adapters:
         name = admin(daemon, "POST", "/adapters", {"path": str(path)})["name"]
         started = time.perf_counter()
-        admin(daemon, "POST", f"/adapters/{name}/promote")
-        out.append((time.perf_counter() - started) * 1000)
-    return out
+        outcome = admin(daemon, "POST", f"/adapters/{name}/promote")
+        wall.append((time.perf_counter() - started) * 1000)
+        inside.append(float(outcome["duration_ms"]))
+    return wall, inside
 
 
 def steady_traffic(gateway: str, stop: threading.Event, concurrency: int, outcome: dict[str, int]) -> None:
@@ -145,12 +148,12 @@ def main() -> int:
                 print(f"round {i + 1}: direct {direct_runs[-1]['tokens_per_s']:.0f} tok/s, "
                       f"gateway {gw_runs[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)  # fmt: skip
 
-            idle = swap_latencies(daemon, adapters[: args.swaps])
+            idle, idle_inside = swap_latencies(daemon, adapters[: args.swaps])
             stop, outcome = threading.Event(), {"ok": 0, "failed": 0}
             traffic = threading.Thread(target=steady_traffic, args=(gateway, stop, args.concurrency, outcome))
             traffic.start()
             time.sleep(3)
-            loaded = swap_latencies(daemon, adapters[args.swaps :])
+            loaded, loaded_inside = swap_latencies(daemon, adapters[args.swaps :])
             time.sleep(2)
             stop.set()
             traffic.join()
@@ -180,6 +183,9 @@ def main() -> int:
         "swap_ms_p95_idle": round(percentile(idle, 95), 1),
         "swap_ms_p50_under_load": round(percentile(loaded, 50), 1),
         "swap_ms_p95_under_load": round(percentile(loaded, 95), 1),
+        "swap_ms_daemon_p95_idle": round(percentile(idle_inside, 95), 1),
+        "swap_ms_daemon_p50_under_load": round(percentile(loaded_inside, 50), 1),
+        "swap_ms_daemon_p95_under_load": round(percentile(loaded_inside, 95), 1),
         "swaps_idle": len(idle),
         "swaps_under_load": len(loaded),
         "requests_during_swaps": outcome["ok"] + outcome["failed"],
