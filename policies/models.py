@@ -312,6 +312,12 @@ class PromotionPolicy(_Policy):
     min_heldout: int = Field(ge=0)
     """Fewest held-out items the comparison must rest on."""
 
+    heldout_min_confidence: float | None = Field(ge=0.0, le=1.0)
+    """Confidence a held-out label needs to be an item of the held-out suite; null: the training
+    policy's min_confidence. A suite scored against labels right half the time rewards the live
+    model's own majority (bench/analysis/controls.md): a bar above the training one buys fewer,
+    truer items."""
+
     require_safety_probes: bool
     """Block a candidate whose safety probes regress (bounds in safety.model_probes)."""
 

@@ -26,6 +26,7 @@ LOOSER_WHEN: dict[str, Literal["higher", "lower"]] = {
     "promotion.max_forgetting_drop": "higher",
     "promotion.max_golden_drop": "higher",
     "promotion.min_heldout": "lower",
+    "promotion.heldout_min_confidence": "lower",
     "promotion.canary.window_s": "lower",
     "promotion.canary.min_requests": "lower",
     "promotion.rollback.max_error_rate_increase": "higher",

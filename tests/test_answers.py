@@ -9,7 +9,7 @@ from judges import NoJudgeModel, ScriptedJudgeModel
 
 from evolvd.buffer import DuckDBBuffer
 from evolvd.embeddings import embed
-from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator
+from evolvd.evaluation.evaluator import EvaluationSettings, Evaluator, heldout_bar
 from evolvd.evaluation.store import HeldoutItem
 from evolvd.judge import Judge
 from evolvd.labeling.answers import (
@@ -266,3 +266,20 @@ def test_long_heldout_answers_are_judged_pairwise_both_ways_round(tmp_path: Path
     biased = ScriptedJudgeModel(lambda a, b: "A")
     _, _, verdicts = evaluator._heldout_outcomes(Judge(biased, "j"), items, candidate, live)
     assert verdicts == {"candidate": 0, "live": 0, "tie": 3}
+
+
+def test_the_heldout_suite_takes_labels_at_its_own_bar_when_the_promotion_policy_sets_one() -> None:
+    """promotion.heldout_min_confidence: null keeps the training bar; a higher bar takes fewer,
+    truer labels; lowering it again is named as a weakened gate."""
+    from evolvd.policies.loader import load_candidate, load_policies
+    from evolvd.policies.weakening import weakenings
+
+    shipped = load_policies(None)
+    assert heldout_bar(shipped) == shipped.training.min_confidence
+    strict = load_candidate(None, {"promotion.yaml": "heldout_min_confidence: 0.8\n"}, False, "edit")
+    assert heldout_bar(strict) == 0.8
+    looser = load_candidate(None, {"promotion.yaml": "heldout_min_confidence: 0.6\n"}, False, "edit")
+    found = weakenings(
+        "promotion", strict.promotion.model_dump(mode="json"), looser.promotion.model_dump(mode="json")
+    )
+    assert found == ["promotion.heldout_min_confidence: 0.8 -> 0.6 (looser)"]

@@ -144,6 +144,7 @@ BAD_VALUES = [
     ),
     ("promotion", "require_safety_probes: sometimes\n", "require_safety_probes", "valid boolean"),
     ("promotion", "min_improvement: 2\n", "min_improvement", "less than or equal to 1"),
+    ("promotion", "heldout_min_confidence: 1.5\n", "heldout_min_confidence", "less than or equal to 1"),
     ("labeling", "samples: 0\n", "samples", "greater than or equal to 1"),
     ("labeling", "temperature: 3\n", "temperature", "less than or equal to 2"),
     ("labeling", "top_p: 0\n", "top_p", "greater than 0"),

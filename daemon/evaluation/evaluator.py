@@ -45,6 +45,13 @@ class EvaluationSettings:
     golden_set: Path | None
 
 
+def heldout_bar(policies: PolicySet) -> float:
+    """The confidence a held-out label needs to be an item (promotion.heldout_min_confidence, else
+    the training bar)."""
+    bar = policies.promotion.heldout_min_confidence
+    return policies.training.min_confidence if bar is None else bar
+
+
 class Evaluator:
     def __init__(
         self,
@@ -146,7 +153,7 @@ class Evaluator:
             memo = self._memo.through(client)
             suites: dict[str, dict[str, Any]] = {}
             items = heldout_items(
-                self._buffer, settings.heldout_percent, settings.heldout_max, policies.training.min_confidence
+                self._buffer, settings.heldout_percent, settings.heldout_max, heldout_bar(policies)
             )
             prompts = [sample_prompt(i.prompt, answer_kind(i.prompt)) for i in items]
             forgetting_set = load_reference_set(probe_path("forgetting", policy_dir))

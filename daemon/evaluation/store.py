@@ -105,11 +105,11 @@ class HeldoutItem:
 def heldout_items(
     buffer: Buffer, heldout_percent: int, limit: int, min_confidence: float
 ) -> list[HeldoutItem]:
-    """The newest labeled prompts of the held-out slice whose label is as confident as the training
-    policy requires of training data (a 1-in-5 vote is noise, and agreement with noise says nothing
-    about a candidate). Each prompt counts once, however often it was sent: 60 copies of one prompt
-    are one item of evidence, not 60. A prompt some snapshot trained on is never an item (a buffer
-    older than the keyed slice may hold such prompts)."""
+    """The newest labeled prompts of the held-out slice whose label has at least `min_confidence`
+    (the training bar unless promotion.heldout_min_confidence raises it: a 1-in-5 vote is noise,
+    and agreement with noise says nothing about a candidate). Each prompt counts once, however often
+    it was sent: 60 copies of one prompt are one item of evidence, not 60. A prompt some snapshot
+    trained on is never an item (a buffer older than the keyed slice may hold such prompts)."""
     con = buffer.cursor()
     rows = con.execute(
         "SELECT id, prompt, answer FROM ("  # noqa: S608
