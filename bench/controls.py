@@ -24,6 +24,7 @@ over the evaluations, the share whose held-out delta (candidate - live, the daem
 against its vote labels) has the sign of the gold-accuracy delta on the same items and answers.
 
     python bench/controls.py [--small] [--attach-vllm URL MODEL_PATH] [--bootstrap-servers HOST:PORT]
+                             [--heldout-min-confidence BAR]
 
 Writes bench/results/controls.json (--small: controls-small.json). Exits 1 when a control fails or
 the sign agreement is under 0.8 (full run only: a small run checks the harness, not the verdicts).
@@ -257,6 +258,15 @@ def held_out_split(key: str, facts: Sequence[Fact]) -> tuple[list[Fact], list[Fa
     ]
 
 
+def write_policies(folder: Path, heldout_min_confidence: float | None) -> None:
+    """The daemon's policy directory: the harness's labeling policy, and (an experiment beside the
+    shipped policy) a held-out label bar of its own."""
+    folder.mkdir()
+    (folder / "labeling.yaml").write_text(LABELING)
+    if heldout_min_confidence is not None:
+        (folder / "promotion.yaml").write_text(f"heldout_min_confidence: {heldout_min_confidence}\n")
+
+
 def experiment(args: argparse.Namespace, training: TrainingConfig) -> dict[str, Any]:
     policies = load_candidate(None, {"labeling.yaml": LABELING}, False, "bench")
     facts = draw(FAMILY, 12 if args.small else 10_000)
@@ -267,8 +277,7 @@ def experiment(args: argparse.Namespace, training: TrainingConfig) -> dict[str, 
         buffer = DuckDBBuffer(work / "data" / "buffer.duckdb")
         heldout, trainable = held_out_split(buffer_key(buffer.cursor(), HELDOUT_KEY), facts)
         buffer.close()
-        (work / "policies").mkdir()
-        (work / "policies" / "labeling.yaml").write_text(LABELING)
+        write_policies(work / "policies", args.heldout_min_confidence)
         topic = f"controls-{os.getpid()}"
         env = daemon_env(servers, topic, work / "policies", args.concurrency)
         if args.attach_vllm:
@@ -332,7 +341,9 @@ def experiment(args: argparse.Namespace, training: TrainingConfig) -> dict[str, 
             "training_prompts": len(trainable),
             "heldout_percent": HELDOUT_PERCENT,
             "heldout_max": HELDOUT_MAX,
-            "promotion_policy": "shipped",
+            "promotion_policy": "shipped"
+            if args.heldout_min_confidence is None
+            else f"shipped, heldout_min_confidence {args.heldout_min_confidence}",
             "small": args.small,
             "max_steps": training.max_steps,
             "replay_share": REPLAY_SHARE if args.replay else 0.0,
@@ -355,6 +366,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
         "--no-replay", dest="replay", action="store_false", help="train on the family's examples alone"
+    )
+    parser.add_argument(
+        "--heldout-min-confidence",
+        type=float,
+        help="an experiment beside the shipped policy: the held-out suite's own label bar",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
