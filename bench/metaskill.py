@@ -89,8 +89,9 @@ def answer_pair(fact: Fact, texts: Sequence[str]) -> AnswerPair | None:
     """One gold-right and one gold-wrong answer among `texts` (an answer that asserts nothing is
     neither), or None when the samples lack either."""
     kind = answer_kind(fact.prompt)
-    right = [t for t in texts if fact.is_right(extract(t, kind, fact.prompt))]
-    wrong = [t for t in texts if (a := extract(t, kind, fact.prompt)) is not None and not fact.is_right(a)]
+    read = [(t, extract(t, kind, fact.prompt)) for t in texts]
+    right = [t for t, answer in read if fact.is_right(answer)]
+    wrong = [t for t, answer in read if answer is not None and not fact.is_right(answer)]
     return AnswerPair(fact, right[0], wrong[0]) if right and wrong else None
 
 

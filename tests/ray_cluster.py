@@ -18,7 +18,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,10 @@ from pathlib import Path
 
 import httpx
 
+from evolvd.connectors.embedded_broker import free_port
+
 BRIDGE = Path(__file__).with_name("unix_bridge.py")
 DASHBOARD_PORT = 8265
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def namespaces_available() -> str | None:
@@ -54,7 +48,7 @@ class RayCluster:
         self.folder = folder
         self._short = Path(tempfile.mkdtemp(prefix="ray-"))
         self.socket = self._short / "dashboard.sock"
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"http://127.0.0.1:{self.port}"
         self._inside: subprocess.Popen[bytes] | None = None
         self._bridge: subprocess.Popen[bytes] | None = None

@@ -223,31 +223,26 @@ def _critique_and_refine(
             result.pair = Pair(chosen_text, rejected_text, chosen_score, rejected.score.value, "critique")
     if policy.critique_examples:
         result.judge_examples = [
-            (critique_prompt(result.prompt, result.samples[c.sample_index].text, principles), completion)
-            for c in _accepted_critiques(result)
-            if c.sample_index is not None and (completion := _as_completion(c)) is not None
+            (critique_prompt(result.prompt, result.samples[i].text, principles), critique_completion(text, s))
+            for i, text, s in _accepted_critiques(result)
         ]
 
 
-def _accepted_critiques(result: LabelResult) -> list[Critique]:
+def _accepted_critiques(result: LabelResult) -> list[tuple[int, str, float]]:
     """The critiques whose judgement the vote bears out (SELF's meta-skill data, filtered without
     labels): the winning answer's and a minority answer's critiques when the winner scored higher
     (the critic ranked them as the vote did; G-Eval scores are fractional, so the order, not a
     preference pair's margin, is the test), and the critique whose refinement was accepted (its
-    advice made a better answer that still agrees with the vote)."""
-    accepted: list[Critique] = []
-    if len(result.critiques) == 2:
-        winner, minority = (c.score.value for c in result.critiques)
-        if winner is not None and minority is not None and winner > minority:
-            accepted.extend(result.critiques)
-    if result.refinement is not None and result.refinement.accepted and not accepted:
-        accepted.append(result.critiques[0])
-    return accepted
-
-
-def _as_completion(critique: Critique) -> str | None:
-    value = critique.score.value
-    return None if value is None else critique_completion(critique.text, value)
+    advice made a better answer that still agrees with the vote). Each as (sample index, critique,
+    score): both are critiques of samples, and both have a score."""
+    scored: list[tuple[int, str, float]] = []
+    for c in result.critiques:  # the winner's critique first, then the minority answer's
+        if c.sample_index is not None and c.score.value is not None:
+            scored.append((c.sample_index, c.text, c.score.value))
+    if len(scored) == 2 and scored[0][2] > scored[1][2]:
+        return scored
+    refined = result.refinement is not None and result.refinement.accepted
+    return scored[:1] if refined else []  # a refinement is only written from a scored first critique
 
 
 def _vote_pair(samples: Sequence[Sample], vote: Vote, best: int, min_margin: int) -> Pair | None:

@@ -141,21 +141,17 @@ class RayJob:
     def __init__(self, client: JobSubmissionClient, job_id: str, address: str) -> None:
         self._client = client
         self._address = address
+        self._job = job_id
         self.job_id: str | None = job_id
 
     def _status(self) -> str:
-        return str(self._client.get_job_status(self._id).value)
-
-    @property
-    def _id(self) -> str:
-        assert self.job_id is not None
-        return self.job_id
+        return str(self._client.get_job_status(self._job).value)
 
     def lines(self) -> Iterator[str]:
         read, pending = 0, ""
         while True:
             ended = self.poll() is not None  # before the read, so the last read has every line
-            text = self._client.get_job_logs(self._id)
+            text = self._client.get_job_logs(self._job)
             pending += text[read:]
             read = len(text)
             *complete, pending = pending.split("\n")
@@ -177,7 +173,7 @@ class RayJob:
 
     def stop(self) -> None:
         try:
-            self._client.stop_job(self._id)
+            self._client.stop_job(self._job)
         except Exception as exc:  # the job may be gone with its cluster: say so, go on
             logger.warning("could not stop Ray job %s at %s: %s", self.job_id, self._address, exc)
 
@@ -190,7 +186,7 @@ class RayJob:
         return code
 
     def failure(self) -> str | None:
-        info = self._client.get_job_info(self._id)
+        info = self._client.get_job_info(self._job)
         if info.status.value == "SUCCEEDED":
             return None
         first = (info.message or "no message").splitlines()[0]
