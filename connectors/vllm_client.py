@@ -83,9 +83,13 @@ def _error_text(response: httpx.Response) -> str:
 
 
 class VLLMClient:
-    def __init__(self, base_url: str, timeout_s: float = 30.0, api_key: str | None = None) -> None:
-        """`api_key`: the server's API key (vLLM's `--api-key`), sent as a bearer token."""
+    def __init__(
+        self, base_url: str, timeout_s: float = 30.0, api_key: str | None = None, health_path: str = "/health"
+    ) -> None:
+        """`api_key`: the server's API key (vLLM's `--api-key`), sent as a bearer token. `health_path`:
+        what `healthy` asks (a router in front of replicas may answer readiness elsewhere)."""
         self.base_url = base_url.rstrip("/")
+        self._health_path = health_path
         self.api_key = api_key
         limits = httpx.Limits(keepalive_expiry=CLIENT_KEEPALIVE_S)
         self._http = httpx.Client(
@@ -97,7 +101,7 @@ class VLLMClient:
 
     def healthy(self) -> bool:
         try:
-            return self._http.get("/health", timeout=5).status_code == 200
+            return self._http.get(self._health_path, timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
 

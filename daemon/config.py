@@ -203,7 +203,24 @@ class ServingConfig(_Section):
     """`managed`: evolvd starts and supervises vLLM; `external`: it only watches `url`."""
 
     url: str | None = None
-    """Base URL of an external vLLM OpenAI server (mode `external`)."""
+    """Base URL of an external vLLM OpenAI server (mode `external`), or of the router in front of a
+    fleet of replicas (`replica_urls`)."""
+
+    adapter_dir: Path | None = None
+    """Mode `external`: the adapter directory the replicas' filesystem LoRA resolver reads (their
+    `VLLM_LORA_RESOLVER_CACHE_DIR`, with `VLLM_PLUGINS=lora_filesystem_resolver`), shared with this
+    daemon. Registration publishes each adapter there by atomic rename and the replicas load it by name
+    on first use: no load call per replica (evolvd.serving.fleet). Unset: adapters are loaded through
+    vLLM's load endpoint into the one server at `url`."""
+
+    health_path: str = Field("/health", pattern=r"^/")
+    """What the daemon polls at `url` to know serving is up. vLLM: `/health`. vllm-router: `/readiness`
+    (ready while any replica is; its `/health` answers 503 while one replica of several is down)."""
+
+    replica_urls: list[str] = []
+    """Mode `external` with `adapter_dir`: the vLLM replicas behind the router at `url`. Every swap asks
+    each of them for the adapter directly and flips the alias only when all give the same greedy
+    answer. Empty: the server at `url` is the only replica."""
 
     model_path: Path | None = None
     """A local Hugging Face model folder; default: the bundled SmolLM2-135M, converted once."""
@@ -249,6 +266,20 @@ class ServingConfig(_Section):
     def _external_needs_url(self) -> ServingConfig:
         if self.mode == "external" and not self.url:
             raise ValueError("serving.mode external needs serving.url")
+        return self
+
+    @model_validator(mode="after")
+    def _fleet_is_external(self) -> ServingConfig:
+        if self.adapter_dir is not None and self.mode != "external":
+            raise ValueError(
+                "serving.adapter_dir is for replicas you run (serving.mode external): the managed vLLM"
+                " server gets its adapters through its load endpoint"
+            )
+        if self.replica_urls and self.adapter_dir is None:
+            raise ValueError(
+                "serving.replica_urls needs serving.adapter_dir: the replicas serve adapters from that"
+                " shared directory, so a swap reaches every one of them"
+            )
         return self
 
     @model_validator(mode="after")
@@ -644,6 +675,13 @@ class EvolvdConfig(BaseSettings):
     @property
     def buffer_path(self) -> Path:
         return self.buffer.path if self.buffer.path is not None else self.data_dir / "buffer.duckdb"
+
+    @property
+    def adapter_store_dir(self) -> Path:
+        """Where registered adapters are kept and served from: the fleet's shared `serving.adapter_dir`,
+        else `<data_dir>/adapters`."""
+        shared = self.serving.adapter_dir
+        return shared if shared is not None else self.data_dir / "adapters"
 
     @property
     def adapter_import_root(self) -> Path:

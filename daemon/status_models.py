@@ -108,6 +108,10 @@ class ServingStatus(Answer):
     previous: str | None = None
     canary: str | None = None
     loaded_adapters: list[str] = []
+    replicas: list[str] = []
+    """A fleet's replicas (serving.replica_urls), each checked on every swap; empty for one server."""
+    adapter_dir: str | None = None
+    """The fleet's shared adapter directory (serving.adapter_dir), where adapters are published."""
 
 
 # -- /status: the policies ---------------------------------------------------------------------

@@ -81,6 +81,13 @@ def test_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
         ("role: train\n", "role", "'all', 'ingest', 'label' or 'loop'"),
         ("training:\n  launcher: ray\n", "training", "needs training.ray_address"),
         ("training:\n  launcher: slurm\n", "training.launcher", "'local', 'torchrun' or 'ray'"),
+        ("serving:\n  adapter_dir: /srv/adapters\n", "serving", "replicas you run"),
+        (
+            "serving:\n  mode: external\n  url: http://r:8000\n  replica_urls: [http://a:8000]\n",
+            "serving",
+            "needs serving.adapter_dir",
+        ),
+        ("serving:\n  health_path: readiness\n", "serving.health_path", "pattern"),
     ],
 )
 def test_each_validator_rejects(tmp_path: Path, text: str, path: str, message: str) -> None:
@@ -136,6 +143,19 @@ def test_config_show_prints_effective_values(monkeypatch: pytest.MonkeyPatch) ->
     result = CliRunner().invoke(main, ["config", "show"])
     assert result.exit_code == 0, result.output
     assert "group_id: shown" in result.output
+
+
+def test_a_fleet_of_replicas_is_configured_in_external_mode(tmp_path: Path) -> None:
+    text = (
+        "serving:\n  mode: external\n  url: http://router:8000\n  adapter_dir: /srv/adapters\n"
+        "  replica_urls: [http://a:8000, http://b:8000]\n  health_path: /readiness\n"
+    )
+    serving = load_config(write(tmp_path, text)).serving
+    assert (serving.adapter_dir, serving.replica_urls) == (
+        Path("/srv/adapters"),
+        ["http://a:8000", "http://b:8000"],
+    )
+    assert serving.health_path == "/readiness"
 
 
 def test_a_managed_vllm_server_is_refused_beyond_loopback(tmp_path: Path) -> None:

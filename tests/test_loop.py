@@ -241,7 +241,7 @@ def test_daemon_killed_during_promotion_restarts_with_exactly_one_live_adapter(h
     candidate = wait_for(evaluated, "a new candidate to be evaluated", 600, 1.0, daemon)
     harness.admin("POST", "/jobs/training/pause")  # no further candidates: the end state is known
     assert harness.admin("POST", "/jobs/promotion/run")["started"]
-    time.sleep(0.3)  # inside the promotion: the swap (probe, flip, registry) takes about a second
+    time.sleep(0.3)  # at or just after the promotion: the candidate is loaded, so its swap is only a flip
     daemon.kill()
 
     restarted = DaemonProcess(daemon.data_dir, harness.env).start(timeout_s=180)

@@ -15,7 +15,7 @@ from adapters import make_adapter
 
 from evolvd.adapter_folder import ADAPTER_WEIGHTS, AdapterRejectedError
 from evolvd.buffer import DuckDBBuffer
-from evolvd.connectors.vllm_client import VLLMError
+from evolvd.connectors.vllm_client import ProbeResult, VLLMError
 from evolvd.metrics import ServingMetrics, new_registry
 from evolvd.serving.adapter_store import AdapterStore, check_import_path
 from evolvd.serving.hotswap import HotSwapper, SwapError
@@ -29,6 +29,7 @@ class LoraEndpoints:
     def __init__(self) -> None:
         self.loaded: set[str] = set()
         self.refuse: set[str] = set()
+        self.probes: list[str] = []
 
     def load_adapter(self, name: str, path: str) -> None:
         if name in self.refuse:
@@ -38,9 +39,11 @@ class LoraEndpoints:
     def unload_adapter(self, name: str) -> None:
         self.loaded.discard(name)
 
-    def probe(self, model: str, prompt: str, max_tokens: int = 1) -> None:
+    def probe(self, model: str, prompt: str, max_tokens: int = 1) -> ProbeResult:
+        self.probes.append(model)
         if model not in self.loaded:
             raise VLLMError(f"The model `{model}` does not exist.", 404)
+        return ProbeResult(model, "ready", 0.0)
 
     def restart(self) -> None:
         self.loaded.clear()
@@ -59,7 +62,7 @@ class Serving:
         self.router = Router("base", "evolvd")
         self.registry = AdapterRegistry(buffer)
         self.swapper = HotSwapper(
-            vllm,  # type: ignore[arg-type]
+            vllm,
             self.router,
             self.registry,
             AdapterStore(store),
@@ -156,6 +159,28 @@ def test_a_restarted_daemon_keeps_the_previous_adapter_for_rollback(
     third_again = Serving(buffer, vllm, base_model, tmp_path / "adapters")
     third_again.swapper.restore(second, third_again.registry.previous_live())
     assert (third_again.router.routing.live, third_again.router.routing.previous) == (second, None)
+
+
+def test_a_resident_adapter_swaps_without_a_second_probe_until_serving_restarts(
+    serving: tuple[Serving, LoraEndpoints, DuckDBBuffer], two_adapters: tuple[Path, Path]
+) -> None:
+    """The probe is what waits behind vLLM's queue under load: an adapter loaded (and probed) into this
+    serving process, as the loop's evaluated candidate or a canary is, is promoted by a flip."""
+    s, vllm, _ = serving
+    first = s.swapper.register(two_adapters[0])
+    second = s.swapper.register(two_adapters[1])
+    s.swapper.promote(first)
+    s.swapper.load_for_evaluation(second)
+    assert vllm.probes == [first, second]  # each probed once, when loaded
+    s.swapper.promote(second)
+    s.swapper.rollback("back to the previous adapter, still loaded")
+    assert vllm.probes == [first, second] and s.router.routing.live == first
+
+    vllm.restart()  # a new serving process: nothing it holds has been probed
+    s.swapper.reapply()
+    assert vllm.probes == [first, second, first]
+    s.swapper.promote(second)
+    assert vllm.probes == [first, second, first, second]
 
 
 def test_registration_serves_a_private_copy_and_refuses_weights_changed_after_it(

@@ -24,7 +24,7 @@ from evolvd.metrics import TrainingMetrics
 from evolvd.policies.engine import PolicyEngine
 from evolvd.policies.loader import safety_anchor_examples
 from evolvd.serving.registry import AdapterRegistry
-from evolvd.serving.service import ADAPTER_STORE_DIR, ServingService, SwapError
+from evolvd.serving.service import ServingService, SwapError
 from evolvd.training.launchers import launcher_for
 from evolvd.training.runner import MlflowTarget, TrainingRunner
 from evolvd.training.runs import RunStore
@@ -259,7 +259,7 @@ class Loop:
                 file.unlink()
                 removed += 1
         keep = self._serving.resident() if self._serving is not None else set()
-        store = self._config.data_dir / ADAPTER_STORE_DIR
+        store = self._config.adapter_store_dir
         for name, path, run_id in self._adapters.disposable(cfg.keep_adapters):
             if name in keep:  # never delete what serves
                 continue

@@ -18,8 +18,9 @@ from evolvd.http_server import HttpServer
 from evolvd.metrics import ServingMetrics
 from evolvd.secret_file import SecretFileError
 from evolvd.serving.adapter_store import AdapterStore, check_import_path
+from evolvd.serving.fleet import ReplicaFleet
 from evolvd.serving.gateway import Gateway
-from evolvd.serving.hotswap import HotSwapper, SwapError, SwapResult
+from evolvd.serving.hotswap import AdapterEndpoints, HotSwapper, SwapError, SwapResult
 from evolvd.serving.registry import AdapterRegistry, AdapterRow, AdapterStatus
 from evolvd.serving.routing import Router
 from evolvd.serving.self_refine import SelfRefiner
@@ -28,7 +29,7 @@ from evolvd.serving.supervisor import ServingStartError, ServingSupervisor
 from evolvd.serving.vllm_key import vllm_api_key
 from evolvd.status_models import BaseModelStatus, ServingStatus
 
-__all__ = ["ADAPTER_STORE_DIR", "ServingNotStartedError", "ServingService", "SwapError", "SwapResult"]
+__all__ = ["ServingNotStartedError", "ServingService", "SwapError", "SwapResult"]
 """The facade the loop and the admin API use; the swapper, router and supervisor stay inside serving."""
 
 logger = logging.getLogger("evolvd.serving")
@@ -52,7 +53,6 @@ def manual_promote_reason(name: str, row: AdapterRow | None, force: bool) -> str
 
 
 GATEWAY_URL_FILE = "gateway.url"
-ADAPTER_STORE_DIR = "adapters"
 
 
 class ServingNotStartedError(RuntimeError):
@@ -94,6 +94,7 @@ class ServingService:
         self._parts: StartedParts | None = None
         self._gateway: HttpServer | None = None
         self._capture: Publisher | None = None
+        self._fleet: ReplicaFleet | None = None
         self.served_stats = ServedStats()
         """Gateway outcomes per served model (what a canary is judged on)."""
 
@@ -116,11 +117,16 @@ class ServingService:
             on_waiting=self._on_waiting,
             output_to_stderr=cfg.logging.children == "stderr",
         )
+        endpoints: AdapterEndpoints = supervisor.client
+        if cfg.serving.adapter_dir is not None:
+            replicas = cfg.serving.replica_urls or [supervisor.url]
+            endpoints = self._fleet = ReplicaFleet(replicas, cfg.serving.adapter_dir, api_key)
+            logger.info("serving adapters from %s on %d replica(s)", cfg.serving.adapter_dir, len(replicas))
         swapper = HotSwapper(
-            supervisor.client,
+            endpoints,
             router,
             self.registry,
-            AdapterStore(cfg.data_dir / ADAPTER_STORE_DIR),
+            AdapterStore(cfg.adapter_store_dir),
             self.metrics,
             base.path,
             cfg.serving.max_lora_rank,
@@ -193,6 +199,8 @@ class ServingService:
             self._capture.close(timeout_s=10)
         if self._parts is not None:
             self._parts.supervisor.stop()
+        if self._fleet is not None:
+            self._fleet.close()
         self.metrics.up.set(0)
 
     # -- for the loop --------------------------------------------------------------------------
@@ -314,6 +322,8 @@ class ServingService:
                 previous=routing.previous,
                 canary=routing.canary,
                 loaded_adapters=sorted(parts.swapper.loaded),
+                replicas=self._fleet.replica_urls if self._fleet is not None else [],
+                adapter_dir=str(self._fleet.adapter_dir) if self._fleet is not None else None,
             )
         }
 

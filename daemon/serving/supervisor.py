@@ -115,7 +115,7 @@ class ServingSupervisor:
             if config.mode == "external" and config.url
             else f"http://{config.host}:{self.port}"
         )
-        self.client = VLLMClient(self.url, api_key=api_key)
+        self.client = VLLMClient(self.url, api_key=api_key, health_path=config.health_path)
 
     @property
     def managed(self) -> bool:

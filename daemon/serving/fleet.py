@@ -1,0 +1,96 @@
+"""Adapters served by a fleet of vLLM replicas that share one adapter directory.
+
+Every replica runs vLLM's filesystem LoRA resolver over the same directory (`VLLM_PLUGINS=
+lora_filesystem_resolver`, `VLLM_LORA_RESOLVER_CACHE_DIR=<serving.adapter_dir>`). Registration
+publishes an adapter there by an atomic rename of its uniquely named folder (evolvd.serving.
+adapter_store), so there is no load call per replica: the first request naming the adapter makes a
+replica load it, and a replica that restarts loads it again the same way. A router in front of the
+replicas (vllm-router) balances the traffic; the daemon's gateway and jobs talk to the router.
+
+Before the alias may point at an adapter, every replica is asked for it directly, and all must give
+the same greedy answer: a replica that cannot read the folder, or serves something else under the
+name, would otherwise answer a share of the alias traffic with the wrong model. The swap then flips
+the alias once for the whole fleet, and a rollback flips it back for the whole fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from evolvd.connectors.vllm_client import ProbeResult, VLLMClient, VLLMError
+
+logger = logging.getLogger("evolvd.fleet")
+
+CONSISTENCY_TOKENS = 8
+"""Greedy tokens compared across replicas: enough that two different adapters rarely agree."""
+
+
+class ReplicasDisagreeError(VLLMError):
+    """The replicas gave different greedy answers with one adapter (or some could not serve it)."""
+
+
+class ReplicaFleet:
+    """The swapper's adapter endpoints (evolvd.serving.hotswap.AdapterEndpoints) for a fleet."""
+
+    def __init__(
+        self, replica_urls: list[str], adapter_dir: Path, api_key: str | None, timeout_s: float = 60.0
+    ) -> None:
+        self.adapter_dir = adapter_dir
+        self._clients = [VLLMClient(url, timeout_s=timeout_s, api_key=api_key) for url in replica_urls]
+        self._pool = ThreadPoolExecutor(len(self._clients), thread_name_prefix="evolvd-fleet-probe")
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [c.base_url for c in self._clients]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for client in self._clients:
+            client.close()
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Nothing to send: the replicas resolve `name` from the shared directory on first use. Only
+        checks that the registered copy is published there under its name."""
+        folder = Path(path)
+        if folder.name != name or folder.resolve().parent != self.adapter_dir.resolve():
+            raise VLLMError(
+                f"adapter {name} is at {folder}, not published in the fleet's adapter directory"
+                f" {self.adapter_dir} under its name: the replicas' resolver cannot find it"
+            )
+
+    def probe(self, model: str, prompt: str, max_tokens: int = 1) -> ProbeResult:
+        """Every replica answers `prompt` greedily through `model`; all answers must be the same."""
+        tokens = max(max_tokens, CONSISTENCY_TOKENS)
+        futures = [self._pool.submit(c.probe, model, prompt, tokens) for c in self._clients]
+        answers: dict[str, str] = {}
+        failures: dict[str, str] = {}
+        results: list[ProbeResult] = []
+        for client, future in zip(self._clients, futures, strict=True):
+            try:
+                result = future.result()
+            except VLLMError as exc:
+                failures[client.base_url] = str(exc)
+                continue
+            answers[client.base_url] = result.text
+            results.append(result)
+        if failures:
+            listed = "; ".join(f"{url}: {why}" for url, why in failures.items())
+            raise ReplicasDisagreeError(
+                f"{len(failures)} of {len(self._clients)} replicas cannot serve {model}: {listed}"
+            )
+        if len(set(answers.values())) > 1:
+            listed = "; ".join(f"{url} {text!r}" for url, text in answers.items())
+            raise ReplicasDisagreeError(f"replicas give different greedy answers with {model}: {listed}")
+        return max(results, key=lambda r: r.latency_s)
+
+    def unload_adapter(self, name: str) -> None:
+        """Frees the adapter's slot on every replica that holds it (a replica that never resolved it
+        answers 404, which is fine); a later request naming it would resolve it again."""
+        for client in self._clients:
+            try:
+                client.unload_adapter(name)
+            except VLLMError as exc:
+                if exc.status != 404:
+                    logger.warning("could not unload %s from %s: %s", name, client.base_url, exc)

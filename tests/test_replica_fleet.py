@@ -1,0 +1,95 @@
+"""The fleet's swap check (evolvd.serving.fleet) against stand-ins for replicas that answer the probe
+as told; the real fleet (two vLLM replicas behind vllm-router) is tests/test_fleet.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from evolvd.connectors.vllm_client import VLLMError
+from evolvd.serving.fleet import ReplicaFleet, ReplicasDisagreeError
+
+
+class StandInReplica:
+    """Answers /v1/completions with `text` for known adapters, 404 otherwise; counts unloads."""
+
+    def __init__(self, text: str, known: set[str]) -> None:
+        self.text, self.known = text, known
+        self.unloaded: list[str] = []
+        replica = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                name = body.get("model") or body.get("lora_name")
+                if self.path == "/v1/unload_lora_adapter":
+                    replica.unloaded.append(name)
+                if name not in replica.known:
+                    self._answer(404, {"error": {"message": f"The model `{name}` does not exist."}})
+                elif self.path == "/v1/completions":
+                    self._answer(200, {"model": name, "choices": [{"text": replica.text}]})
+                else:
+                    self._answer(200, {})
+
+            def _answer(self, status: int, payload: dict[str, object]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[StandInReplica]]:
+    made = [StandInReplica("ready", {"a1"}), StandInReplica("ready", {"a1"})]
+    yield made
+    for replica in made:
+        replica.server.shutdown()
+        replica.server.server_close()
+
+
+def test_a_swap_needs_every_replica_to_give_the_same_greedy_answer(
+    replicas: list[StandInReplica], tmp_path: Path
+) -> None:
+    fleet = ReplicaFleet([r.url for r in replicas], tmp_path, None)
+    try:
+        assert fleet.probe("a1", "Reply with the word ready.").text == "ready"
+        replicas[1].text = "not ready at all"
+        with pytest.raises(ReplicasDisagreeError) as disagree:
+            fleet.probe("a1", "Reply with the word ready.")
+        assert "replicas give different greedy answers with a1" in str(disagree.value)
+        assert f"{replicas[0].url} 'ready'" in str(disagree.value)
+        assert f"{replicas[1].url} 'not ready at all'" in str(disagree.value)
+
+        replicas[1].known.clear()  # one replica cannot find the adapter (another folder, or none)
+        with pytest.raises(
+            ReplicasDisagreeError, match=f"1 of 2 replicas cannot serve a1: {replicas[1].url}"
+        ):
+            fleet.probe("a1", "Reply with the word ready.")
+
+        fleet.unload_adapter("a1")  # the one that never had it answers 404: not an error
+        assert [r.unloaded for r in replicas] == [["a1"], ["a1"]]
+    finally:
+        fleet.close()
+
+
+def test_only_an_adapter_published_in_the_shared_directory_under_its_name_is_servable(tmp_path: Path) -> None:
+    fleet = ReplicaFleet(["http://127.0.0.1:9"], tmp_path / "shared", None)  # asks no replica
+    fleet.load_adapter("a1", str(tmp_path / "shared" / "a1"))
+    with pytest.raises(VLLMError, match="not published in the fleet's adapter directory"):
+        fleet.load_adapter("a1", str(tmp_path / "elsewhere" / "a1"))
+    with pytest.raises(VLLMError, match="under its name"):
+        fleet.load_adapter("a1", str(tmp_path / "shared" / "a2"))
