@@ -113,8 +113,20 @@ class VLLMClient:
         return [m["id"] for m in response.json()["data"]]
 
     @_retry_connect
+    def _post_retrying(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return self._http.post(path, json=body)
+
+    def _post_lora(self, path: str, body: dict[str, Any], what: str) -> httpx.Response:
+        """A LoRA endpoint call; a server that does not answer (after the connect retries) is a
+        VLLMError with status 0, as a generation request's is, so callers handle one kind of error."""
+        try:
+            return self._post_retrying(path, body)
+        except httpx.HTTPError as exc:
+            raise VLLMError(f"{what} got no answer: {exc}") from exc
+
     def load_adapter(self, name: str, path: str) -> None:
-        response = self._http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        body = {"lora_name": name, "lora_path": path}
+        response = self._post_lora("/v1/load_lora_adapter", body, f"loading {name}")
         if response.status_code == 200:
             return
         message = _error_text(response)
@@ -126,9 +138,8 @@ class VLLMClient:
             return
         raise VLLMError(f"vLLM refused adapter {name}: {message}", response.status_code)
 
-    @_retry_connect
     def unload_adapter(self, name: str) -> None:
-        response = self._http.post("/v1/unload_lora_adapter", json={"lora_name": name})
+        response = self._post_lora("/v1/unload_lora_adapter", {"lora_name": name}, f"unloading {name}")
         if response.status_code != 200:
             raise VLLMError(f"unloading {name} failed: {_error_text(response)}", response.status_code)
 

@@ -4,6 +4,7 @@ as told; the real fleet (two vLLM replicas behind vllm-router) is tests/test_fle
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from evolvd.connectors.vllm_client import VLLMError
+from evolvd.connectors.embedded_broker import free_port
+from evolvd.connectors.vllm_client import VLLMClient, VLLMError
 from evolvd.serving.fleet import ReplicaFleet, ReplicasDisagreeError
 
 
@@ -93,3 +95,29 @@ def test_only_an_adapter_published_in_the_shared_directory_under_its_name_is_ser
         fleet.load_adapter("a1", str(tmp_path / "elsewhere" / "a1"))
     with pytest.raises(VLLMError, match="under its name"):
         fleet.load_adapter("a1", str(tmp_path / "shared" / "a2"))
+
+
+def test_a_replica_that_does_not_answer_is_not_checked_but_one_must_answer(
+    replicas: list[StandInReplica], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica away (down, restarting) gets no traffic from the router and serves the adapter from
+    the shared folder when it is back; refusing would turn a rolling restart into a rollback."""
+    away = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    fleet = ReplicaFleet([replicas[0].url, away], tmp_path, None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="evolvd.fleet"):
+            assert fleet.probe("a1", "Reply with the word ready.").text == "ready"
+        assert f"1 of 2 replicas did not answer and were not checked ({away})" in caplog.text
+        fleet.unload_adapter("a1")  # the one away: logged, not raised
+        assert replicas[0].unloaded == ["a1"]
+    finally:
+        fleet.close()
+    nobody = ReplicaFleet([away], tmp_path, None)
+    try:
+        with pytest.raises(ReplicasDisagreeError, match="no replica answered the probe of a1"):
+            nobody.probe("a1", "Reply with the word ready.")
+        with pytest.raises(VLLMError) as unanswered:  # the client itself: one kind of error, status 0
+            VLLMClient(away).unload_adapter("a1")
+        assert unanswered.value.status == 0 and "unloading a1 got no answer" in str(unanswered.value)
+    finally:
+        nobody.close()

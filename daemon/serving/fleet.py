@@ -11,6 +11,13 @@ Before the alias may point at an adapter, every replica is asked for it directly
 the same greedy answer: a replica that cannot read the folder, or serves something else under the
 name, would otherwise answer a share of the alias traffic with the wrong model. The swap then flips
 the alias once for the whole fleet, and a rollback flips it back for the whole fleet.
+
+A replica that does not answer at all (down, restarting) is not checked and does not stop the swap:
+the router sends it no traffic while it is away, and when it is back it serves the adapter from the
+same folder. Refusing instead would turn a rolling restart of the replicas into a rollback of the live
+adapter: after a serving outage the daemon re-checks what its alias routes to, and an adapter that
+fails that check is routed to no more (evolvd.serving.hotswap.reapply). At least one replica must
+answer.
 """
 
 from __future__ import annotations
@@ -65,20 +72,34 @@ class ReplicaFleet:
         tokens = max(max_tokens, CONSISTENCY_TOKENS)
         futures = [self._pool.submit(c.probe, model, prompt, tokens) for c in self._clients]
         answers: dict[str, str] = {}
-        failures: dict[str, str] = {}
+        refused: dict[str, str] = {}
+        unreachable: dict[str, str] = {}
         results: list[ProbeResult] = []
         for client, future in zip(self._clients, futures, strict=True):
             try:
                 result = future.result()
-            except VLLMError as exc:
-                failures[client.base_url] = str(exc)
+            except VLLMError as exc:  # status 0: no answer at all (evolvd.connectors.vllm_client)
+                (unreachable if exc.status == 0 else refused)[client.base_url] = str(exc)
                 continue
             answers[client.base_url] = result.text
             results.append(result)
-        if failures:
-            listed = "; ".join(f"{url}: {why}" for url, why in failures.items())
+        if refused:
+            listed = "; ".join(f"{url}: {why}" for url, why in refused.items())
             raise ReplicasDisagreeError(
-                f"{len(failures)} of {len(self._clients)} replicas cannot serve {model}: {listed}"
+                f"{len(refused)} of {len(self._clients)} replicas cannot serve {model}: {listed}"
+            )
+        if not answers:
+            listed = "; ".join(f"{url}: {why}" for url, why in unreachable.items())
+            raise ReplicasDisagreeError(f"no replica answered the probe of {model}: {listed}")
+        if unreachable:
+            logger.warning(
+                "%s: %d of %d replicas did not answer and were not checked (%s); they serve it from %s"
+                " when they are back",
+                model,
+                len(unreachable),
+                len(self._clients),
+                ", ".join(unreachable),
+                self.adapter_dir,
             )
         if len(set(answers.values())) > 1:
             listed = "; ".join(f"{url} {text!r}" for url, text in answers.items())
@@ -91,6 +112,6 @@ class ReplicaFleet:
         for client in self._clients:
             try:
                 client.unload_adapter(name)
-            except VLLMError as exc:
+            except VLLMError as exc:  # 404: never resolved there; status 0: away (a restart drops it)
                 if exc.status != 404:
                     logger.warning("could not unload %s from %s: %s", name, client.base_url, exc)
