@@ -21,7 +21,7 @@ Each replica computes on a core of its own (tests/vllm_fleet.py), but their serv
 daemon and the clients share this machine's cores: the 2-vs-1 ratio shows what a second replica
 gives here, not the scaling of a fleet whose replicas have machines of their own.
 
-    python bench/serving.py [--concurrency 16] [--requests 64] [--rounds 3] [--swaps 6] [--no-fleet]
+    python bench/serving.py [--concurrency 16] [--requests 64] [--rounds 3] [--swaps 10] [--no-fleet]
 """
 
 from __future__ import annotations
@@ -161,13 +161,15 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def alternate(
-    targets: dict[str, tuple[str, str]], args: argparse.Namespace
+    targets: dict[str, tuple[str, str, str | None]], args: argparse.Namespace
 ) -> dict[str, list[dict[str, Any]]]:
-    """`--rounds` rounds of the same load against each target (url, model) in turn."""
+    """`--rounds` rounds of the same load against each target (url, model, API key) in turn."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
     for i in range(args.rounds):
-        for name, (url, model) in targets.items():
-            runs[name].append(asyncio.run(load(url, model, args.requests, args.concurrency, args.max_tokens)))
+        for name, (url, model, key) in targets.items():
+            runs[name].append(
+                asyncio.run(load(url, model, args.requests, args.concurrency, args.max_tokens, key))
+            )
         shown = ", ".join(f"{name} {r[-1]['tokens_per_s']:.0f} tok/s" for name, r in runs.items())
         print(f"round {i + 1}: {shown}", file=sys.stderr)
     return runs
@@ -207,16 +209,8 @@ def single_server(args: argparse.Namespace, base: BaseModel, tmp: Path) -> dict[
         gateway = (daemon.data_dir / "gateway.url").read_text().strip()
         direct, key = daemon.status()["serving"]["url"], daemon.vllm_key
         asyncio.run(load(direct, base.name, args.concurrency, args.concurrency, 4, key))  # warm-up
-        gw_runs, direct_runs = [], []
-        for i in range(args.rounds):
-            direct_runs.append(
-                asyncio.run(load(direct, base.name, args.requests, args.concurrency, args.max_tokens, key))
-            )
-            gw_runs.append(
-                asyncio.run(load(gateway, "evolvd", args.requests, args.concurrency, args.max_tokens))
-            )
-            print(f"round {i + 1}: direct {direct_runs[-1]['tokens_per_s']:.0f} tok/s, "
-                  f"gateway {gw_runs[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)  # fmt: skip
+        runs = alternate({"direct": (direct, base.name, key), "gateway": (gateway, "evolvd", None)}, args)
+        direct_runs, gw_runs = runs["direct"], runs["gateway"]
         idle_warm, idle_cold = swap_latencies(daemon, adapters[: args.swaps])
         with SteadyTraffic(gateway, args.concurrency) as traffic:
             loaded_warm, loaded_cold = swap_latencies(daemon, adapters[args.swaps :])
@@ -263,6 +257,7 @@ def fleet_run(args: argparse.Namespace, base: BaseModel, tmp: Path) -> dict[str,
         "EVOLVD_GATEWAY__PORT": "0", "EVOLVD_LABELING__ENABLED": "false",
     }  # fmt: skip
     daemon = DaemonProcess(tmp / "fleet-data", env)
+    replicas = [VLLMClient(url, timeout_s=300) for url in fleet.replica_urls]
     one: FleetRouter | None = None
     try:
         one = FleetRouter(tmp / "fleet-one", fleet.replica_urls[:1])
@@ -270,20 +265,18 @@ def fleet_run(args: argparse.Namespace, base: BaseModel, tmp: Path) -> dict[str,
         daemon.start(timeout_s=300)
         gateway = (daemon.data_dir / "gateway.url").read_text().strip()
         asyncio.run(load(fleet.url, base.name, args.concurrency, args.concurrency, 4))  # warm-up
-        runs = alternate(
-            {"one": (one.url, base.name), "two": (fleet.url, base.name), "gateway": (gateway, "evolvd")}, args
-        )
+        through = {"one": (one.url, base.name, None), "two": (fleet.url, base.name, None)}
+        runs = alternate({**through, "gateway": (gateway, "evolvd", None)}, args)
         consistent: list[bool] = []
 
         def same_on_every_replica(name: str) -> None:
-            answers = {
-                url: VLLMClient(url, timeout_s=300).probe(name, PROBE, 8).text for url in fleet.replica_urls
-            }
-            consistent.append(len(set(answers.values())) == 1)
+            consistent.append(len({c.probe(name, PROBE, 8).text for c in replicas}) == 1)
 
         with SteadyTraffic(gateway, args.concurrency) as traffic:
             warm, cold = swap_latencies(daemon, adapters, same_on_every_replica)
     finally:
+        for client in replicas:
+            client.close()
         daemon.stop(timeout_s=120)
         if one is not None:
             one.stop()

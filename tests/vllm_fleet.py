@@ -50,11 +50,10 @@ class Replica:
     ) -> None:
         """`core`: the CPU its compute threads are bound to. vLLM's CPU backend binds a lone server's to
         core 0 by default, so two replicas left to that default would both compute on core 0."""
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
         config = ServingConfig(kv_cache_gib=1, max_model_len=1024)
-        self._command = vllm_command(config, base_model, served_name, self.port)
+        self._command = vllm_command(config, base_model, served_name, port)
         folder.mkdir(parents=True, exist_ok=True)
         # vLLM's Unix sockets live under TMPDIR and their paths must fit in 107 bytes: a short folder.
         self.runtime = Path(tempfile.mkdtemp(prefix="evolvd-replica-"))
@@ -95,8 +94,8 @@ class Replica:
 
 class Router:
     def __init__(self, folder: Path, worker_urls: list[str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
         folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / "router.log"
         self._log_file = self.log.open("ab")
@@ -104,7 +103,7 @@ class Router:
         # round_robin: the fleet's traffic reaches every replica, so a swap that missed one would show.
         # Retries and health checks let it route around a replica that is restarting.
         command = [
-            str(bin_dir / "vllm-router"), "--host", "127.0.0.1", "--port", str(self.port),
+            str(bin_dir / "vllm-router"), "--host", "127.0.0.1", "--port", str(port),
             "--worker-urls", *worker_urls, "--policy", "round_robin",
             "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
             "--worker-startup-check-interval", "1", "--health-check-interval-secs", "2",

@@ -71,18 +71,14 @@ class ReplicaFleet:
         """Every replica answers `prompt` greedily through `model`; all answers must be the same."""
         tokens = max(max_tokens, CONSISTENCY_TOKENS)
         futures = [self._pool.submit(c.probe, model, prompt, tokens) for c in self._clients]
-        answers: dict[str, str] = {}
+        answers: dict[str, ProbeResult] = {}
         refused: dict[str, str] = {}
         unreachable: dict[str, str] = {}
-        results: list[ProbeResult] = []
         for client, future in zip(self._clients, futures, strict=True):
             try:
-                result = future.result()
+                answers[client.base_url] = future.result()
             except VLLMError as exc:  # status 0: no answer at all (evolvd.connectors.vllm_client)
                 (unreachable if exc.status == 0 else refused)[client.base_url] = str(exc)
-                continue
-            answers[client.base_url] = result.text
-            results.append(result)
         if refused:
             listed = "; ".join(f"{url}: {why}" for url, why in refused.items())
             raise ReplicasDisagreeError(
@@ -101,10 +97,10 @@ class ReplicaFleet:
                 ", ".join(unreachable),
                 self.adapter_dir,
             )
-        if len(set(answers.values())) > 1:
-            listed = "; ".join(f"{url} {text!r}" for url, text in answers.items())
+        if len({a.text for a in answers.values()}) > 1:
+            listed = "; ".join(f"{url} {a.text!r}" for url, a in answers.items())
             raise ReplicasDisagreeError(f"replicas give different greedy answers with {model}: {listed}")
-        return max(results, key=lambda r: r.latency_s)
+        return max(answers.values(), key=lambda a: a.latency_s)
 
     def unload_adapter(self, name: str) -> None:
         """Frees the adapter's slot on every replica that holds it (a replica that never resolved it

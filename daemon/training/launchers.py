@@ -37,10 +37,15 @@ RAY_STOP_WAIT_S = 60.0
 class Trainer(Protocol):
     """A running training attempt."""
 
-    pid: int | None
-    """The local trainer's PID (None for a cluster job)."""
-    job_id: str | None
-    """The cluster job's id (None for a local trainer)."""
+    @property
+    def pid(self) -> int | None:
+        """The local trainer's PID (None for a cluster job)."""
+        ...
+
+    @property
+    def job_id(self) -> str | None:
+        """The cluster job's id (None for a local trainer)."""
+        ...
 
     def lines(self) -> Iterator[str]:
         """The trainer's stdout, line by line, until it ends."""
@@ -141,17 +146,16 @@ class RayJob:
     def __init__(self, client: JobSubmissionClient, job_id: str, address: str) -> None:
         self._client = client
         self._address = address
-        self._job = job_id
-        self.job_id: str | None = job_id
+        self.job_id = job_id
 
     def _status(self) -> str:
-        return str(self._client.get_job_status(self._job).value)
+        return str(self._client.get_job_status(self.job_id).value)
 
     def lines(self) -> Iterator[str]:
         read, pending = 0, ""
         while True:
             ended = self.poll() is not None  # before the read, so the last read has every line
-            text = self._client.get_job_logs(self._job)
+            text = self._client.get_job_logs(self.job_id)
             pending += text[read:]
             read = len(text)
             *complete, pending = pending.split("\n")
@@ -173,7 +177,7 @@ class RayJob:
 
     def stop(self) -> None:
         try:
-            self._client.stop_job(self._job)
+            self._client.stop_job(self.job_id)
         except Exception as exc:  # the job may be gone with its cluster: say so, go on
             logger.warning("could not stop Ray job %s at %s: %s", self.job_id, self._address, exc)
 
@@ -186,7 +190,7 @@ class RayJob:
         return code
 
     def failure(self) -> str | None:
-        info = self._client.get_job_info(self._job)
+        info = self._client.get_job_info(self.job_id)
         if info.status.value == "SUCCEEDED":
             return None
         first = (info.message or "no message").splitlines()[0]
