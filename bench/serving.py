@@ -50,6 +50,7 @@ from vllm_fleet import Router as FleetRouter
 from vllm_fleet import VLLMFleet
 
 from evolvd.admin_client import admin_call
+from evolvd.connectors.embedded_broker import free_port
 from evolvd.connectors.model_bootstrap import BaseModel, ensure_bundled_model
 from evolvd.connectors.vllm_client import VLLMClient, bearer_header
 
@@ -260,7 +261,7 @@ def fleet_run(args: argparse.Namespace, base: BaseModel, tmp: Path) -> dict[str,
     replicas = [VLLMClient(url, timeout_s=300) for url in fleet.replica_urls]
     one: FleetRouter | None = None
     try:
-        one = FleetRouter(tmp / "fleet-one", fleet.replica_urls[:1])
+        one = FleetRouter(tmp / "fleet-one", fleet.replica_urls[:1], free_port())
         one.wait_ready()
         daemon.start(timeout_s=300)
         gateway = (daemon.data_dir / "gateway.url").read_text().strip()

@@ -36,6 +36,7 @@ from evolvd.ingest_service import IngestService, IngestStartError
 from evolvd.judge import JudgeSource
 from evolvd.kafka_log import KafkaLog
 from evolvd.metrics import (
+    GatewayMemberMetrics,
     IngestMetrics,
     LoopMetrics,
     PolicyMetrics,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from evolvd.loop.steps import Loop
     from evolvd.policies.engine import PolicyEngine
     from evolvd.policies.store import PolicyStore
+    from evolvd.serving.gateway_member import GatewayMember
     from evolvd.serving.self_refine import SelfRefiner
     from evolvd.serving.service import ServingService
 
@@ -109,7 +111,8 @@ class AdminEndpoint:
 class DaemonParts:
     """Every part, built. A part is absent only where the config turns it off (serving, the demo) or
     the daemon's role does not run it: an ingest member runs Kafka and ingest only, a labeler the
-    policy files and its labeling worker, the whole daemon everything but that worker."""
+    policy files and its labeling worker, a gateway member its gateway only, the whole daemon
+    everything but those members' parts."""
 
     buffer: BufferPart
     admin: AdminEndpoint
@@ -120,17 +123,18 @@ class DaemonParts:
     loop: LoopService | None = None
     labeler: LabelWorker | None = None
     demo: DemoWorkload | None = None
+    gateway: GatewayMember | None = None
 
     def in_start_order(self) -> list[Part]:
         """The admin API before serving, so operators and systemd can ask while vLLM loads; the loop's
         jobs after everything they use; the demo's traffic last."""
         ordered: list[Part | None] = [self.buffer, self.policies, self.kafka, self.ingest, self.admin]
-        ordered += [self.serving, self.loop, self.labeler, self.demo]
+        ordered += [self.gateway, self.serving, self.loop, self.labeler, self.demo]
         return [part for part in ordered if part is not None]
 
     def with_status(self) -> list[StatusPart]:
         parts: list[StatusPart | None] = [self.kafka, self.ingest, self.labeler, self.buffer, self.serving]
-        parts += [self.policies, self.loop]
+        parts += [self.policies, self.loop, self.gateway]
         return [part for part in parts if part is not None]
 
 
@@ -194,6 +198,8 @@ class Daemon:
             ),
             cfg.data_dir / ADMIN_URL_FILE,
         )
+        if cfg.role == "gateway":
+            return DaemonParts(buffer=buffer, admin=admin, gateway=self._build_gateway_member(buffer.buffer))
         if cfg.role == "label":
             policies = PolicyService(self._policy_store(), None, watch=cfg.policies.watch)
             return DaemonParts(
@@ -212,7 +218,7 @@ class Daemon:
         fence = Fence(shared=True) if cfg.buffer.backend == "postgres" else Fence.sole()
         policies, engine = self._build_policies(buffer.buffer, fence)
         serving = (
-            self._build_serving(buffer.buffer, kafka.bootstrap_servers, policies)
+            self._build_serving(buffer.buffer, kafka.bootstrap_servers, policies, fence)
             if cfg.serving.enabled
             else None
         )
@@ -259,7 +265,8 @@ class Daemon:
     def _check_gateway_exposure(self) -> None:
         cfg = self.config
         gateway = cfg.gateway
-        if cfg.serving.enabled and gateway.enabled and not gateway.is_loopback and not gateway.api_keys():
+        serves = cfg.role == "gateway" or (cfg.serving.enabled and gateway.enabled)
+        if serves and not gateway.is_loopback and not gateway.api_keys():
             where = (
                 f"${gateway.api_keys_env}"
                 if gateway.api_keys_env
@@ -300,6 +307,39 @@ class Daemon:
         # Reloads go to the same audit trail (the constructor's first load emits no decisions).
         store.on_decisions = engine.record_decisions
         return PolicyService(store, engine, watch=self.config.policies.watch), engine
+
+    def _build_gateway_member(self, buffer: Buffer) -> GatewayMember:
+        """`--role gateway`: the gateway alone, routing as the shared buffer says, in front of serving.url."""
+        from evolvd.serving.gateway_member import GatewayMember
+
+        cfg = self.config
+        if cfg.buffer.backend != "postgres":
+            raise StartupError(
+                "--role gateway routes as the shared buffer says: set buffer.backend postgres (the buffer"
+                " the daemon that swaps adapters writes)"
+            )
+        if cfg.serving.mode != "external" or cfg.serving.url is None:
+            raise StartupError(
+                "--role gateway proxies to serving.url: set serving.mode external and serving.url"
+                " (vllm-router in front of the replicas, or one vLLM server)"
+            )
+        if cfg.gateway.self_refine:
+            raise StartupError(
+                "gateway.self_refine runs on the daemon's own gateway (it needs the judge and the policies);"
+                " a gateway member does not refine: turn it off in the member's config"
+            )
+        if cfg.gateway.capture and cfg.kafka.embedded:
+            raise StartupError(
+                "gateway.capture on a gateway member publishes to the prompts topic of a real cluster:"
+                " set kafka.bootstrap_servers (a member starts no broker of its own)"
+            )
+        return GatewayMember(
+            cfg,
+            buffer,
+            ServingMetrics.create(self.registry),
+            GatewayMemberMetrics.create(self.registry),
+            os.environ.get(cfg.serving.api_key_env) or None,
+        )
 
     def _build_label_worker(self, buffer: BufferPart, policies: PolicyService) -> LabelWorker:
         """`--role label`: claims from the shared buffer, labels with the model at serving.url."""
@@ -386,6 +426,8 @@ class Daemon:
             lambda: LoopScheduler(cfg.scheduler, store, loop.bodies(), buffer, loop_metrics),
             buffer,
             self._campaign(fence) if shared else None,
+            # A new leader serves what the registry says is live and publishes it for the gateways.
+            on_elected=serving.lead if serving is not None and shared else None,
         )
 
     def _campaign(self, fence: Fence) -> CampaignFactory:
@@ -482,7 +524,7 @@ class Daemon:
         )
 
     def _build_serving(
-        self, buffer: Buffer, bootstrap_servers: str, policies: PolicyService
+        self, buffer: Buffer, bootstrap_servers: str, policies: PolicyService, fence: Fence
     ) -> ServingService:
         from evolvd.serving.service import ServingService
 
@@ -494,6 +536,7 @@ class Daemon:
             # Under systemd: a start that is still loading the model asks for more time, and says why.
             on_waiting=lambda waiting: self._systemd.extend_start(waiting, START_EXTENSION_S),
             refiner=self._build_refiner(policies),
+            fence=fence,
         )
 
     def _new_ingest_loop(
@@ -621,6 +664,9 @@ class Daemon:
         serving = self.parts.serving
         if serving is not None and serving.live_model() is None:
             return False, "serving is not ready"
+        gateway = self.parts.gateway
+        if gateway is not None and (unready := gateway.unready_reason()) is not None:
+            return False, unready
         return True, "ok"
 
     def status(self) -> DaemonStatus:

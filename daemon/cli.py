@@ -20,7 +20,7 @@ import click
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from evolvd.status_models import IngestStatus, LoopStatus, PolicyStatus
+    from evolvd.status_models import GatewayMemberStatus, IngestStatus, LoopStatus, PolicyStatus
 
     Answer = TypeVar("Answer", bound=BaseModel)
 
@@ -116,12 +116,13 @@ def main() -> None:
 )
 @click.option(
     "--role",
-    type=click.Choice(["all", "ingest", "label", "loop"]),
+    type=click.Choice(["all", "ingest", "label", "loop", "gateway"]),
     default=None,
     help="What this process runs (default: the config's `role`, all): `ingest` consumes the prompts "
     "topic into a shared buffer (buffer.backend postgres) as one member of the consumer group; `label` "
     "labels the shared buffer's pending events with the model at serving.url; `loop` campaigns to run "
-    "the loop's jobs (one member is elected, the others stand by).",
+    "the loop's jobs (one member is elected, the others stand by); `gateway` serves the public model "
+    "name in front of serving.url, routed as the shared buffer says (several run behind a load balancer).",
 )
 def run(config_path: Path | None, demo: bool, role: str | None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C (a second Ctrl-C forces the exit)."""
@@ -288,7 +289,9 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
             f"  labeled={labeling.labeled}{failed}"
         )
     serving = body.serving
-    if serving.state == "disabled":
+    if body.gateway is not None:  # a gateway member runs no serving of its own
+        _echo_gateway_member(body.gateway)
+    elif serving.state == "disabled":
         click.echo("serving  disabled")
     else:
         click.echo(f"serving  {serving.state}  {serving.url}  restarts={serving.restarts}")
@@ -304,6 +307,22 @@ def status(url: str | None, config_path: Path | None, as_json: bool) -> None:
     click.echo(f"  {rows or 'empty'}")
     reasons = ", ".join(f"{r}={n}" for r, n in sorted(dead.by_reason.items()))
     click.echo(f"dead letters {dead.total}" + (f": {reasons}" if dead.total else ""))
+
+
+def _echo_gateway_member(gateway: GatewayMemberStatus) -> None:
+    upstream = "up" if gateway.upstream_ok else "DOWN"
+    click.echo(f"gateway  member {gateway.member}  {gateway.url}/v1 -> {gateway.upstream} ({upstream})")
+    if gateway.routing_generation is None:
+        click.echo("  no routing published yet: requests get 503")
+        return
+    canary = f"  canary={gateway.canary} ({gateway.canary_share:.0%})" if gateway.canary else ""
+    read = f"read {gateway.routing_read_age_s}s ago"
+    if gateway.routing_read_error:
+        read = f"BUFFER UNREADABLE ({gateway.routing_read_error}); last {read}"
+    click.echo(
+        f"  {gateway.public_model_name!r} -> {gateway.live}{canary}"
+        f"  (routing generation {gateway.routing_generation}, {read})"
+    )
 
 
 def _echo_ingest(ingest: IngestStatus) -> None:

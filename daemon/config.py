@@ -339,6 +339,9 @@ class GatewayConfig(_Section):
     bench/refine.py."""
     self_refine_max_tokens: int = Field(256, ge=8, le=32_768)
     """Longest refinement (the critique is the labeling policy's critique length)."""
+    routing_poll_s: float = Field(0.5, gt=0, le=60)
+    """A gateway member (`--role gateway`): how often it reads the routing the swapping daemon
+    published to the shared buffer. Its flips follow a swap within this."""
 
     @property
     def is_loopback(self) -> bool:
@@ -635,13 +638,15 @@ class EvolvdConfig(BaseSettings):
     data_dir: Path = Path("var/evolvd")
     """Where the buffer, models, adapters and runtime files live."""
 
-    role: Literal["all", "ingest", "label", "loop"] = "all"
+    role: Literal["all", "ingest", "label", "loop", "gateway"] = "all"
     """`all`: the whole daemon. `ingest`: a member that only consumes the prompts topic into the
     shared buffer (buffer.backend postgres), one of several in one consumer group. `label`: a labeler
     that claims pending events from the shared buffer and labels them with the model at serving.url.
     `loop`: a loop member on the shared buffer (training, evaluation, promotion, retention, policies,
     and serving as configured), no ingest; of all loop members (`loop` and `all`) one is elected to
-    run the jobs, the others stand by."""
+    run the jobs, the others stand by. `gateway`: a stateless gateway in front of `serving.url` that
+    routes the public model name as the shared buffer's routing says (the daemon that swaps adapters
+    publishes it); any number run behind a load balancer."""
 
     kafka: KafkaConfig = KafkaConfig()
     ingest: IngestConfig = IngestConfig()

@@ -270,6 +270,41 @@ class ServingMetrics:
 
 
 @dataclass(frozen=True)
+class GatewayMemberMetrics:
+    """A gateway member's (`--role gateway`) view of the routing it follows."""
+
+    routing_generation: Gauge
+    routing_last_read: Gauge
+    routing_read_failures: Counter
+    outcomes_dropped: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> GatewayMemberMetrics:
+        return cls(
+            routing_generation=Gauge(
+                "evolvd_gateway_routing_generation",
+                "Generation of the routing this gateway member serves (as the swapping daemon published it)",
+                registry=registry,
+            ),
+            routing_last_read=Gauge(
+                "evolvd_gateway_routing_last_read_timestamp_seconds",
+                "When this gateway member last read the routing from the buffer",
+                registry=registry,
+            ),
+            routing_read_failures=Counter(
+                "evolvd_gateway_routing_read_failures_total",
+                "Reads of the routing that failed (the member kept serving the last one it read)",
+                registry=registry,
+            ),
+            outcomes_dropped=Gauge(
+                "evolvd_gateway_served_outcomes_dropped",
+                "Canary-window request outcomes this member dropped unwritten (buffer unreachable too long)",
+                registry=registry,
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class PolicyMetrics:
     decisions: Counter
     reloads: Counter

@@ -279,6 +279,25 @@ class LabelerStatus(Answer):
     last_error: str | None
 
 
+class GatewayMemberStatus(Answer):
+    """A gateway member (`--role gateway`): where it proxies and the routing it follows."""
+
+    member: str
+    url: str | None
+    upstream: str
+    upstream_ok: bool
+    public_model_name: str
+    routing_generation: int | None
+    """None until the swapping daemon has published a routing (requests get 503 until then)."""
+    live: str | None
+    canary: str | None
+    canary_share: float
+    routing_read_age_s: float | None
+    routing_read_error: str | None
+    """Set while the buffer cannot be read: the member serves the last routing it read."""
+    outcomes_dropped: int
+
+
 class DaemonStatus(Answer):
     """GET /status. A part the daemon's role does not run has no section (None)."""
 
@@ -296,6 +315,8 @@ class DaemonStatus(Answer):
     """None on a daemon that runs no policies (an ingest member, `--role ingest`)."""
     loop: LoopStatus | None = None
     """None on a daemon that runs no loop (an ingest member)."""
+    gateway: GatewayMemberStatus | None = None
+    """A gateway member's (`--role gateway`) routing; None on every other role."""
     config: dict[str, JsonValue]
     """The configuration in force (secrets are read from files or variables and never appear here)."""
 

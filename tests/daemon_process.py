@@ -51,7 +51,9 @@ class DaemonProcess:
             self.wait_ready(timeout_s)
         return self
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0, answering: bool = False) -> None:
+        """Until /readyz answers 200; `answering`: until it answers at all (a daemon that is up but
+        not ready, such as a gateway member nothing was published for yet)."""
         deadline = time.monotonic() + timeout_s
         url_file = self.data_dir / "admin.url"
         while time.monotonic() < deadline:
@@ -63,7 +65,7 @@ class DaemonProcess:
                 if self.token is None:  # none configured: the one the daemon generated before its URL
                     self.token = (self.data_dir / "admin.token").read_text().strip()
                 try:
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    if answering or httpx.get(url + "/readyz", timeout=2).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass

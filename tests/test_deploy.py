@@ -257,7 +257,7 @@ def pod_containers(resources: dict[tuple[str, str], dict[str, Any]]) -> dict[str
     return {c["name"]: c for c in spec["initContainers"] + spec["containers"]}
 
 
-@pytest.mark.parametrize("overlay", ["gpu", "production", "scale-out"])
+@pytest.mark.parametrize("overlay", ["gpu", "production", "scale-out", "fleet"])
 def test_each_overlay_renders_from_the_base_and_validates_strictly(overlay: str) -> None:
     base, resources = rendered(K8S), rendered(OVERLAYS / overlay)
     assert set(base) <= set(resources)
@@ -298,6 +298,65 @@ def test_the_scale_out_overlay_runs_each_role_on_the_shared_buffer(tmp_path: Pat
     config = tmp_path / "evolvd.yaml"
     config.write_text(text)
     checked = run_cli("config", "check", str(config), env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_fleet_overlay_serves_from_replicas_on_one_adapter_volume(tmp_path: Path) -> None:
+    """The replicas resolve adapters from the volume the loop member publishes into (serving.adapter_dir),
+    with the base model at the path the loop trains against; the router sends to exactly the replicas the
+    daemon checks (serving.replica_urls); the gateways run `--role gateway` in front of the router; the
+    loop member runs no vLLM of its own; the config passes `evolvd config check`."""
+    resources = rendered(OVERLAYS / "fleet")
+    config = yaml.safe_load(resources[("ConfigMap", "evolvd-config")]["data"]["evolvd.yaml"])
+    serving = config["serving"]
+    claim = resources[("PersistentVolumeClaim", "evolvd-adapters")]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+    def spec(kind: str, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = resources[(kind, name)]["spec"]["template"]["spec"]
+        return found
+
+    def mount_of(pod: dict[str, Any], container: dict[str, Any], claim_name: str) -> str:
+        volume = next(
+            v["name"]
+            for v in pod["volumes"]
+            if v.get("persistentVolumeClaim", {}).get("claimName") == claim_name
+        )
+        return str(next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume))
+
+    replicas = spec("StatefulSet", "evolvd-vllm")
+    vllm = next(c for c in replicas["containers"] if c["name"] == "vllm")
+    env = {e["name"]: e.get("value") for e in vllm["env"]}
+    assert env["VLLM_PLUGINS"] == "lora_filesystem_resolver"
+    assert env["VLLM_LORA_RESOLVER_CACHE_DIR"] == mount_of(replicas, vllm, "evolvd-adapters")
+    assert f"--model={serving['model_path']}" in vllm["args"]  # what the resolver compares adapters with
+
+    loop = spec("StatefulSet", "evolvd")
+    assert {c["name"] for c in loop["containers"]} == {"evolvd"}
+    evolvd = loop["containers"][0]
+    assert serving["adapter_dir"] == mount_of(loop, evolvd, "evolvd-adapters")
+
+    count = resources[("StatefulSet", "evolvd-vllm")]["spec"]["replicas"]
+    headless = resources[("Service", "evolvd-vllm")]["spec"]
+    assert headless["clusterIP"] == "None"
+    expected = [f"http://evolvd-vllm-{i}.evolvd-vllm.evolvd.svc:8000" for i in range(count)]
+    assert serving["replica_urls"] == expected
+    router = spec("Deployment", "evolvd-router")["containers"][0]
+    args = router["args"]
+    assert args[args.index("--worker-urls") + 1 :] == expected
+    assert serving["url"] == "http://evolvd-router.evolvd.svc:8000" and serving["health_path"] == "/readiness"
+    assert router["readinessProbe"]["httpGet"]["path"] == serving["health_path"]
+
+    gateway = spec("Deployment", "evolvd-gateway")["containers"][0]
+    assert gateway["args"][:3] == ["run", "--role", "gateway"]
+    assert {"PGPASSWORD", "EVOLVD_GATEWAY_KEYS", "EVOLVD_VLLM_API_KEY"} <= {e["name"] for e in gateway["env"]}
+    assert resources[("Service", "evolvd-gateway")]["spec"]["selector"] == {
+        "app.kubernetes.io/name": "evolvd-gateway"
+    }
+
+    file = tmp_path / "evolvd.yaml"
+    file.write_text(resources[("ConfigMap", "evolvd-config")]["data"]["evolvd.yaml"])
+    checked = run_cli("config", "check", str(file), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 

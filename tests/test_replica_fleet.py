@@ -3,21 +3,19 @@ as told; the real fleet (two vLLM replicas behind vllm-router) is tests/test_fle
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from stand_in_http import JsonHandler, StandInServer
 
 from evolvd.connectors.embedded_broker import free_port
 from evolvd.connectors.vllm_client import VLLMClient, VLLMError
 from evolvd.serving.fleet import ReplicaFleet, ReplicasDisagreeError
 
 
-class StandInReplica:
+class StandInReplica(StandInServer):
     """Answers /v1/completions with `text` for known adapters, 404 otherwise; counts unloads."""
 
     def __init__(self, text: str, known: set[str]) -> None:
@@ -25,33 +23,20 @@ class StandInReplica:
         self.unloaded: list[str] = []
         replica = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                name = body.get("model") or body.get("lora_name")
+        class Handler(JsonHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server names it
+                body = self.body()
+                name = str(body.get("model") or body.get("lora_name"))
                 if self.path == "/v1/unload_lora_adapter":
                     replica.unloaded.append(name)
                 if name not in replica.known:
-                    self._answer(404, {"error": {"message": f"The model `{name}` does not exist."}})
+                    self.answer(404, {"error": {"message": f"The model `{name}` does not exist."}})
                 elif self.path == "/v1/completions":
-                    self._answer(200, {"model": name, "choices": [{"text": replica.text}]})
+                    self.answer(200, {"model": name, "choices": [{"text": replica.text}]})
                 else:
-                    self._answer(200, {})
+                    self.answer(200, {})
 
-            def _answer(self, status: int, payload: dict[str, object]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
 
 @pytest.fixture
@@ -59,8 +44,7 @@ def replicas() -> Iterator[list[StandInReplica]]:
     made = [StandInReplica("ready", {"a1"}), StandInReplica("ready", {"a1"})]
     yield made
     for replica in made:
-        replica.server.shutdown()
-        replica.server.server_close()
+        replica.close()
 
 
 def test_a_swap_needs_every_replica_to_give_the_same_greedy_answer(

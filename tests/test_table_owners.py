@@ -36,6 +36,8 @@ OWNERS = {
     "job_runs": "daemon/job_history.py",
     "policy_decisions": "policies/audit.py",
     "loop_leader": "daemon/buffer/leadership.py",
+    "routing": "daemon/serving/routing_table.py",
+    "served_requests": "daemon/serving/served_log.py",
 }
 
 COLUMN_OWNERS = {

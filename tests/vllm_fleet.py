@@ -93,8 +93,7 @@ class Replica:
 
 
 class Router:
-    def __init__(self, folder: Path, worker_urls: list[str]) -> None:
-        port = free_port()
+    def __init__(self, folder: Path, worker_urls: list[str], port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
         folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / "router.log"
@@ -141,6 +140,7 @@ class VLLMFleet:
             for i in range(replicas)
         ]
         self.router: Router | None = None
+        self._router_port = free_port()
 
     @property
     def replica_urls(self) -> list[str]:
@@ -148,8 +148,8 @@ class VLLMFleet:
 
     @property
     def url(self) -> str:
-        assert self.router is not None
-        return self.router.url
+        """The router's URL (known before it starts: clients may be configured with it first)."""
+        return f"http://127.0.0.1:{self._router_port}"
 
     def start(self) -> VLLMFleet:
         try:
@@ -157,7 +157,7 @@ class VLLMFleet:
                 replica.launch()
             for replica in self.replicas:
                 replica.wait_ready()
-            self.router = Router(self.folder, self.replica_urls)
+            self.router = Router(self.folder, self.replica_urls, self._router_port)
             self.router.wait_ready()
         except BaseException:
             self.stop()

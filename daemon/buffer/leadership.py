@@ -54,6 +54,11 @@ class Fence:
         with self._lock:
             return self._token
 
+    @property
+    def leads(self) -> bool:
+        """Whether this member leads, as far as it knows (`check` confirms it against the shared row)."""
+        return not self._shared or self.token is not None
+
     def begin_term(self, token: int) -> None:
         with self._lock:
             self._token = token

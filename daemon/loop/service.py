@@ -9,6 +9,7 @@ held by the campaign and the policy engine)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -21,6 +22,8 @@ from evolvd.policies.audit import recent_decisions
 from evolvd.serving.canaries import CanaryStore
 from evolvd.status_models import LeadershipStatus, LoopStatus
 from evolvd.training.runs import RunStore
+
+logger = logging.getLogger("evolvd.loop")
 
 SHUTDOWN_TIMEOUT_S = 30.0
 
@@ -37,8 +40,11 @@ class LoopService:
         new_scheduler: Callable[[], LoopScheduler],
         buffer: Buffer,
         campaign: CampaignFactory | None = None,
+        on_elected: Callable[[], None] | None = None,
     ) -> None:
+        """`on_elected`: told when this member begins a term, before its jobs run."""
         self.loop = loop
+        self._on_elected = on_elected
         self._new_scheduler = new_scheduler
         self._buffer = buffer
         self._scheduler: LoopScheduler | None = None
@@ -63,6 +69,11 @@ class LoopService:
             self._campaign.stop()
 
     def _elected(self, token: int) -> None:
+        if self._on_elected is not None:
+            try:
+                self._on_elected()
+            except Exception:  # the loop's jobs still run; serving logged what it could not do
+                logger.exception("taking over serving at the start of term %d failed", token)
         scheduler = self._new_scheduler()
         with self._term_lock:
             scheduler.start()

@@ -29,12 +29,14 @@ from evolvd.contract import encode_message
 from evolvd.metrics import GATEWAY_ROUTES, ServingMetrics
 from evolvd.serving.routing import Router
 from evolvd.serving.self_refine import SelfRefiner
-from evolvd.serving.served_stats import ServedStats
+from evolvd.serving.served_stats import OutcomeRecorder
 from evolvd.sse_text import StreamedText
 
 logger = logging.getLogger("evolvd.gateway")
 access_logger = logging.getLogger("evolvd.gateway.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+GATEWAY_URL_FILE = "gateway.url"
+"""Where a daemon running a gateway writes its URL, in its data_dir."""
 
 
 class CaptureSink(Protocol):
@@ -85,7 +87,7 @@ class Gateway:
         metrics: ServingMetrics,
         api_keys: set[str],
         capture: CaptureSink | None = None,
-        served_stats: ServedStats | None = None,
+        served_stats: OutcomeRecorder | None = None,
         seal_key: str | None = None,
         refiner: SelfRefiner | None = None,
     ) -> None:

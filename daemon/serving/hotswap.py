@@ -24,7 +24,7 @@ from evolvd.connectors.vllm_client import ProbeResult, VLLMError
 from evolvd.metrics import ServingMetrics
 from evolvd.serving.adapter_store import AdapterStore
 from evolvd.serving.registry import AdapterRegistry, AdapterRow, AdapterStatus
-from evolvd.serving.routing import Router, Routing
+from evolvd.serving.routing import Router, Routing, RoutingNotPublishedError
 
 logger = logging.getLogger("evolvd.hotswap")
 
@@ -134,7 +134,7 @@ class HotSwapper:
                 "promote", name, before.live, f"{name} is already live" if name == before.live else None
             )
             canary = None if before.canary == name else before.canary
-            _, after = self._router.update(live=name, previous=before.live, canary=canary)
+            _, after = self._flip("promote", live=name, previous=before.live, canary=canary)
             duration_ms = (time.perf_counter() - started) * 1000
             self._after_flip("promote", before.live, name, reason, duration_ms)
             self._registry.set_live(name, reason)
@@ -152,7 +152,7 @@ class HotSwapper:
             elif not 0.0 < share <= 1.0:
                 invalid = f"canary share must be in (0, 1], got {share}"
             self._load_candidate("canary", name, before.live, invalid)
-            self._router.update(canary=name, canary_share=share)
+            self._flip("canary", canary=name, canary_share=share)
             duration_ms = (time.perf_counter() - started) * 1000
             self._after_flip("canary", before.canary, name, f"{reason} ({share:.0%} of traffic)", duration_ms)
             self._registry.set_status(name, AdapterStatus.CANARY, f"{share:.0%} of traffic")
@@ -167,7 +167,7 @@ class HotSwapper:
             before = self._router.routing
             if before.canary is None:
                 raise SwapError("no canary is running")
-            self._router.update(canary=None, canary_share=0.0)
+            self._flip("canary", canary=None, canary_share=0.0)
             self._after_flip("canary", before.canary, None, reason, 0.0)
             self._registry.set_status(before.canary, AdapterStatus.CANDIDATE, reason)
             self._unload_all_but(self._router.routing.resident())
@@ -188,7 +188,7 @@ class HotSwapper:
                 self._reject("rollback", before.live, target, f"previous adapter does not serve: {exc}")
                 self._metrics.rollbacks.labels("failed").inc()
                 raise SwapError(str(exc)) from exc
-            self._router.update(live=target, previous=None)
+            self._flip("rollback", live=target, previous=None)
             duration_ms = (time.perf_counter() - started) * 1000
             self._after_flip("rollback", before.live, target, reason, duration_ms)
             self._metrics.rollbacks.labels("ok").inc()
@@ -281,6 +281,14 @@ class HotSwapper:
         self._show_live()
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _flip(self, action: str, **changes: object) -> tuple[Routing, Routing]:
+        """The router's change, published first; one that cannot be published is a failed swap."""
+        try:
+            return self._router.update(**changes)
+        except RoutingNotPublishedError as exc:
+            self._metrics.swaps.labels(action, "rejected").inc()
+            raise SwapError(str(exc)) from exc
 
     def _load_candidate(self, action: str, name: str, live: str | None, invalid: str | None) -> None:
         """Load and probe a registered adapter; otherwise record the rejection and raise SwapError."""

@@ -1,9 +1,13 @@
-"""Which served model the public name means right now. Replaced whole, so readers never see a half-flip."""
+"""Which served model the public name means right now. Replaced whole, so readers never see a half-flip.
+
+The daemon that swaps adapters publishes every change before it takes effect (evolvd.serving.
+routing_table); gateway members adopt what was published."""
 
 from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 
@@ -26,9 +30,22 @@ class Routing:
         return {n for n in (self.live, self.previous, self.canary) if n is not None}
 
 
+class RoutingNotPublishedError(RuntimeError):
+    """A change the router could not publish; it did not take effect here either."""
+
+
 class Router:
-    def __init__(self, base: str, public_name: str, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        base: str,
+        public_name: str,
+        rng: random.Random | None = None,
+        publish: Callable[[Routing], object] | None = None,
+    ) -> None:
+        """`publish`: called with each new routing before it takes effect (the daemon writes it to the
+        buffer for its gateway members); when it raises, the change does not happen."""
         self.public_name = public_name
+        self._publish = publish
         self._routing = Routing(base=base)
         self._lock = threading.Lock()
         self._rng = rng or random.Random()  # noqa: S311 - traffic splitting, not security
@@ -51,8 +68,19 @@ class Router:
         return routing.live_or_base
 
     def update(self, **changes: object) -> tuple[Routing, Routing]:
-        """Atomically apply changes; returns (before, after)."""
+        """Atomically apply changes; returns (before, after). RoutingNotPublishedError: nothing changed."""
         with self._lock:
             before = self._routing
-            self._routing = replace(before, **changes)  # type: ignore[arg-type]
-            return before, self._routing
+            after = replace(before, **changes)  # type: ignore[arg-type]
+            if self._publish is not None:
+                try:
+                    self._publish(after)
+                except Exception as exc:
+                    raise RoutingNotPublishedError(f"routing not published, so not changed: {exc}") from exc
+            self._routing = after
+            return before, after
+
+    def adopt(self, routing: Routing) -> None:
+        """A gateway member: take the routing the swapping daemon published, whole."""
+        with self._lock:
+            self._routing = routing

@@ -11,6 +11,7 @@ from evolvd.abc import Publisher
 from evolvd.adapter_folder import AdapterRejectedError
 from evolvd.buffer import Buffer
 from evolvd.buffer.keys import CAPTURE_SEAL_KEY, buffer_key
+from evolvd.buffer.leadership import Fence
 from evolvd.config import EvolvdConfig
 from evolvd.connectors.kafka_publisher import KafkaPublisher
 from evolvd.connectors.model_bootstrap import BaseModel, resolve_base_model
@@ -19,11 +20,13 @@ from evolvd.metrics import ServingMetrics
 from evolvd.secret_file import SecretFileError
 from evolvd.serving.adapter_store import AdapterStore, check_import_path
 from evolvd.serving.fleet import ReplicaFleet
-from evolvd.serving.gateway import Gateway
+from evolvd.serving.gateway import GATEWAY_URL_FILE, Gateway
 from evolvd.serving.hotswap import AdapterEndpoints, HotSwapper, SwapError, SwapResult
 from evolvd.serving.registry import AdapterRegistry, AdapterRow, AdapterStatus
-from evolvd.serving.routing import Router
+from evolvd.serving.routing import Router, Routing, RoutingNotPublishedError
+from evolvd.serving.routing_table import RoutingTable
 from evolvd.serving.self_refine import SelfRefiner
+from evolvd.serving.served_log import ServedLog
 from evolvd.serving.served_stats import ServedStats, WindowStats
 from evolvd.serving.supervisor import ServingStartError, ServingSupervisor
 from evolvd.serving.vllm_key import vllm_api_key
@@ -52,9 +55,6 @@ def manual_promote_reason(name: str, row: AdapterRow | None, force: bool) -> str
     return reason
 
 
-GATEWAY_URL_FILE = "gateway.url"
-
-
 class ServingNotStartedError(RuntimeError):
     """Asked of serving before its parts exist: while the daemon prepares the base model (minutes on a
     first start, when the bundled model is converted) or after a failed start. The admin API answers 503."""
@@ -81,9 +81,12 @@ class ServingService:
         bootstrap_servers: str,
         on_waiting: Callable[[str], None] | None = None,
         refiner: Callable[[str, str | None], SelfRefiner] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         """`on_waiting`: told what the start waits for while vLLM loads (the daemon tells systemd).
-        `refiner`: builds gateway.self_refine's step for the serving process's URL and API key."""
+        `refiner`: builds gateway.self_refine's step for the serving process's URL and API key.
+        `fence`: the loop's term on a shared buffer: only the leading member publishes its routing."""
+        self._routing_table = RoutingTable(buffer, fence)
         self._refiner = refiner
         self.config = config
         self._on_waiting = on_waiting
@@ -105,7 +108,8 @@ class ServingService:
             api_key = vllm_api_key(cfg)
         except SecretFileError as exc:
             raise ServingStartError(f"vLLM API key: {exc}") from exc
-        router = Router(base.name, cfg.gateway.public_model_name)
+        # Every flip is written to the buffer before it takes effect: gateway members route by it.
+        router = Router(base.name, cfg.gateway.public_model_name, publish=self._publish)
         cfg.adapter_import_root.mkdir(parents=True, exist_ok=True)  # where operators put adapters to register
         supervisor = ServingSupervisor(
             cfg.serving,
@@ -137,6 +141,7 @@ class ServingService:
         supervisor.start()
         self.metrics.up.set(1)
         self._restore_live_adapter()
+        self._publish_routing()
         if cfg.gateway.enabled:
             self._start_gateway()
 
@@ -154,6 +159,29 @@ class ServingService:
                 swapper.restore(live, self.registry.previous_live())
             except Exception:
                 logger.exception("could not restore live adapter %s; serving the base model", live)
+
+    def _publish(self, routing: Routing) -> None:
+        if self._routing_table.writable:  # a standby loop member's routing is its own gateway's only
+            generation = self._routing_table.publish(routing)
+            logger.debug("routing generation %d published: %s", generation, routing)
+
+    def lead(self) -> None:
+        """This member was elected to lead the loop on a shared buffer: it serves what the registry
+        says is live (its routing may be older than the last leader's swaps) and publishes that for
+        the gateway members."""
+        if self._parts is None:
+            return  # serving's own start restores and publishes
+        routing = self._parts.router.routing
+        if (routing.live, routing.previous) != (self.registry.live(), self.registry.previous_live()):
+            self._restore_live_adapter()
+        self._publish_routing()
+
+    def _publish_routing(self) -> None:
+        """What serves at start (the base model, or the live adapter restored), for gateway members."""
+        try:
+            self._started().router.update()
+        except RoutingNotPublishedError as exc:
+            logger.error("%s; gateway members keep the routing they last read", exc)
 
     def _start_gateway(self) -> None:
         cfg = self.config
@@ -253,8 +281,10 @@ class ServingService:
         self.metrics.rollbacks.labels("ok").inc()
 
     def window_stats(self, name: str, since: float) -> WindowStats:
-        """Requests, errors and latencies the gateway served with `name` since `since` (epoch s)."""
-        return self.served_stats.since(name, since)
+        """Requests, errors and latencies served with `name` since `since` (epoch s): by this daemon's
+        gateway, and by the gateway members that wrote theirs to the buffer."""
+        members = ServedLog(self._buffer).since(name, since)
+        return WindowStats.of(self.served_stats.outcomes_since(name, since) + members)
 
     # -- for the admin API ---------------------------------------------------------------------
 
