@@ -78,7 +78,7 @@ def test_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
         ("logging:\n  level: LOUD\n", "logging.level", "'DEBUG'"),
         ("buffer:\n  backend: postgres\n", "buffer", "needs buffer.postgres_url"),
         ("buffer:\n  backend: postgres\n  postgres_url: postgresql://u:pw@db/e\n", "buffer", "$PGPASSWORD"),
-        ("role: train\n", "role", "'all', 'ingest', 'label' or 'loop'"),
+        ("role: train\n", "role", "'all', 'ingest', 'label', 'loop' or 'gateway'"),
         ("training:\n  launcher: ray\n", "training", "needs training.ray_address"),
         ("training:\n  launcher: slurm\n", "training.launcher", "'local', 'torchrun' or 'ray'"),
         ("serving:\n  adapter_dir: /srv/adapters\n", "serving", "replicas you run"),
