@@ -119,6 +119,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._source._on_assigned(assigned)
 
 
+JOIN_POLL_MS = 5_000
+"""The longest poll while the consumer holds no partitions (it is joining the group). kafka-python 3.0
+runs the JoinGroup round trip as a task that a poll awaits; a task that completes between two polls is
+replaced by a new JoinGroup and its assignment dropped, and the broker holds each JoinGroup for its
+rebalance delay (3 s on the embedded broker). With the ingest loop's short polls the first assignment
+took three joins (9 s); a poll this long sees one complete. A poll returns as soon as records come."""
+
+
 class KafkaSource(Source):
     def __init__(
         self,
@@ -190,6 +198,8 @@ class KafkaSource(Source):
     # -- Source ------------------------------------------------------------------------------
 
     def next_batch(self, max_records: int, timeout_ms: int) -> Sequence[Sequence[SourceRecord]]:
+        if not self._consumer.assignment():  # joining the group: see JOIN_POLL_MS
+            timeout_ms = max(timeout_ms, JOIN_POLL_MS)
         try:
             polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records, update_offsets=True)
         except KafkaError as exc:
