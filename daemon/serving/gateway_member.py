@@ -24,15 +24,13 @@ from evolvd.connectors.kafka_publisher import KafkaPublisher
 from evolvd.connectors.vllm_client import VLLMClient
 from evolvd.http_server import HttpServer
 from evolvd.metrics import GatewayMemberMetrics, ServingMetrics
-from evolvd.serving.gateway import Gateway
+from evolvd.serving.gateway import GATEWAY_URL_FILE, Gateway
 from evolvd.serving.routing import Router
 from evolvd.serving.routing_table import PublishedRouting, RoutingTable
 from evolvd.serving.served_log import ServedLog, ServedOutbox
 from evolvd.status_models import GatewayMemberStatus
 
 logger = logging.getLogger("evolvd.gateway")
-
-GATEWAY_URL_FILE = "gateway.url"
 
 
 class GatewayMember:

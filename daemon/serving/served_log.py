@@ -30,11 +30,10 @@ class ServedLog:
     def write(self, gateway: str, outcomes: list[tuple[str, Outcome]]) -> None:
         """(model, outcome) rows, in one statement; and what is past KEEP_S, deleted."""
         con = self._buffer.cursor()
-        if outcomes:
-            con.executemany(
-                "INSERT INTO served_requests (gateway, model, served_at, ok, seconds) VALUES (?, ?, ?, ?, ?)",
-                [[gateway, model, o.at, o.ok, o.seconds] for model, o in outcomes],
-            )
+        con.executemany(
+            "INSERT INTO served_requests (gateway, model, served_at, ok, seconds) VALUES (?, ?, ?, ?, ?)",
+            [[gateway, model, o.at, o.ok, o.seconds] for model, o in outcomes],
+        )
         con.execute("DELETE FROM served_requests WHERE served_at < ?", [time.time() - KEEP_S])
 
     def since(self, model: str, started_at: float) -> list[Outcome]:
@@ -72,10 +71,13 @@ class ServedOutbox:
             self._pending.append((model, Outcome(time.time(), ok, seconds)))
 
     def flush(self) -> int:
-        """Write what is pending; on failure it stays pending for the next flush (and raises)."""
+        """Write what is pending; on failure it stays pending for the next flush (and raises). Nothing
+        pending (no canary running): no query, though the follower calls this on every poll."""
         with self._lock:
             pending = list(self._pending)
             self._pending.clear()
+        if not pending:
+            return 0
         try:
             self._log.write(self._gateway, pending)
         except BaseException:
