@@ -108,7 +108,7 @@ typecheck: $(PROJECT_STAMP)
 	$(BIN)/mypy tests bench grafana
 
 unit: $(PROJECT_STAMP) $(PROMETHEUS) $(KUBECTL) $(POSTGRES)
-	PATH="$(CURDIR)/$(VENV)/prometheus/usr/bin:$$PATH" $(BIN)/pytest -q --durations=15
+	PATH="$(CURDIR)/$(VENV)/prometheus/usr/bin:$$PATH" $(BIN)/pytest -q --durations=15 -n 2 --dist loadgroup
 
 test: lint typecheck unit
 

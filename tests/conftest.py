@@ -21,6 +21,32 @@ SEED_TASKS = REPO / "bench" / "data" / "seed_tasks.jsonl"
 MODEL_CACHE = REPO / "var" / "test-cache" / "models"  # the bundled model, converted once per machine
 
 
+VLLM_FIXTURES = {"vllm_daemon", "small_benches"}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """`make test` runs two pytest-xdist workers with `--dist loadgroup`. The tests on the session's
+    vLLM server, and those marked `vllm` (they start vLLM servers of their own), form one group that
+    one worker runs in file order: still one vLLM server per session, and no two vLLM-heavy tests at
+    once on a 2-core machine. vLLM computes on one core, so the other worker's tests (everything else)
+    run on the core it leaves idle. (Marked as each test is collected: pytest-xdist reads the groups
+    in its own pytest_collection_modifyitems.)"""
+    uses_vllm = VLLM_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if uses_vllm or item.get_closest_marker("vllm") is not None:
+        item.add_marker(pytest.mark.xdist_group("vllm"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A worker whose pytest-xdist did not apply the groups (it appends `@group` to each grouped
+    test's id; pytest 9.2 silently ignores that, pytest-dev/pytest-xdist#1386) would start a second
+    vLLM server beside the first: stop the run instead."""
+    if getattr(session.config.option, "loadgroup", False):
+        grouped = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group")]
+        ungrouped = [nodeid for nodeid in grouped if "@" not in nodeid]
+        if ungrouped:
+            raise pytest.UsageError(f"pytest-xdist ignored the xdist_group of {ungrouped[0]} (and others)")
+
+
 BROKER_PORTS: set[int] = set()
 """The session broker's port, once it runs (see kafka_python_may_drop_a_broker_socket)."""
 

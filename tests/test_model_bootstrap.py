@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from helpers import run_cli
 
 from evolvd.connectors import model_bootstrap as bootstrap
@@ -69,6 +71,24 @@ def test_a_tampered_or_half_written_folder_is_detected_and_rebuilt(converted: Pa
     rebuilt = ensure_bundled_model(models)
     assert rebuilt.content_hash == folder_hash(converted)
     assert verified(target) is not None
+
+
+def test_a_process_that_finds_a_conversion_under_way_waits_for_it_instead_of_converting(
+    converted: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    other = FileLock(models / f".{BUNDLED_NAME}.lock")  # another process converting right now
+    other.acquire()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(ensure_bundled_model, models)
+        time.sleep(0.5)
+        assert not waiting.done(), "it must wait for the conversion under way"
+        copy_model(converted, models)  # the other process's finished folder
+        other.release()
+        found = waiting.result(timeout=60)
+    assert found.path == models / BUNDLED_NAME and found.content_hash == folder_hash(converted)
+    assert not list(models.glob(f".{BUNDLED_NAME}.partial-*")), "nothing converted a second time"
 
 
 def test_a_configured_model_folder_is_used_as_is(converted: Path, tmp_path: Path) -> None:
