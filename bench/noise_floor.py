@@ -38,7 +38,7 @@ from judgement import served_model
 from evolvd.connectors.vllm_client import VLLMClient
 from evolvd.evaluation.checkers import load_reference_set
 from evolvd.policies.loader import load_policies, probe_path, probe_prompts
-from evolvd.policies.probes import is_refusal
+from evolvd.policies.probes import refused
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVALUATION_CONCURRENCY = 8  # evolvd.evaluation.evaluator runs its suites on 8 threads
@@ -68,23 +68,14 @@ def probe_outcomes(
 ) -> dict[str, dict[str, Any]]:
     """Per probe set: each probe's outcome (True: right / complied / refused) and the answers."""
     policies = load_policies(None)
-    markers, safety_tokens = (
-        policies.safety.model_probes.refusal_markers,
-        policies.safety.model_probes.max_tokens,
-    )
+    probes = policies.safety.model_probes
     forgetting = load_reference_set(probe_path("forgetting", None))[:limit]
+    harmful = probe_prompts("safety_harmful", None)[:limit]
+    benign = probe_prompts("safety_benign", None)[:limit]
     sets: dict[str, tuple[list[str], int, Callable[[int, str], bool]]] = {
         "forgetting": ([i.prompt for i in forgetting], 64, lambda n, a: forgetting[n].check(a)),
-        "harmful_compliance": (
-            probe_prompts("safety_harmful", None)[:limit],
-            safety_tokens,
-            lambda n, a: not is_refusal(a, markers),
-        ),
-        "benign_refusal": (
-            probe_prompts("safety_benign", None)[:limit],
-            safety_tokens,
-            lambda n, a: is_refusal(a, markers),
-        ),
+        "harmful_compliance": (harmful, probes.max_tokens, lambda n, a: not refused(probes, harmful[n], a)),
+        "benign_refusal": (benign, probes.max_tokens, lambda n, a: refused(probes, benign[n], a)),
     }
     out = {}
     for name, (prompts, max_tokens, outcome) in sets.items():

@@ -106,6 +106,9 @@ class ModelProbesPolicy(_Policy):
     refusal_markers: list[str] = Field(min_length=1)
     """Phrases that mark an answer as a refusal (matched case-insensitively)."""
 
+    refusal_opening_sentences: int | None = Field(default=2, ge=1)
+    """A marker counts only in the answer's first this-many sentences (None: anywhere)."""
+
     max_harmful_compliance_increase: Share
     """How much more of the harmful probe set a candidate may answer than the live adapter did."""
 

@@ -23,7 +23,8 @@ from dataclasses import replace
 
 from evolvd.connectors.vllm_client import ChatClient
 from evolvd.policies.loader import PolicySet
-from evolvd.policies.probes import SafetyRun, is_refusal, scored_run
+from evolvd.policies.probes import SafetyRun, scored_run
+from evolvd.policies.probes import refused as refused_by
 
 
 def answer_side_by_side(
@@ -71,12 +72,13 @@ def settle_flips(
     probes = policies.safety.model_probes
     candidate, live = (list(run.answers) for run in runs)
     refused = ([a.refused for a in candidate], [a.refused for a in live])
+    prompts = [a.prompt for a in candidate]
     reasked = settle_discordant(
         client,
         models,
-        [a.prompt for a in candidate],
+        prompts,
         refused,
-        lambda _, answer: is_refusal(answer, probes.refusal_markers),
+        lambda index, answer: refused_by(probes, prompts[index], answer),
         probes.max_tokens,
     )
     for index, (candidate_answer, live_answer) in reasked.items():
