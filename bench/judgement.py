@@ -200,12 +200,18 @@ def main() -> int:
         metavar="URL",
         help="use this vLLM server (key in $EVOLVD_VLLM_API_KEY), not a new one",
     )
+    parser.add_argument(
+        "--labeling",
+        default="",
+        metavar="YAML",
+        help='labeling policy lines over the shipped ones, e.g. "chain_of_thought: false"',
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     per_family = 4 if args.small else args.per_family
     out = args.out or RESULTS / ("judgement-small.json" if args.small else "judgement.json")
-    policies = load_candidate(None, {"labeling.yaml": BENCH_LABELING}, False, "bench")
+    policies = load_candidate(None, {"labeling.yaml": BENCH_LABELING + args.labeling}, False, "bench")
     started = time.time()
     families: dict[str, dict[str, Any]] = {}
     with served_model(args.attach_vllm) as (client, model):
