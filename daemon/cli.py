@@ -8,6 +8,7 @@ Exit codes: 0 ok · 1 failed · 2 bad usage or invalid file · 3 the daemon coul
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -164,6 +165,7 @@ def run(config_path: Path | None, demo: bool, role: str | None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    logging.getLogger("evolvd").info("starting: Ctrl-C or SIGTERM stops, a second Ctrl-C exits at once")
     try:
         daemon.startup()
     except StartupError as exc:

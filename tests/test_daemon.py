@@ -15,7 +15,7 @@ import duckdb
 import httpx
 import pytest
 from daemon_process import DaemonProcess
-from helpers import produce, prompt_message, run_cli
+from helpers import produce, prompt_message, run_cli, wait_for
 
 from evolvd.cli import EXIT_FORCED, EXIT_STARTUP_FAILED
 
@@ -177,7 +177,8 @@ def test_a_second_ctrl_c_forces_the_exit(tmp_path: Path) -> None:
     # Nothing listens on port 9: startup hangs waiting for Kafka, and the second Ctrl-C ends that.
     env = {"EVOLVD_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9", "EVOLVD_KAFKA__CONNECT_TIMEOUT_S": "120"}
     daemon = DaemonProcess(tmp_path / "data", env).start(wait_ready=False)
-    time.sleep(3)
+    # Once its handlers are in place (building the parts takes seconds, more on a busy machine).
+    wait_for(lambda: "a second Ctrl-C exits at once" in daemon.log.read_text(), "the handlers", 120, 0.2)
     daemon.signal(signal.SIGINT)
     time.sleep(0.5)
     daemon.signal(signal.SIGINT)
