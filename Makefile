@@ -107,8 +107,13 @@ typecheck: $(PROJECT_STAMP)
 	$(BIN)/mypy -p evolvd
 	$(BIN)/mypy tests bench grafana
 
+# PYTEST_WORKERS=2: two pytest-xdist workers, the vLLM tests grouped on one (tests/conftest.py): the
+# suite took 1251-1322 s instead of 1501-1580 s here. Serial by default until CI runs pass with them
+# (three runs each found one timing bug that only contention shows; all three fixed).
+PYTEST_WORKERS ?= 0
 unit: $(PROJECT_STAMP) $(PROMETHEUS) $(KUBECTL) $(POSTGRES)
-	PATH="$(CURDIR)/$(VENV)/prometheus/usr/bin:$$PATH" $(BIN)/pytest -q --durations=15 -n 2 --dist loadgroup
+	PATH="$(CURDIR)/$(VENV)/prometheus/usr/bin:$$PATH" $(BIN)/pytest -q --durations=15 \
+		$(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup)
 
 test: lint typecheck unit
 

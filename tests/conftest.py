@@ -25,12 +25,12 @@ VLLM_FIXTURES = {"vllm_daemon", "small_benches"}
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """`make test` runs two pytest-xdist workers with `--dist loadgroup`. The tests on the session's
-    vLLM server, and those marked `vllm` (they start vLLM servers of their own), form one group that
-    one worker runs in file order: still one vLLM server per session, and no two vLLM-heavy tests at
-    once on a 2-core machine. vLLM computes on one core, so the other worker's tests (everything else)
-    run on the core it leaves idle. (Marked as each test is collected: pytest-xdist reads the groups
-    in its own pytest_collection_modifyitems.)"""
+    """`make test PYTEST_WORKERS=2` runs two pytest-xdist workers with `--dist loadgroup`. The
+    tests on the session's vLLM server, and those marked `vllm` (they start vLLMs of their own),
+    form one group that one worker runs in file order: still one vLLM server per session, and no
+    two vLLM-heavy tests at once on a 2-core machine. vLLM computes on one core, so the other
+    worker's tests run on the core it leaves idle. (Marked as each test is collected: pytest-xdist
+    reads the groups in its own pytest_collection_modifyitems.)"""
     uses_vllm = VLLM_FIXTURES & set(getattr(item, "fixturenames", ()))
     if uses_vllm or item.get_closest_marker("vllm") is not None:
         item.add_marker(pytest.mark.xdist_group("vllm"))

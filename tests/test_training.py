@@ -21,7 +21,7 @@ from evolvd.connectors.model_bootstrap import BaseModel
 from evolvd.metrics import TrainingMetrics, new_registry
 from evolvd.precision import resolve, resolve_device
 from evolvd.training.launchers import LocalTrainer
-from evolvd.training.runner import MlflowTarget, TrainingRunner
+from evolvd.training.runner import MlflowTarget, TrainingRunner, progress_messages
 from evolvd.training.snapshot import freeze_snapshot
 from evolvd.training.spec import Hyperparameters
 
@@ -354,3 +354,24 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
+
+
+def test_progress_messages_that_share_a_line_are_each_read() -> None:
+    """Two torchrun ranks' digests ran into one line in CI under load (the ranks share one stdout
+    pipe); a progress bar's unfinished line can precede a message too. Other output goes to the log."""
+    import io
+
+    digest = "01f09d4b026fd21bffc0001666e7ad7a1b4960b6a3d31b0be9330b069f961941"
+    lines = [
+        "Loading weights: 100%\n",
+        f'EVOLVD_PROGRESS {{"type": "rank", "rank": 1, "lora_sha256": "{digest}"}}'
+        f'EVOLVD_PROGRESS {{"type": "rank", "rank": 0, "lora_sha256": "{digest}"}}\n',
+        'Generating train split: 23 examples\rEVOLVD_PROGRESS {"type": "done", "metrics": {}}\n',
+        "EVOLVD_PROGRESS {not json\n",
+    ]
+    log = io.StringIO()
+    messages = list(progress_messages(iter(lines), log))
+    assert [(m["type"], m.get("rank")) for m in messages] == [("rank", 1), ("rank", 0), ("done", None)]
+    assert log.getvalue() == (
+        "Loading weights: 100%\nGenerating train split: 23 examples\r\nEVOLVD_PROGRESS {not json\n"
+    )

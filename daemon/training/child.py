@@ -29,7 +29,12 @@ PROGRESS_PREFIX = "EVOLVD_PROGRESS "
 
 
 def emit(kind: str, **fields: Any) -> None:
-    print(PROGRESS_PREFIX + json.dumps({"type": kind, **fields}), flush=True)
+    """One progress line in one write(2): under torchrun every rank shares the parent's stdout pipe,
+    and print() writes the text and its newline apart, so two ranks' lines ran into one (seen under
+    load: the parent read neither rank's digest). A pipe write of up to PIPE_BUF bytes is atomic."""
+    line = (PROGRESS_PREFIX + json.dumps({"type": kind, **fields}) + "\n").encode()
+    sys.stdout.flush()  # what this process printed before goes first
+    os.write(sys.stdout.fileno(), line)
 
 
 def rank() -> tuple[int, int]:

@@ -243,15 +243,7 @@ class TrainingRunner:
 
     def _read_progress(self, stream: Iterator[str], log: IO[str], run_id: str, state: dict[str, Any]) -> None:
         last_row_update = 0.0
-        for line in stream:
-            if not line.startswith(PROGRESS_PREFIX):
-                log.write(line)
-                continue
-            try:
-                message = json.loads(line[len(PROGRESS_PREFIX) :])
-            except ValueError:
-                log.write(line)
-                continue
+        for message in progress_messages(stream, log):
             kind = message.get("type")
             if kind == "progress":
                 state["progress"] = {k: message[k] for k in ("phase", "step", "max_steps", "loss")}
@@ -290,3 +282,23 @@ class TrainingRunner:
             "weights_sha256": file_sha256(adapter / ADAPTER_WEIGHTS),
         }
         write_manifest(adapter, manifest)
+
+
+def progress_messages(stream: Iterator[str], log: IO[str]) -> Iterator[dict[str, Any]]:
+    """The children's progress messages in `stream`; everything else goes to `log`. A message may
+    follow other output on its line (another rank's unfinished line, a progress bar's carriage
+    returns), so each occurrence of PROGRESS_PREFIX starts one."""
+    for line in stream:
+        head, *messages = line.split(PROGRESS_PREFIX)
+        if not messages:
+            log.write(line)
+        elif head:
+            log.write(head.rstrip("\n") + "\n")
+        for text in messages:
+            try:
+                message = json.loads(text)
+            except ValueError:
+                log.write(PROGRESS_PREFIX + text)
+                continue
+            if isinstance(message, dict):
+                yield message
